@@ -1,0 +1,98 @@
+"""Finding and opening weight files: local paths or Hugging Face hub paths.
+
+A hub path is ``owner/repo/path/in/repo.ext`` (e.g.
+``lpepino/encodecgpt/nsynth-base/nsynth-390ksteps-base.ckpt``); it is fetched through the
+Hugging Face cache with a progress bar. Offline, the error lists the file needed and the
+local option to use instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import torch
+
+from engine.errors import UserError
+
+
+def split_hub_path(source: str) -> tuple[str, str] | None:
+    """``owner/repo/sub/file`` → (``owner/repo``, ``sub/file``); None if not of that form."""
+    parts = source.strip("/").split("/")
+    if len(parts) < 3 or source.startswith((".", "/", "~")):
+        return None
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def hub_download(repo_id: str, filename: str, *, required: bool = True) -> Path | None:
+    """Fetch one file through the Hugging Face cache (progress bar on stderr)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except LocalEntryNotFoundError:  # offline, or no network: must come before its base class
+        if not required:
+            return None
+        raise UserError(
+            f"{repo_id}/{filename}: not in the Hugging Face cache and the hub cannot be reached. "
+            f"Download it where there is network access (hf download {repo_id} {filename}) "
+            "or pass a local file instead."
+        ) from None
+    except EntryNotFoundError:
+        if not required:
+            return None
+        raise UserError(f"{repo_id}/{filename}: no such file in the Hugging Face repo") from None
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        if not required:
+            return None
+        raise UserError(
+            f"{repo_id}/{filename}: not in the Hugging Face cache and cannot be downloaded "
+            f"({type(e).__name__}). Download it where there is network access "
+            f"(huggingface-cli download {repo_id} {filename}) or pass a local file instead."
+        ) from None
+
+
+def resolve_file(source: str | Path) -> Path:
+    """A local file, or a hub path fetched into the cache."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder (expected a checkpoint file)")
+    hub = split_hub_path(str(source))
+    if hub is None:
+        raise UserError(f"{source}: no such file")
+    return hub_download(*hub)
+
+
+def load_torch_file(path: Path, *, trust: bool = False) -> object:
+    """``torch.load`` on CPU, refusing arbitrary pickled code unless ``trust`` is set.
+
+    Lightning checkpoints normally hold only tensors and plain containers, which
+    ``weights_only=True`` accepts.
+    """
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: file is empty (expected a PyTorch checkpoint)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            raise UserError(
+                f"{path}: checkpoint holds pickled Python objects besides weights; if you trust "
+                "its source, pass --trust-checkpoint"
+            ) from None
+        raise UserError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Content hash of a file (used to key caches and to identify weights in sessions)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

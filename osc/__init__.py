@@ -1,0 +1,1 @@
+"""OSC control surface for the live engine (address table, server, feedback)."""

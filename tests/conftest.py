@@ -1,0 +1,61 @@
+"""Shared fixtures: the golden-reference models laid out like the real files, tiny models."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fixtures import REFERENCE, make_checkpoint_folder, make_encodecmae_hub_folder  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's prompt cache or reaches the hub."""
+    monkeypatch.setenv("ENCODECGPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _require_fixtures():
+    if not (REFERENCE / "manifest.json").is_file():
+        pytest.skip(f"golden fixtures not found at {REFERENCE} "
+                    "(../shared/fixtures beside the repo)")
+
+
+@pytest.fixture(scope="session")
+def ckpt_path(tmp_path_factory) -> Path:
+    """The tiny EnCodecGPT Lightning checkpoint with a GPT2Config ``config.json`` beside it."""
+    _require_fixtures()
+    return make_checkpoint_folder(tmp_path_factory.mktemp("encodecgpt"))
+
+
+@pytest.fixture(scope="session")
+def loaded(ckpt_path):
+    from engine.checkpoint import load_checkpoint
+
+    return load_checkpoint(ckpt_path)
+
+
+@pytest.fixture(scope="session")
+def mae_dir(tmp_path_factory) -> Path:
+    """The tiny EnCodecMAE re-assembled in the hub layout (model.pt, config.gin, imports)."""
+    _require_fixtures()
+    return make_encodecmae_hub_folder(tmp_path_factory.mktemp("encodecmae"))
+
+
+def tiny_random_model(n_layer: int = 2, n_embd: int = 128, n_head: int = 2, num_q: int = 8,
+                      prompt_dim: int | None = None, seed: int = 0):
+    """A very small random EnCodecGPT for logic tests (not a preset)."""
+    from engine.config import GPTSize
+    from engine.model import EnCodecGPT, gpt2_config
+
+    torch.manual_seed(seed)
+    size = GPTSize(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=256, vocab_size=1)
+    return EnCodecGPT(gpt2_config(size), num_q=num_q, prompt_dim=prompt_dim).eval()

@@ -1,0 +1,113 @@
+"""The CLI contract, run as a user runs it: ``python run_engine.py ...`` in a subprocess."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fixtures import REPO, golden, ref
+
+
+def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(REPO / "run_engine.py"), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prompts")
+    g = golden("encodecgpt_A.npz")
+    np.save(d / "p0.npy", g["prompt_p0"])
+    np.save(d / "p1.npy", g["prompt_p1"])
+    return d
+
+
+def test_encode_8_and_32_codebooks(tmp_path, ckpt_path):
+    g = golden("encodec_A.npz")
+    run("encode", ref("signal_A.wav"), "--checkpoint", ckpt_path, "--out", tmp_path / "c.npy")
+    codes = np.load(tmp_path / "c.npy")
+    assert codes.dtype == np.int64 and np.array_equal(codes, g["codes_6kbps"][0])
+    run("encode", ref("signal_A.wav"), "--checkpoint", ckpt_path, "--bandwidth", "24",
+        "--out", tmp_path / "c32.npy")
+    assert np.array_equal(np.load(tmp_path / "c32.npy"), g["codes_32"][0])
+
+
+def test_embed_prompt_and_frames(tmp_path, mae_dir):
+    g = golden("encodecmae_A.npz")
+    run("embed", ref("signal_A.wav"), "--encodecmae", mae_dir, "--out", tmp_path / "p.npy")
+    vec = np.load(tmp_path / "p.npy")
+    assert vec.dtype == np.float32 and np.abs(vec - g["prompt_mean"]).max() < 1e-4
+    run("embed", ref("signal_A.wav"), "--encodecmae", mae_dir, "--frames",
+        "--out", tmp_path / "f.npy")
+    assert np.abs(np.load(tmp_path / "f.npy") - g["features"]).max() < 1e-4
+
+
+def test_render_window_morph_greedy_golden(tmp_path, ckpt_path, prompts):
+    g = golden("encodecgpt_A.npz")
+    run("render", "--checkpoint", ckpt_path, "--prompt", prompts / "p0.npy",
+        "--prompt-to", prompts / "p1.npy", "--frames", 40, "--greedy", "--window", 20,
+        "--tokens-out", tmp_path / "tok.npy", "--out", tmp_path / "out.wav")
+    tokens = np.load(tmp_path / "tok.npy")
+    assert tokens.shape == (40, 8) and tokens.dtype == np.int64
+    assert np.array_equal(tokens, g["interp_lerp_buf20_delayed"])
+    audio, rate = sf.read(tmp_path / "out.wav", dtype="float32")
+    assert rate == 24000 and audio.shape == (33 * 320,)
+    assert np.abs(audio[: 32 * 320 - 640] - g["interp_lerp_buf20_audio"][0, :-640]).max() < 1e-4
+
+
+def test_render_kv_from_audio_prompt_golden(tmp_path, ckpt_path, mae_dir):
+    """End to end: the audio file is embedded by EnCodecMAE, then generator (1) runs."""
+    run("render", "--checkpoint", ckpt_path, "--prompt", ref("signal_A.wav"),
+        "--encodecmae", mae_dir, "--frames", 40, "--greedy", "--tokens-out", tmp_path / "t.npy")
+    assert np.array_equal(np.load(tmp_path / "t.npy"),
+                          golden("encodecgpt_A.npz")["greedy_kv_maeprompt_delayed"])
+
+
+def test_render_random_weights_says_so_and_seed_repeats(tmp_path, prompts):
+    args = ["render", "--random-weights", "--preset", "tiny", "--prompt", prompts / "p0.npy",
+            "--seconds", "0.2", "--temperature", "0.9", "--top-k", "40", "--top-p", "0.95",
+            "--seed", "11", "--window", "8"]
+    first = run(*args, "--tokens-out", tmp_path / "a.npy")
+    assert "random-weights" in first.stderr and "noise" in first.stderr
+    run(*args, "--tokens-out", tmp_path / "b.npy")
+    a = np.load(tmp_path / "a.npy")
+    assert a.shape == (15, 8) and np.array_equal(a, np.load(tmp_path / "b.npy"))
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert str(needle) in lines[0]
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, ckpt_path, mae_dir):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n")
+    trunc = tmp_path / "trunc.wav"
+    trunc.write_bytes(ref("signal_A.wav").read_bytes()[:100_000])
+    out = tmp_path / "x.npy"
+    for bad, needle in [(tmp_path / "missing.wav", "no such file"), (empty, "empty"),
+                        (text, "not a readable audio file"), (trunc, "truncated")]:
+        _one_line_error(run("encode", bad, "--checkpoint", ckpt_path, "--out", out, ok=False),
+                        bad, needle)
+    _one_line_error(run("embed", trunc, "--encodecmae", mae_dir, "--out", out, ok=False), trunc)
+    wrong = mae_dir / "model.pt"
+    _one_line_error(run("render", "--checkpoint", wrong, "--prompt", ref("signal_A.wav"),
+                        "--encodecmae", mae_dir, "--frames", 4, "--tokens-out", out, ok=False),
+                    wrong, "not an EnCodecGPT checkpoint")
+    _one_line_error(run("encode", ref("signal_A.wav"), "--codec", wrong, "--out", out, ok=False),
+                    wrong, "expected an EnCodec state dict")
+    _one_line_error(run("render", "--checkpoint", "lpepino/encodecgpt/nsynth-base/x.ckpt",
+                        "--prompt", ref("signal_A.wav"), "--encodecmae", mae_dir, "--frames", 4,
+                        "--tokens-out", out, ok=False), "lpepino/encodecgpt", "Hugging Face")

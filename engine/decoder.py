@@ -1,0 +1,171 @@
+"""Streaming EnCodec decoding with carried state: chunked output == offline output.
+
+EnCodec 24 kHz's decoder is causal, so a stream of frames can be decoded chunk by chunk if
+every layer keeps what the next chunk needs:
+
+* ``EncodecConv1d`` (stride 1, left padding ``(k − 1)·d``): the last ``(k − 1)·d`` input
+  samples (its left context);
+* ``EncodecConvTranspose1d`` (kernel ``2r``, stride ``r``): the ``r`` output samples that
+  overlap the next chunk (offline they are trimmed on the right), without the bias, which
+  the next chunk adds again;
+* ``EncodecLSTM``: the ``(h, c)`` state;
+* ``EncodecResnetBlock``: the states of its convolutions; ELU has none.
+
+After ``n`` frames, output samples ``[0, 320·n)`` depend on frames ``< n`` only, so every
+chunk is final when emitted. Offline decoding reflect-pads the left edge of each convolution
+with the first samples of the sequence; the stream therefore waits for
+:data:`FIRST_CHUNK_FRAMES` frames before its first output so the same samples are there, and
+from then on emits as soon as a frame arrives. The result equals the offline decode to float
+rounding (see ``tests/test_decoder.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers.models.encodec.modeling_encodec import (
+    EncodecConv1d,
+    EncodecConvTranspose1d,
+    EncodecDecoder,
+    EncodecLSTM,
+    EncodecModel,
+    EncodecResnetBlock,
+)
+
+from engine import HOP_LENGTH
+
+FIRST_CHUNK_FRAMES = 7  # the first conv (k = 7) reflect-pads with 6 samples after the first
+
+
+class _ConvState:
+    """Left context of a stride-1 causal convolution."""
+
+    def __init__(self, conv: EncodecConv1d):
+        if int(conv.stride) != 1:
+            raise ValueError("streaming decoder expects stride-1 convolutions")
+        self.conv, self.pad = conv, int(conv.padding_total)
+        self.context: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.context is None:  # stream start: exactly the offline (reflect) padding
+            y = self.conv(x)
+        else:
+            y = self.conv.conv(torch.cat([self.context, x], dim=-1))
+        if self.pad:
+            full = x if self.context is None else torch.cat([self.context, x], dim=-1)
+            self.context = full[..., -self.pad :]
+        else:
+            self.context = x[..., :0]
+        return y
+
+
+class _ConvTransposeState:
+    """Overlap-add of a transposed convolution across chunks."""
+
+    def __init__(self, conv: EncodecConvTranspose1d):
+        self.conv = conv.conv
+        self.stride = conv.conv.stride[0]
+        if conv.conv.kernel_size[0] != 2 * self.stride or not conv.causal:
+            raise ValueError("streaming decoder expects causal kernel = 2 * stride")
+        self.tail: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)  # [B, C, (n + 1) * r]
+        if self.tail is not None:
+            y[..., : self.stride] += self.tail
+        bias = self.conv.bias[None, :, None] if self.conv.bias is not None else 0.0
+        self.tail = y[..., -self.stride :] - bias
+        return y[..., : -self.stride]
+
+
+class _LSTMState:
+    def __init__(self, layer: EncodecLSTM):
+        self.lstm, self.state = layer.lstm, None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        seq = x.permute(2, 0, 1)  # [T, B, C]
+        out, self.state = self.lstm(seq, self.state)
+        return (out + seq).permute(1, 2, 0)
+
+
+class _ResnetState:
+    def __init__(self, block: EncodecResnetBlock):
+        self.block = [_wrap(layer) for layer in block.block]
+        self.shortcut = _wrap(block.shortcut)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for layer in self.block:
+            y = layer(y)
+        return self.shortcut(x) + y
+
+
+def _wrap(layer: nn.Module):
+    if isinstance(layer, EncodecConv1d):
+        return _ConvState(layer)
+    if isinstance(layer, EncodecConvTranspose1d):
+        return _ConvTransposeState(layer)
+    if isinstance(layer, EncodecLSTM):
+        return _LSTMState(layer)
+    if isinstance(layer, EncodecResnetBlock):
+        return _ResnetState(layer)
+    if isinstance(layer, (nn.ELU, nn.Identity)):
+        return layer
+    raise TypeError(f"no streaming rule for {type(layer).__name__}")
+
+
+def folded_decoder(model: EncodecModel) -> nn.Module:
+    """A private copy of the decoder with weight norm folded into plain weights.
+
+    The parametrization recomputes ``g · v / ‖v‖`` on every call, which dominates a one-frame
+    decode; folding gives the same weights once.
+    """
+    # A fresh instance, not a deepcopy: parametrized modules share their generated class, so
+    # folding a deep copy would strip the original's weight property too.
+    decoder = EncodecDecoder(model.config)
+    decoder.load_state_dict(model.decoder.state_dict())
+    decoder.eval()
+    for module in decoder.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return decoder
+
+
+class StreamingDecoder:
+    """Decode EnCodec codes frame by frame with carried state.
+
+    Args:
+        model: the transformers EnCodec model whose decoder and quantizer are used.
+
+    Call :meth:`push` with ``[B, Q, n]`` codes (any ``n >= 0``); it returns the audio that is
+    now final, ``[B, 1, 320·m]``. The first call(s) return nothing until
+    :data:`FIRST_CHUNK_FRAMES` frames have arrived. :meth:`reset` starts a new stream.
+    """
+
+    def __init__(self, model: EncodecModel):
+        self.quantizer = model.quantizer
+        self.decoder = folded_decoder(model)
+        self.reset()
+
+    def reset(self) -> None:
+        self.layers = [_wrap(layer) for layer in self.decoder.layers]
+        self.pending: torch.Tensor | None = None  # codes held back at stream start
+        self.started = False
+
+    @torch.inference_mode()
+    def push(self, codes: torch.Tensor) -> torch.Tensor:
+        """``[B, Q, n]`` codes → ``[B, 1, 320·m]`` newly final audio (m may be 0)."""
+        if not self.started:
+            codes = codes if self.pending is None else torch.cat([self.pending, codes], dim=-1)
+            if codes.shape[-1] < FIRST_CHUNK_FRAMES:
+                self.pending = codes
+                return codes.new_zeros((codes.shape[0], 1, 0), dtype=torch.float32)
+            self.pending, self.started = None, True
+        if codes.shape[-1] == 0:
+            return torch.zeros(codes.shape[0], 1, 0)
+        x = self.quantizer.decode(codes.transpose(0, 1))  # [B, 128, n]
+        for layer in self.layers:
+            x = layer(x)
+        assert x.shape[-1] == codes.shape[-1] * HOP_LENGTH
+        return x

@@ -17,7 +17,6 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import EncodecConfig, EncodecModel
 
@@ -199,7 +198,3 @@ def random_codec(seed: int = 0) -> Codec:
         layer.codebook.embed.copy_(embed * 2.0)
         layer.codebook.embed_avg.copy_(embed * 2.0)
     return Codec(model, name=f"random(seed={seed})")
-
-
-def as_numpy_codes(codes: torch.Tensor) -> np.ndarray:
-    return codes.detach().cpu().numpy().astype(np.int64)

@@ -49,14 +49,11 @@ class _ConvState:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.context is None:  # stream start: exactly the offline (reflect) padding
-            y = self.conv(x)
+            full, y = x, self.conv(x)
         else:
-            y = self.conv.conv(torch.cat([self.context, x], dim=-1))
-        if self.pad:
-            full = x if self.context is None else torch.cat([self.context, x], dim=-1)
-            self.context = full[..., -self.pad :]
-        else:
-            self.context = x[..., :0]
+            full = torch.cat([self.context, x], dim=-1)
+            y = self.conv.conv(full)
+        self.context = full[..., full.shape[-1] - self.pad :]
         return y
 
 
@@ -160,8 +157,9 @@ class StreamingDecoder:
             codes = codes if self.pending is None else torch.cat([self.pending, codes], dim=-1)
             if codes.shape[-1] < FIRST_CHUNK_FRAMES:
                 self.pending = codes
-                return codes.new_zeros((codes.shape[0], 1, 0), dtype=torch.float32)
-            self.pending, self.started = None, True
+                codes = codes[..., :0]
+            else:
+                self.pending, self.started = None, True
         if codes.shape[-1] == 0:
             return torch.zeros(codes.shape[0], 1, 0)
         x = self.quantizer.decode(codes.transpose(0, 1))  # [B, 128, n]

@@ -75,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
     ren.add_argument("--seed", type=int, default=None, help="sampling seed (printed if omitted)")
     ren.add_argument("--window", type=int, metavar="W",
-                     help="rolling window of W frames (generator 2); default: KV cache (1)")
+                     help="rolling window of W < 300 frames (default mode: exact, the whole "
+                          "window recomputed each step); without --window/--mode: KV cache (1)")
+    ren.add_argument("--mode", choices=("exact", "fast"), default=None,
+                     help="rolling-window mode (default window 200): exact, or fast (KV cache, "
+                          "re-prefill every --hop frames)")
+    ren.add_argument("--hop", type=int, metavar="H", help="fast mode hop (default W/4)")
+    ren.add_argument("--quantize", choices=("none", "int8", "bf16"), default="none",
+                     help="fast mode weights (fp32 = none is the reference)")
     ren.add_argument("--tokens-out", required=True, metavar="TOK.npy",
                      help="[N, Q] int64 delayed tokens (+1, 0 = empty)")
     ren.add_argument("--out", metavar="OUT.wav", help="decoded audio, 24 kHz")
@@ -145,6 +152,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     gen = torch.Generator().manual_seed(sampling.seed)
     schedule = torch.from_numpy(prompt_schedule(p0, p1, steps))
+    if args.window is not None or args.mode is not None:
+        return _render_rolling(args, model, codec, sampling, p0, p1, steps)
     start = time.perf_counter()
     try:
         if args.window is not None:
@@ -165,6 +174,60 @@ def cmd_render(args: argparse.Namespace) -> int:
     print(f"rendered {steps} frames ({seconds:.2f} s) in {elapsed:.2f} s "
           f"(x{seconds / max(elapsed, 1e-9):.2f} real time), seed {sampling.seed}", file=sys.stderr)
     return 0
+
+
+def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray,
+                    p1: np.ndarray | None, steps: int) -> int:
+    """``render`` through the live engine's rolling generator, decoder and a file sink."""
+    from engine.controls import ControlEvent, ControlState
+    from engine.decoder import StreamingDecoder
+    from engine.generator import DEFAULT_WINDOW, RollingGenerator
+    from engine.pipeline import Pipeline
+    from engine.sinks import FileSink, MemorySink
+
+    if args.quantize == "bf16":
+        _check_bf16()
+    controls = ControlState(temperature=max(sampling.temperature, 0.0), top_k=sampling.top_k,
+                            top_p=sampling.top_p)
+    controls.apply(ControlEvent("/prompt/slot", (0, p0)))
+    if p1 is not None:
+        controls.apply(ControlEvent("/prompt/slot", (1, p1)))
+    try:
+        generator = RollingGenerator(
+            model, controls, window=args.window or DEFAULT_WINDOW, mode=args.mode or "exact",
+            hop=args.hop, quantize=args.quantize, sampling=sampling, seed=sampling.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if p1 is not None:  # step i uses (1 - i/(N-1)) P0 + i/(N-1) P1, as generator (1)/(2)
+        for i, x in enumerate(np.linspace(0.0, 1.0, steps)):
+            generator.schedule(i, [ControlEvent("/morph", (float(x),))])
+    rows: list[torch.Tensor] = []
+    sink = FileSink(args.out) if args.out else MemorySink()
+    pipe = Pipeline(generator, StreamingDecoder(codec.model), sink, decode_chunk=16,
+                    threads=torch.get_num_threads(),
+                    on_row=lambda _, row: rows.append(row))
+    start = time.perf_counter()
+    try:
+        pipe.run(steps)
+    finally:
+        generator.close()
+        sink.close()
+    elapsed = time.perf_counter() - start
+    _save_npy(args.tokens_out, torch.stack(rows).numpy().astype(np.int64))
+    seconds = steps / FRAME_RATE
+    print(f"rendered {steps} frames ({seconds:.2f} s, {generator.mode} window "
+          f"{generator.window}{f' hop {generator.hop}' if generator.mode == 'fast' else ''}) "
+          f"in {elapsed:.2f} s (x{seconds / max(elapsed, 1e-9):.2f} real time), "
+          f"seed {sampling.seed}", file=sys.stderr)
+    return 0
+
+
+def _check_bf16() -> None:
+    from engine.lean import bf16_is_native
+
+    if not bf16_is_native():
+        raise UserError("--quantize bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); "
+                        "it would run slower than fp32. Use --quantize int8 or none.")
 
 
 def _sampling(args: argparse.Namespace) -> SamplingConfig:

@@ -76,3 +76,24 @@ def start_triangle_mask(window: int, num_q: int) -> torch.Tensor:
     rows = torch.arange(window)[:, None]
     cols = torch.arange(num_q)[None, :]
     return cols > rows
+
+
+class StreamingUndelay:
+    """Delayed rows in, complete frames out: the streaming form of :func:`undelay`.
+
+    Frame ``f`` is complete once row ``f + Q - 1`` has arrived (its last codebook);
+    :meth:`push` then returns its codes ``[Q]`` (``tokens_to_codes`` applied), else None.
+    """
+
+    def __init__(self, num_q: int):
+        self.num_q = num_q
+        self.rows: list[torch.Tensor] = []
+
+    def push(self, row: torch.Tensor) -> torch.Tensor | None:
+        self.rows.append(row)
+        if len(self.rows) < self.num_q:
+            return None
+        if len(self.rows) > self.num_q:
+            self.rows.pop(0)
+        frame = torch.stack([self.rows[k][k] for k in range(self.num_q)])
+        return tokens_to_codes(frame)

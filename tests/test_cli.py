@@ -111,3 +111,36 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, ckpt_path, mae_dir):
     _one_line_error(run("render", "--checkpoint", "lpepino/encodecgpt/nsynth-base/x.ckpt",
                         "--prompt", ref("signal_A.wav"), "--encodecmae", mae_dir, "--frames", 4,
                         "--tokens-out", out, ok=False), "lpepino/encodecgpt", "Hugging Face")
+
+
+def test_render_a_minute_of_fast_morph_between_audio_prompts(tmp_path, ckpt_path, mae_dir,
+                                                              loaded):
+    """The issue's command: 60 s of continuous morph, one WAV, no seams (the streamed audio
+    equals an offline decode of the same tokens)."""
+    import torch
+
+    from engine.generate import tokens_to_audio
+
+    t = np.arange(48000) / 24000
+    sf.write(tmp_path / "b.wav", (0.3 * np.sin(2 * np.pi * 440 * t) * np.exp(-t)), 24000)
+    proc = run("render", "--checkpoint", ckpt_path, "--encodecmae", mae_dir,
+               "--prompt", ref("signal_A.wav"), "--prompt-to", tmp_path / "b.wav",
+               "--window", 200, "--mode", "fast", "--seconds", 60, "--seed", 1,
+               "--tokens-out", tmp_path / "tok.npy", "--out", tmp_path / "out.wav")
+    assert "fast window 200 hop 50" in proc.stderr
+    tokens = np.load(tmp_path / "tok.npy")
+    assert tokens.shape == (4500, 8)
+    audio, rate = sf.read(tmp_path / "out.wav", dtype="float32")
+    assert rate == 24000 and audio.shape == ((4500 - 7) * 320,)
+    offline = tokens_to_audio(loaded.codec, torch.from_numpy(tokens))
+    assert np.abs(audio - offline).max() < 1e-5
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--window", "300"], "window must be 1..299"),
+    (["--mode", "fast", "--hop", "0"], "hop must be in 1..200"),
+])
+def test_render_rejects_bad_window_and_hop(tmp_path, ckpt_path, prompts, extra, msg):
+    proc = run("render", "--checkpoint", ckpt_path, "--prompt", prompts / "p0.npy",
+               "--frames", 10, "--tokens-out", tmp_path / "t.npy", *extra, ok=False)
+    assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr

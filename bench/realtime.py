@@ -1,0 +1,196 @@
+"""Real-time core benchmark: rolling generator (fast mode) + streaming decoder on this CPU.
+
+    python bench/realtime.py --preset tiny|gpt2 [--quantize int8] [--seconds S]
+                             [--window 200] [--hop H] [--threads 1] [--decode-chunk 4]
+
+Random weights (the preset's size), a random codec, a prompt morph that keeps moving
+(glide towards alternating targets, so the prompt position is recomputed nearly every step).
+It measures, in one run:
+
+1. ``rtf``: audio seconds per wall second generating *and* decoding as fast as possible
+   (two threads, re-prefill included) over ``--rtf-frames`` frames;
+2. ``step_ms_p50/p99`` over every generator step of that run, and ``stall_ms_max`` (the
+   longest step: a re-prefill or switch that blocked);
+3. ``underruns``: a paced run of ``--seconds`` on the null sink (block 512 samples, 0.5 s
+   buffer), like a sound card;
+4. the same model through re-implementations of the two reference loops, generation only:
+   the blog's KV loop (``bench/offline.py``) and the original demo's whole-window recompute
+   (every step runs ``[prompt, last W rows]``), as per-frame time ratios
+   (``ratio_vs_blog_loop`` = blog ms/frame ÷ ours, generation only; likewise for the window).
+
+Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.offline import blog_loop  # noqa: E402
+from engine import FRAME_RATE, SAMPLE_RATE  # noqa: E402
+from engine.codec import random_codec  # noqa: E402
+from engine.config import PRESETS, SamplingConfig  # noqa: E402
+from engine.controls import ControlEvent, ControlState  # noqa: E402
+from engine.decoder import StreamingDecoder  # noqa: E402
+from engine.generator import RollingGenerator  # noqa: E402
+from engine.model import EnCodecGPT, gpt2_config  # noqa: E402
+from engine.pipeline import Pipeline  # noqa: E402
+from engine.sinks import NullSink  # noqa: E402
+
+
+class _Discard:
+    underruns = 0
+
+    def write(self, block):
+        pass
+
+
+def _controls(dim: int) -> ControlState:
+    rng = np.random.RandomState(0)
+    c = ControlState(glide=0.5)
+    for slot in range(2):
+        c.apply(ControlEvent("/prompt/slot", (slot, rng.randn(dim).astype(np.float32))))
+    return c
+
+
+def _morph_automation(gen: RollingGenerator, frames: int) -> None:
+    """A performer moving the morph fader every second between the two ends (with glide)."""
+    for i, f in enumerate(range(0, frames, FRAME_RATE)):
+        gen.schedule(f, [ControlEvent("/morph", (float(i % 2 == 0),))])
+
+
+def _generator(model, args) -> RollingGenerator:
+    return RollingGenerator(model, _controls(model.prompt_dim), window=args.window, mode="fast",
+                            hop=args.hop, quantize=args.quantize, sampling=SamplingConfig(),
+                            seed=0)
+
+
+def run_fast(model, codec, args) -> dict:
+    gen = _generator(model, args)
+    _morph_automation(gen, args.rtf_frames)
+    pipe = Pipeline(gen, StreamingDecoder(codec.model), _Discard(),
+                    decode_chunk=args.decode_chunk, threads=args.threads)
+    pipe.stats.all_ms = []
+    start = time.perf_counter()
+    pipe.run(args.rtf_frames)
+    wall = time.perf_counter() - start
+    gen.close()
+    steps = np.array(pipe.stats.all_ms)
+    return {"rtf": args.rtf_frames / FRAME_RATE / wall,
+            "step_ms_p50": float(np.percentile(steps, 50)),
+            "step_ms_p99": float(np.percentile(steps, 99)),
+            "stall_ms_max": float(steps.max()),
+            "decoded_s": pipe.stats.samples_out / SAMPLE_RATE}
+
+
+def run_paced(model, codec, args) -> dict:
+    frames = int(args.seconds * FRAME_RATE)
+    gen = _generator(model, args)
+    _morph_automation(gen, frames + 10 * FRAME_RATE)
+    sink = NullSink(buffer_s=0.5, block=512, prefill_s=0.25)
+    pipe = Pipeline(gen, StreamingDecoder(codec.model), sink, decode_chunk=args.decode_chunk,
+                    threads=args.threads)
+    pipe.start()
+    time.sleep(args.seconds)
+    played = sink.consumed / SAMPLE_RATE
+    underruns = sink.underruns
+    pipe.stop()
+    sink.close()
+    gen.close()
+    return {"underruns": underruns, "paced_played_s": played}
+
+
+def generation_only_ms(model, args, frames: int) -> float:
+    gen = _generator(model, args)
+    _morph_automation(gen, frames)
+    for _ in range(8):
+        gen.step()
+    start = time.perf_counter()
+    for _ in range(frames):
+        gen.step()
+    gen.close()
+    return (time.perf_counter() - start) * 1e3 / frames
+
+
+@torch.inference_mode()
+def window_loop_ms(model, window: int, steps: int) -> float:
+    """The original demo's loop: the whole ``[prompt, last W rows]`` recomputed per step."""
+    prompt = torch.randn(1, model.prompt_dim)
+    ctx = torch.randint(1, 1025, (1, window, model.num_q))
+    gen = torch.Generator().manual_seed(0)
+    model(prompt, ctx)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits, _ = model(prompt, ctx)
+        probs = logits[0, -1].softmax(-1)
+        row = torch.multinomial(probs, 1, generator=gen)[:, 0]
+        ctx = torch.cat([ctx[:, 1:], row[None, None]], dim=1)
+    return (time.perf_counter() - start) * 1e3 / steps
+
+
+def blog_loop_ms(model, frames: int) -> float:
+    prompt = torch.randn(model.d_model)
+    blog_loop(model, prompt, 8, torch.Generator().manual_seed(0), [])
+    start = time.perf_counter()
+    blog_loop(model, prompt, frames, torch.Generator().manual_seed(0), [])
+    return (time.perf_counter() - start) * 1e3 / frames
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--quantize", choices=("none", "int8", "bf16"), default="none")
+    parser.add_argument("--seconds", type=float, default=600.0,
+                        help="length of the paced null-sink run (underruns)")
+    parser.add_argument("--rtf-frames", type=int, default=1500)
+    parser.add_argument("--window", type=int, default=200)
+    parser.add_argument("--hop", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--decode-chunk", type=int, default=8)
+    parser.add_argument("--reference-frames", type=int, default=300,
+                        help="frames for the blog loop (window loop: 20 steps)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = EnCodecGPT(gpt2_config(PRESETS[args.preset])).eval()
+    codec = random_codec(0)
+
+    fast = run_fast(model, codec, args)
+    print(f"{args.preset} {args.quantize}: RTF {fast['rtf']:.2f} (generate + decode), step "
+          f"p50 {fast['step_ms_p50']:.2f} ms p99 {fast['step_ms_p99']:.2f} ms, longest "
+          f"{fast['stall_ms_max']:.1f} ms", flush=True)
+    ours_ms = generation_only_ms(model, args, args.reference_frames)
+    blog_ms = blog_loop_ms(model, args.reference_frames)
+    window_ms = window_loop_ms(model, args.window, 20)
+    print(f"generation only, ms/frame: ours {ours_ms:.2f}, blog KV loop {blog_ms:.2f}, "
+          f"whole-window loop {window_ms:.2f}", flush=True)
+    paced = run_paced(model, codec, args) if args.seconds > 0 else {"underruns": None,
+                                                                     "paced_played_s": 0.0}
+    print(f"paced null sink: {paced['paced_played_s']:.1f} s played, "
+          f"{paced['underruns']} underruns", flush=True)
+    print(json.dumps({
+        "preset": args.preset, "quantize": args.quantize, "seconds": args.seconds,
+        "rtf": round(fast["rtf"], 3), "step_ms_p50": round(fast["step_ms_p50"], 3),
+        "step_ms_p99": round(fast["step_ms_p99"], 3),
+        "stall_ms_max": round(fast["stall_ms_max"], 2), "underruns": paced["underruns"],
+        "ratio_vs_blog_loop": round(blog_ms / ours_ms, 3),
+        "ratio_vs_window_loop": round(window_ms / ours_ms, 3),
+        "ms_per_frame": {"ours": round(ours_ms, 3), "blog": round(blog_ms, 3),
+                         "window": round(window_ms, 3)},
+        "window": args.window, "hop": args.hop or args.window // 4, "threads": args.threads,
+        "decode_chunk": args.decode_chunk, "paced_played_s": round(paced["paced_played_s"], 1),
+        "cpu_count": os.cpu_count(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The rolling generator against independent references: the offline window generator and
+the golden tokens, a slow whole-window recompute of the fast mode's schedule, and itself
+after save/restore."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_random_model
+from fixtures import golden
+
+from engine.config import SamplingConfig
+from engine.controls import ControlEvent, ControlState
+from engine.generate import generate_window, prompt_schedule
+from engine.generator import RollingGenerator
+from engine.patterns import start_triangle_mask
+
+GREEDY = SamplingConfig(greedy=True)
+SAMPLED = SamplingConfig()
+
+
+def _controls(*prompts, **kw) -> ControlState:
+    c = ControlState(**kw)
+    for i, p in enumerate(prompts):
+        c.apply(ControlEvent("/prompt/slot", (i, np.asarray(p, dtype=np.float32))))
+    return c
+
+
+def _run(gen: RollingGenerator, steps: int) -> torch.Tensor:
+    try:
+        return torch.stack([gen.step() for _ in range(steps)])
+    finally:
+        gen.close()
+
+
+def _lerp_events(gen: RollingGenerator, steps: int) -> None:
+    for i, x in enumerate(np.linspace(0.0, 1.0, steps)):
+        gen.schedule(i, [ControlEvent("/morph", (float(x),))])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_random_model()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = np.random.RandomState(0)
+    return rng.randn(128).astype(np.float32), rng.randn(128).astype(np.float32)
+
+
+def test_exact_mode_constant_prompt_golden(loaded):
+    g = golden("encodecgpt_A.npz")
+    gen = RollingGenerator(loaded.model, _controls(g["prompt_p0"]), window=20, mode="exact",
+                           sampling=GREEDY)
+    assert np.array_equal(_run(gen, 40).numpy(), g["interp_const_buf20_delayed"])
+
+
+def test_exact_mode_morphing_prompt_golden(loaded):
+    g = golden("encodecgpt_A.npz")
+    gen = RollingGenerator(loaded.model, _controls(g["prompt_p0"], g["prompt_p1"]), window=20,
+                           mode="exact", sampling=GREEDY)
+    _lerp_events(gen, 40)
+    assert np.array_equal(_run(gen, 40).numpy(), g["interp_lerp_buf20_delayed"])
+    assert [e.frame for e in gen.control_log] == list(range(40))
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("morph", [False, True], ids=["constant", "morph"])
+def test_fast_hop1_equals_exact(model, prompts, sampling, morph):
+    runs = []
+    for mode, hop in (("exact", None), ("fast", 1)):
+        gen = RollingGenerator(model, _controls(*prompts), window=12, mode=mode, hop=hop,
+                               sampling=sampling, seed=7)
+        if morph:
+            _lerp_events(gen, 50)
+        runs.append(_run(gen, 50))
+    assert torch.equal(runs[0], runs[1])
+
+
+def _slow_fast_schedule(model, prompt, window, hop, steps) -> torch.Tensor:
+    """What fast mode must compute with a constant prompt: step t runs the whole
+    ``[prompt, rows b(t)..t-1]`` with b(t) the first of 0, H, 2H, … with t − b ≤ W, and the
+    start triangle re-created when b > 0."""
+    tri = start_triangle_mask(window, model.num_q)
+    rows = []
+    for t in range(steps):
+        b = max(0, -(-(t - window) // hop)) * hop
+        ctx = torch.stack(rows[b:t]) if t > b else torch.zeros(0, model.num_q, dtype=torch.long)
+        if b > 0:
+            ctx = ctx.masked_fill(tri[: len(ctx)], 0)
+        with torch.inference_mode():
+            logits, _ = model(torch.from_numpy(prompt)[None], ctx[None], last_only=True)
+        rows.append(logits[0, -1].argmax(-1))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("hop", [2, 3, 5, 12])
+def test_fast_mode_follows_its_window_schedule(model, prompts, hop):
+    expected = _slow_fast_schedule(model, prompts[0], 12, hop, 70)
+    gen = RollingGenerator(model, _controls(prompts[0]), window=12, mode="fast", hop=hop,
+                           sampling=GREEDY)
+    assert torch.equal(_run(gen, 70), expected)
+
+
+def test_fast_mode_background_prefill_equals_inline(model, prompts):
+    """The worker thread's timing never changes the tokens (jobs are fixed by frame)."""
+    runs = []
+    for background in (True, False):
+        gen = RollingGenerator(model, _controls(*prompts, glide=0.05), window=16, mode="fast",
+                               hop=4, sampling=SAMPLED, seed=3, background=background)
+        for f in (5, 30, 47):
+            gen.schedule(f, [ControlEvent("/morph", (float(f % 2),))])
+        runs.append(_run(gen, 80))
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("mode,hop", [("exact", None), ("fast", 4), ("fast", 1)])
+def test_save_restore_gives_identical_tokens(model, prompts, mode, hop):
+    def fresh():
+        return RollingGenerator(model, _controls(*prompts, glide=0.1), window=16, mode=mode,
+                                hop=hop, sampling=SAMPLED, seed=11)
+
+    gen = fresh()
+    gen.apply_now([ControlEvent("/morph", (0.8,)), ControlEvent("/temperature", (0.7,))])
+    for _ in range(37):  # mid-glide, mid-hop
+        gen.step()
+    state = gen.save_state()
+    after = [ControlEvent("/topk", (50,)), ControlEvent("/morph", (0.1,))]
+    gen.schedule(45, after)
+    a = _run(gen, 40)
+    other = fresh()
+    other.restore_state(state)
+    other.schedule(45, after)
+    b = _run(other, 40)
+    assert torch.equal(a, b)
+
+
+def test_control_takes_effect_at_its_logged_frame(loaded):
+    """A prompt switch submitted between frames 24 and 25 changes nothing before 25 and
+    matches the offline window generator with that per-step schedule from 25 on."""
+    g = golden("encodecgpt_A.npz")
+    p0, p1 = g["prompt_p0"], g["prompt_p1"]
+    gen = RollingGenerator(loaded.model, _controls(p0, p1), window=20, mode="exact",
+                           sampling=GREEDY)
+    rows, logits = [], []
+    for frame in range(40):
+        if frame == 25:
+            gen.submit([ControlEvent("/morph", (1.0,))])  # arrives between frames 24 and 25
+        rows.append(gen.step())
+        logits.append(gen.last_logits)
+    gen.close()
+    assert [(e.frame, e.address, e.values) for e in gen.control_log] == [(25, "/morph", (1.0,))]
+    switched = generate_window(loaded.model, torch.from_numpy(np.stack([p0] * 25 + [p1] * 15)),
+                               20, return_logits=True)
+    const = generate_window(loaded.model, torch.from_numpy(prompt_schedule(p0, None, 40)), 20,
+                            return_logits=True)
+    assert torch.equal(torch.stack(rows), switched.tokens)
+    logits = torch.stack(logits)
+    assert torch.equal(logits, switched.step_logits)
+    change = (logits - const.step_logits).abs().amax(dim=(1, 2))
+    assert (change[:25] == 0).all() and (change[25:] > 1e-4).all()
+
+
+def test_glide_is_smooth_and_lands_on_target(model, prompts):
+    tau = 0.2
+    gen = RollingGenerator(model, _controls(*prompts), window=8, mode="fast",
+                           sampling=GREEDY)
+    gen.apply_now([ControlEvent("/glide", (tau,)), ControlEvent("/morph", (1.0,)),
+                   ControlEvent("/temperature", (0.2,))])
+    alpha = 1.0 - np.exp(-1.0 / (tau * 75))
+    weights, temps = [], []
+    for _ in range(200):
+        gen.step()
+        weights.append(gen.controls.weights[1])
+        temps.append(gen.controls.temperature)
+    gen.close()
+    steps = np.diff([0.0, *weights])
+    assert (steps >= 0).all() and steps.max() <= alpha + 1e-12  # a jump became a glide
+    assert weights[0] < 0.2 and weights[-1] == 1.0 and temps[-1] == 0.2
+    landed = weights.index(1.0)
+    assert 75 * tau * 5 < landed < 75 * tau * 12  # ~ τ·ln(1/SNAP) frames
+    assert np.allclose(gen.controls.prompt(), prompts[1])
+
+
+def test_refused_bundle_keeps_previous_state(model, prompts):
+    gen = RollingGenerator(model, _controls(prompts[0]), window=8, mode="exact")
+    errors = []
+    gen.on_error = lambda frame, ev, msg: errors.append((frame, ev.address, msg))
+    gen.submit([ControlEvent("/temperature", (0.5,)), ControlEvent("/morph", (0.5,))])
+    gen.step()  # slot 1 empty: the whole bundle is refused, the temperature too
+    assert gen.controls.temperature == 1.0 and gen.control_log == []
+    assert errors and errors[0][:2] == (0, "/morph") and "slot 1 is empty" in errors[0][2]
+    gen.close()
+
+
+@pytest.mark.parametrize("window,hop,msg", [(300, None, "window must be 1..299"),
+                                            (0, None, "window must be"),
+                                            (20, 21, "hop must be in 1..20")])
+def test_window_and_hop_are_checked(model, prompts, window, hop, msg):
+    with pytest.raises(ValueError, match=msg):
+        RollingGenerator(model, _controls(prompts[0]), window=window, hop=hop)
+
+
+def test_reset_starts_a_fresh_sequence(model, prompts):
+    """After /reset at frame 30 the rows equal a brand-new generator's (same RNG state)."""
+    gen = RollingGenerator(model, _controls(prompts[0]), window=10, mode="fast", hop=3,
+                           sampling=GREEDY)
+    gen.schedule(30, [ControlEvent("/reset")])
+    rows = _run(gen, 50)
+    fresh = _run(RollingGenerator(model, _controls(prompts[0]), window=10, mode="fast", hop=3,
+                                  sampling=GREEDY), 20)
+    assert torch.equal(rows[30:], fresh)

@@ -1,4 +1,4 @@
-"""Command line: ``python run_engine.py encode|embed|render ...`` (forms in README).
+"""Command line: ``python run_engine.py [live options]`` or ``encode|embed|render ...``.
 
 Every user mistake (missing or unreadable file, wrong kind of checkpoint, bad option) ends
 with one line ``error: ...`` on stderr and exit status 2, never a traceback.
@@ -89,22 +89,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SUBCOMMANDS = ("encode", "embed", "render")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not any(a in SUBCOMMANDS for a in argv[:3]):  # no command: play live
+        return _guard(lambda: _live(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return _guard(lambda: _offline(args))
+
+
+def _live(argv: list[str]) -> int:
+    from engine.live_cli import cmd_live
+
+    return cmd_live(argv)
+
+
+def _guard(run) -> int:
     try:
-        return {"encode": cmd_encode, "embed": cmd_embed, "render": cmd_render}[args.command](args)
+        return run()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _offline(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return {"encode": cmd_encode, "embed": cmd_embed, "render": cmd_render}[args.command](args)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -270,7 +290,7 @@ class _PromptLoader:
     def load(self, arg: str) -> np.ndarray:
         path = Path(arg)
         if path.suffix.lower() == ".npy":
-            return _load_prompt_npy(path)
+            return load_prompt_npy(path)
         if self._encoder is None:
             from engine.prompt import load_encodecmae
 
@@ -278,7 +298,7 @@ class _PromptLoader:
         return self._encoder.prompt(path)
 
 
-def _load_prompt_npy(path: Path) -> np.ndarray:
+def load_prompt_npy(path: Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path}: no such file (expected a prompt .npy or an audio file)")
     try:

@@ -70,7 +70,8 @@ class Pipeline:
         self.threads = threads
         self.on_row, self.on_audio = on_row, on_audio
         self.stats = StepStats()
-        self.rows: queue.Queue = queue.Queue(maxsize=max(16, 2 * self.decode_chunk))
+        # Small: rows waiting here are generated but unheard, i.e. control latency.
+        self.rows: queue.Queue = queue.Queue(maxsize=self.decode_chunk + 2)
         self._stop = threading.Event()
         self._limit: int | None = None
         self._gen_thread: threading.Thread | None = None
@@ -103,9 +104,12 @@ class Pipeline:
 
     def stop(self) -> None:
         """Stop generating; the decoder finishes the rows already queued."""
+        self.stop_nowait()
+        self.join()
+
+    def stop_nowait(self) -> None:
         self._stop.set()
         self.running.set()
-        self.join()
 
     def _generate(self) -> None:
         gen = self.generator

@@ -1,0 +1,48 @@
+"""The live terminal status: RTF, buffer, underruns, mix, recording (rich when a TTY)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def status_line(s: dict) -> str:
+    mix = " ".join(f"{w:.2f}" for w in s["mix"])
+    return (f"{'PLAY' if s['playing'] else 'PAUSE'} {s['frame'] / 75:7.1f}s  RTF {s['rtf']:4.2f}  "
+            f"step {s['step_ms_p50']:5.1f}/{s['step_ms_p99']:5.1f} ms  buffer "
+            f"{s['buffer_ms']:4.0f} ms  underruns {s['underruns']}  mix [{mix}]  "
+            f"T {s['temperature']:.2f} k {s['topk']} p {s['topp']:.2f}"
+            f"{'  REC' if s['recording'] else ''}  ({s['device']})")
+
+
+class StatusConsole:
+    """Context manager; :meth:`update` redraws (TTY) or logs a line every 10 s (pipes)."""
+
+    def __init__(self, engine, enabled: bool = True):
+        self.engine, self.enabled = engine, enabled
+        self.live = None
+        self._last = 0.0
+
+    def __enter__(self):
+        if self.enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live("", console=Console(stderr=True), refresh_per_second=4)
+            self.live.__enter__()
+        return self
+
+    def update(self) -> None:
+        if not self.enabled:
+            return
+        line = status_line(self.engine.status())
+        if self.live is not None:
+            self.live.update(line)
+        elif time.monotonic() - self._last > 10.0:
+            self._last = time.monotonic()
+            print(line, file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.__exit__(*exc)
+        return False

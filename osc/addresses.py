@@ -1,0 +1,105 @@
+"""The OSC address table: the single source of truth for dispatch, ``/schema``, the README
+table and the control-surface layouts.
+
+Generator controls (mix, glide, sampling, reset) come from :mod:`engine.controls` with
+their ranges; engine commands (transport, prompt loading, queries) are added here. Type
+letters are OSC's: ``f`` float32, ``i`` int32, ``s`` string; ``f…`` = one or more floats;
+``[s]`` = an optional string. An int is accepted where a float is expected (Max and Pd send
+ints from integer number boxes), a float with no fractional part where an int is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from engine.controls import GENERATOR_CONTROLS, MAX_SLOTS
+
+
+@dataclass(frozen=True)
+class Address:
+    address: str
+    types: str  # as in ControlSpec (f, i, s, f…, [s] optional string)
+    help: str
+    low: float | None = None
+    high: float | None = None
+    default: tuple = ()
+    clamp: bool = False
+    kind: str = "control"  # control (applied at a frame) | command (engine) | reply (sent)
+    widget: str = ""  # what a control surface shows for it (fader, xy, dial, button, ...)
+
+
+_WIDGETS = {"/morph": "fader", "/morph/xy": "xy", "/mix": "multislider", "/glide": "dial",
+            "/temperature": "dial", "/topk": "dial", "/topp": "dial", "/seed": "number",
+            "/reset": "button"}
+
+CONTROLS = tuple(
+    Address(s.address, s.types, s.help, s.low, s.high, s.default, s.clamp, "control",
+            _WIDGETS.get(s.address, ""))
+    for s in GENERATOR_CONTROLS if s.address != "/prompt/slot"
+)
+
+COMMANDS = (
+    Address("/prompt/load", "is", "embed an audio file (EnCodecMAE) into a prompt slot; replies "
+            "/prompt/loaded i s or /error", 0, MAX_SLOTS - 1, kind="command", widget="dropfile"),
+    Address("/play", "", "start or resume playing (fades in)", kind="command", widget="button"),
+    Address("/pause", "", "stop generating; the output fades to silence", kind="command",
+            widget="button"),
+    Address("/panic", "", "silence now: fade out, drop buffered audio, reset the window, pause",
+            kind="command", widget="button"),
+    Address("/status", "", "reply once with /engine/status", kind="command"),
+    Address("/schema", "", "reply /schema s: this table as JSON", kind="command"),
+)
+
+REPLIES = (
+    Address("/engine/status", "fffffiffiii",
+            "~10 Hz: rtf, step_ms_p50, step_ms_p99, buffer_ms, morph (weight of slot 1), "
+            "underruns, temperature, topp, topk, recording (0/1), playing (0/1)", kind="reply",
+            widget="label"),
+    Address("/engine/mix", "f…", "~10 Hz: the current weight of every slot", kind="reply",
+            widget="label"),
+    Address("/prompt/loaded", "is", "a /prompt/load finished: slot, file", kind="reply",
+            widget="label"),
+    Address("/error", "s", "what was wrong with the last message (state unchanged)",
+            kind="reply", widget="label"),
+    Address("/schema", "s", "reply to /schema", kind="reply"),
+)
+
+TABLE: dict[str, Address] = {a.address: a for a in CONTROLS + COMMANDS}
+"""Addresses the engine accepts."""
+
+
+def schema_json() -> str:
+    """The accepted and sent addresses as JSON (the ``/schema`` reply)."""
+    def row(a: Address) -> dict:
+        return {"address": a.address, "types": a.types, "low": a.low, "high": a.high,
+                "default": list(a.default), "clamp": a.clamp, "kind": a.kind, "help": a.help}
+
+    return json.dumps({"accepts": [row(a) for a in CONTROLS + COMMANDS],
+                       "sends": [row(a) for a in REPLIES]})
+
+
+def markdown_table() -> str:
+    """The README's OSC table (``python -m osc.addresses`` prints it)."""
+    lines = ["| address | args | range | default | what it does |",
+             "|---|---|---|---|---|"]
+    for a in CONTROLS + COMMANDS + REPLIES:
+        rng = "" if a.low is None and a.high is None else (
+            f"{_fmt(a.low)}..{_fmt(a.high)}" + (" (clamped)" if a.clamp else ""))
+        args = a.types or "-"
+        direction = " (sent by the engine)" if a.kind == "reply" else ""
+        default = " ".join(_fmt(v) for v in a.default)
+        lines.append(f"| `{a.address}` | `{args}` | {rng} | {default} | {a.help}{direction} |")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v)) if abs(v) < 1e6 else f"{v:g}"
+    return str(v)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

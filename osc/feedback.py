@@ -1,0 +1,49 @@
+"""``/engine/status`` and ``/engine/mix`` at ~10 Hz to the last sender and ``--feedback``.
+
+The argument order is the table's (``osc.addresses.REPLIES``); control surfaces read them by
+position.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+def status_messages(status: dict) -> list[tuple[str, list]]:
+    """The engine's status dict → the OSC messages that report it."""
+    s = status
+    return [
+        ("/engine/status", [float(s["rtf"]), float(s["step_ms_p50"]), float(s["step_ms_p99"]),
+                            float(s["buffer_ms"]), float(s["morph"]), int(s["underruns"]),
+                            float(s["temperature"]), float(s["topp"]), int(s["topk"]),
+                            int(s["recording"]), int(s["playing"])]),
+        ("/engine/mix", [float(w) for w in s["mix"]]),
+    ]
+
+
+class FeedbackSender:
+    """Send the status every ``period`` seconds through ``server`` while it has a target."""
+
+    def __init__(self, server, engine, period: float = 0.1):
+        self.server, self.engine, self.period = server, engine, period
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="osc-feedback", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            targets = self.server.targets()
+            if not targets:
+                continue
+            for address, args in status_messages(self.engine.status()):
+                for t in targets:
+                    self.server.send(t, address, args)
+            self.sent += 1

@@ -128,8 +128,23 @@ def _load(args):
 
     source = args.checkpoint or DEFAULT_CHECKPOINT
     print(f"loading {source} ...", file=sys.stderr, flush=True)
-    loaded = load_checkpoint(source, trust=args.trust_checkpoint)
+    try:
+        loaded = load_checkpoint(source, trust=args.trust_checkpoint)
+    except UserError as e:
+        if args.checkpoint is None and "cannot be reached" in str(e):
+            raise UserError(OFFLINE_HELP.format(reason=e)) from None
+        raise
     return loaded.model, loaded.codec, encoder_factory
+
+
+OFFLINE_HELP = """the default model is not in the Hugging Face cache and the hub cannot be reached.
+  ({reason})
+  With no options the engine needs, from the hub:
+    lpepino/encodecgpt   nsynth-base/nsynth-390ksteps-base.ckpt (and nsynth-base/config.json
+                         if the repo has one)
+    lpepino/encodecmae-base   model.pt, config.gin  (to embed the default and loaded prompts)
+  Fetch them where there is network access (hf download REPO FILE) and either let them land
+  in the cache, or pass --checkpoint FILE (and --encodecmae FOLDER, or --prompt *.npy)."""
 
 
 def _first_npy_dim(prompts: list[str]) -> int | None:

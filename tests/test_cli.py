@@ -144,3 +144,14 @@ def test_render_rejects_bad_window_and_hop(tmp_path, ckpt_path, prompts, extra, 
     proc = run("render", "--checkpoint", ckpt_path, "--prompt", prompts / "p0.npy",
                "--frames", 10, "--tokens-out", tmp_path / "t.npy", *extra, ok=False)
     assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_live_engine_offline_without_options_says_what_it_needs(tmp_path):
+    env_home = tmp_path / "hf"
+    proc = subprocess.run([sys.executable, str(REPO / "run_engine.py"), "--device", "null",
+                           "--seconds", "1"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(env_home)})
+    assert proc.returncode == 2, proc.stderr
+    for text in ("nsynth-390ksteps-base.ckpt", "lpepino/encodecmae-base", "--checkpoint"):
+        assert text in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -71,7 +71,7 @@ def main() -> None:
         round(float(e.values[0]), 4), (e.frame, time.perf_counter()))
     total = [0]
 
-    def on_audio(block):
+    def on_audio(block, start):
         total[0] += len(block)
         emitted.append((total[0], time.perf_counter()))
 

@@ -119,7 +119,8 @@ class AudioOut:
         self.callbacks = 0
         self.failed: str | None = None
         self.played = 0
-        self.tap = None  # optional callable(np.ndarray) on the writer side (recording)
+        self.tap = None  # callable(block at device rate, start24) on the writer side
+        self._in24 = 0  # 24 kHz samples received so far
         try:
             self.stream = sd.OutputStream(
                 device=device, samplerate=self.rate, channels=self.channels, dtype="float32",
@@ -142,10 +143,12 @@ class AudioOut:
     # -- writer side (decoder thread) -----------------------------------------------------
     def write(self, block: np.ndarray) -> None:
         """24 kHz mono block in; waits while the ring is full (back-pressure)."""
+        start24 = self._in24
+        self._in24 += len(block)
         if self._resampler is not None:
             block = self._resampler.resample_chunk(np.asarray(block, dtype=np.float32))
         if self.tap is not None:
-            self.tap(block)
+            self.tap(block, start24)
         done = 0
         while done < len(block):
             done += self.ring.write(block[done:])

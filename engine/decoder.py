@@ -112,6 +112,30 @@ def _wrap(layer: nn.Module):
     raise TypeError(f"no streaming rule for {type(layer).__name__}")
 
 
+_STATE_ATTRS = {_ConvState: "context", _ConvTransposeState: "tail", _LSTMState: "state"}
+
+
+def _holders(layers):
+    """(wrapper, attribute) of every carried state, in a fixed order."""
+    for layer in layers:
+        if isinstance(layer, _ResnetState):
+            yield from _holders([*layer.block, layer.shortcut])
+        elif type(layer) in _STATE_ATTRS:
+            yield layer, _STATE_ATTRS[type(layer)]
+
+
+def _states(layers):
+    return [getattr(obj, attr) for obj, attr in _holders(layers)]
+
+
+def _clone(value):
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple):
+        return tuple(_clone(v) for v in value)
+    return value
+
+
 def folded_decoder(model: EncodecModel) -> nn.Module:
     """A private copy of the decoder with weight norm folded into plain weights.
 
@@ -149,6 +173,21 @@ class StreamingDecoder:
         self.layers = [_wrap(layer) for layer in self.decoder.layers]
         self.pending: torch.Tensor | None = None  # codes held back at stream start
         self.started = False
+
+    def get_state(self) -> dict:
+        """The carried state (copies): conv contexts, transposed-conv tails, LSTM states."""
+        return {"layers": [_clone(v) for v in _states(self.layers)],
+                "pending": _clone(self.pending), "started": self.started}
+
+    def set_state(self, state: dict) -> None:
+        """Continue a stream from :meth:`get_state` (of a decoder for the same codec)."""
+        self.reset()
+        holders = list(_holders(self.layers))
+        if len(holders) != len(state["layers"]):
+            raise ValueError("decoder state does not fit this decoder")
+        for (obj, attr), value in zip(holders, state["layers"], strict=True):
+            setattr(obj, attr, _clone(value))
+        self.pending, self.started = _clone(state["pending"]), state["started"]
 
     @torch.inference_mode()
     def push(self, codes: torch.Tensor) -> torch.Tensor:

@@ -121,6 +121,7 @@ class RollingGenerator:
         self.triangle = start_triangle_mask(self.num_q, self.num_q)  # [Q, Q] first rows
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
         self._scheduled: dict[int, list[list[ControlEvent]]] = {}
+        self._boundary: queue.SimpleQueue = queue.SimpleQueue()
         self.control_log: list[AppliedControl] = []
         self.errors: list[tuple[int, str]] = []  # (frame, message) of refused events
         self.on_control: Callable[[AppliedControl], None] | None = None
@@ -170,7 +171,14 @@ class RollingGenerator:
             self._executor = None
 
     # -- controls ------------------------------------------------------------------------
+    def at_boundary(self, fn: Callable[[RollingGenerator], None]) -> None:
+        """Run ``fn(generator)`` on the generator thread at the next frame boundary, before
+        that frame's controls (e.g. to snapshot the state a recording starts from)."""
+        self._boundary.put(fn)
+
     def _apply_pending(self) -> None:
+        while not self._boundary.empty():
+            self._boundary.get()(self)
         for events in self._scheduled.pop(self.t, ()):
             self.apply_now(events)
         while True:

@@ -9,7 +9,6 @@ snapshot. A device that fails to open, or stops while playing, is replaced by th
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import FRAME_RATE, HOP_LENGTH
+from engine import FRAME_RATE
 from engine.controls import ControlError, ControlEvent, ControlState
 from engine.decoder import StreamingDecoder
 from engine.errors import UserError
@@ -47,6 +46,9 @@ class LiveConfig:
     num_slots: int = 4
     control_log: Path | None = None  # JSON lines of every applied control
     tap: Path | None = None  # everything sent to the output, at its rate (WAV float)
+    sessions_dir: Path = Path("sessions")
+    identity: dict = field(default_factory=dict)  # checkpoint/codec ids for session.json
+    slot_sources: list = field(default_factory=list)  # where each initial prompt came from
 
 
 class LiveEngine:
@@ -82,9 +84,25 @@ class LiveEngine:
         self._encoder = None
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="prompt-load")
         self.error_listeners: list[Callable[[str], None]] = []
-        self.recording = False
         self.playing = False
         self._writers = []
+        self._control_listeners: list[Callable] = []
+        self._audio_listeners: list[Callable] = []
+        self.generator.on_control = self._dispatch_control
+        self.pipeline.on_row = self._dispatch_row
+        self._row_listeners: list[Callable] = []
+        if self.is_device:
+            self.output.tap = self._dispatch_audio
+        else:
+            self.pipeline.on_audio = self._dispatch_audio
+        self.slot_sources = {i: str(src) for i, src in enumerate(config.slot_sources)}
+        from engine.recorder import Recorder
+
+        self.recorder = Recorder(self, config.sessions_dir, self._recorder_notice)
+        self.recorder_listeners: list[Callable[[str, str], None]] = []
+        self._control_listeners.append(self.recorder.on_control)
+        self._row_listeners.append(self.recorder.on_row)
+        self._audio_listeners.append(self.recorder.on_audio)
         self._open_logs()
         self._watchdog_stop = threading.Event()
         self._watchdog = threading.Thread(target=self._watch_device, daemon=True,
@@ -128,21 +146,62 @@ class LiveEngine:
                 self.output = sink
 
     def _open_logs(self) -> None:
+        from engine.recorder import control_record
         from engine.writers import AudioFileWriter, JsonLinesWriter
 
         cfg = self.config
         if cfg.control_log is not None:
             log = JsonLinesWriter(cfg.control_log, on_error=self.log)
-            self.generator.on_control = lambda entry: log.put(control_record(entry))
+            self._control_listeners.append(lambda entry: log.put(control_record(entry)))
             self._writers.append(log)
         if cfg.tap is not None:
-            rate = getattr(self.output, "rate", 24000)
-            tap = AudioFileWriter(cfg.tap, rate, on_error=self.log)
-            if self.is_device:
-                self.output.tap = tap.put
-            else:
-                self.pipeline.on_audio = tap.put
+            tap = AudioFileWriter(cfg.tap, self.output_rate, on_error=self.log)
+            self._audio_listeners.append(lambda block, start, rate: tap.put(block))
             self._writers.append(tap)
+
+    @property
+    def output_rate(self) -> int:
+        return int(getattr(self.output, "rate", 24000))
+
+    def _dispatch_control(self, entry) -> None:
+        for listener in self._control_listeners:
+            listener(entry)
+
+    def _dispatch_row(self, frame, row) -> None:
+        for listener in self._row_listeners:
+            listener(frame, row)
+
+    def _dispatch_audio(self, block, start24) -> None:
+        rate = self.output_rate
+        for listener in self._audio_listeners:
+            listener(block, start24, rate)
+
+    def _recorder_notice(self, kind: str, text: str) -> None:
+        if kind == "error":
+            self.log(f"recording: {text}")
+            for listener in self.error_listeners:
+                listener(text)
+        else:
+            self.log(f"recording {kind}: {text}")
+        for listener in self.recorder_listeners:
+            listener(kind, text)
+
+    def session_info(self) -> dict:
+        """What session.json needs (called on the generator thread at a frame boundary)."""
+        from engine.recorder import embedding_digest
+
+        gen, cfg = self.generator, self.config
+        slots = []
+        for i, vec in enumerate(gen.controls.slots):
+            if vec is not None:
+                slots.append({"slot": i, "source": self.slot_sources.get(i),
+                              "sha256": embedding_digest(vec), "embedding": vec.copy()})
+        return {"model": dict(cfg.identity), "sample_rate": self.output_rate,
+                "engine": {"window": gen.window, "hop": gen.hop, "mode": gen.mode,
+                           "quantize": cfg.quantize, "seed": cfg.seed, "greedy": gen.greedy,
+                           "num_q": gen.num_q, "num_slots": gen.controls.num_slots,
+                           "device": "device" if self.is_device else "null"},
+                "prompt_slots": slots}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, warmup_frames: int | None = None) -> None:
@@ -159,13 +218,14 @@ class LiveEngine:
         self._watchdog.start()
 
     def stop(self) -> None:
-        """Fade out and stop everything (idempotent)."""
+        """Fade out and stop everything (idempotent); a recording is finished first."""
         self._watchdog_stop.set()
         if self.is_device:
             self.output.fade_out()
         self.pipeline.stop_nowait()
         self.output.close()
         self.pipeline.stop()
+        self.recorder.close()
         self.generator.close()
         self._loader.shutdown(wait=False, cancel_futures=True)
         for w in self._writers:
@@ -220,6 +280,7 @@ class LiveEngine:
             try:
                 vec = self._embed(file)
                 self.submit([ControlEvent("/prompt/slot", (slot, vec))])
+                self.slot_sources[slot] = str(file)
             except UserError as e:
                 failed(str(e))
                 return
@@ -270,19 +331,7 @@ class LiveEngine:
             "mix": [float(w) for w in c.weights],
             "morph": float(c.weights[1]) if len(c.weights) > 1 else 0.0,
             "temperature": float(c.temperature), "topk": int(c.top_k), "topp": float(c.top_p),
-            "recording": int(self.recording), "playing": int(self.playing),
+            "recording": int(self.recorder.recording), "playing": int(self.playing),
             "frame": self.generator.t, "device": "device" if self.is_device else "null",
         }
 
-
-def control_record(entry) -> dict:
-    """A frame-log entry as plain JSON data (an embedding is logged by size and digest)."""
-    values = []
-    for v in entry.values:
-        if isinstance(v, np.ndarray):
-            digest = hashlib.sha256(np.ascontiguousarray(v, dtype=np.float32)).hexdigest()
-            values.append({"embedding": int(v.shape[0]), "sha256": digest[:16]})
-        else:
-            values.append(v)
-    return {"frame": entry.frame, "sample": entry.frame * HOP_LENGTH, "wall_time": entry.wall_time,
-            "address": entry.address, "values": values}

@@ -70,6 +70,10 @@ def build_live_parser() -> argparse.ArgumentParser:
     r.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (default: until Ctrl-C)")
     r.add_argument("--no-status", action="store_true", help="no live status display")
+    r.add_argument("--record", metavar="NAME", default=None,
+                   help="record the session from the start (see /record/start)")
+    r.add_argument("--sessions-dir", metavar="DIR", type=Path, default=Path("sessions"),
+                   help="where recorded sessions go (default ./sessions)")
     r.add_argument("--control-log", metavar="FILE.jsonl", type=Path, default=None,
                    help="append every applied control (frame, sample, address, values)")
     r.add_argument("--tap", metavar="FILE.wav", type=Path, default=None,
@@ -114,16 +118,15 @@ def _load(args):
         return load_encodecmae(args.encodecmae, trust=args.trust_checkpoint)
 
     if args.random_weights:
-        from engine.codec import random_codec
-        from engine.model import EnCodecGPT, gpt2_config
+        from engine.replay import random_model
 
         print("WARNING: --random-weights: an UNTRAINED model and codec — the sound is noise. "
               "For smoke tests and benchmarks only.", file=sys.stderr)
-        dim = _first_npy_dim(args.prompt)
-        with torch.random.fork_rng():
-            torch.manual_seed(args.weights_seed)
-            model = EnCodecGPT(gpt2_config(PRESETS[args.preset]), prompt_dim=dim).eval()
-        return model, random_codec(args.weights_seed), encoder_factory
+        args.identity = {"random_weights": True, "preset": args.preset,
+                         "weights_seed": args.weights_seed,
+                         "prompt_dim": _first_npy_dim(args.prompt)}
+        model, codec = random_model(args.identity)
+        return model, codec, encoder_factory
     from engine.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
     source = args.checkpoint or DEFAULT_CHECKPOINT
@@ -134,6 +137,8 @@ def _load(args):
         if args.checkpoint is None and "cannot be reached" in str(e):
             raise UserError(OFFLINE_HELP.format(reason=e)) from None
         raise
+    args.identity = {"checkpoint": str(source), "sha256": loaded.sha256,
+                     "codec": loaded.codec.name}
     return loaded.model, loaded.codec, encoder_factory
 
 
@@ -163,6 +168,7 @@ def _initial_prompts(args, model, encoder_factory) -> list[np.ndarray]:
     if not files and args.random_weights:
         rng = np.random.RandomState(args.weights_seed)
         print("prompts: 3 random vectors (random weights: nothing to embed)", file=sys.stderr)
+        args.slot_sources = ["random"] * 3
         return [rng.randn(model.prompt_dim).astype(np.float32) for _ in range(3)]
     if not files:
         from engine.default_prompts import write_default_prompts
@@ -173,6 +179,7 @@ def _initial_prompts(args, model, encoder_factory) -> list[np.ndarray]:
               file=sys.stderr)
     encoder = None
     slots = []
+    args.slot_sources = [str(f.resolve()) for f in files]
     for f in files:
         if f.suffix.lower() == ".npy":
             vec = load_prompt_npy(f)
@@ -206,7 +213,9 @@ def _build_engine(args, model, codec, slots, encoder_factory):
                         latency=latency, threads=args.threads, prompt_dirs=dirs,
                         decode_chunk=args.decode_chunk,
                         num_slots=max(4, len(slots)), control_log=args.control_log,
-                        tap=args.tap)
+                        tap=args.tap, sessions_dir=args.sessions_dir,
+                        identity=dict(args.identity, prompt_dim=model.prompt_dim),
+                        slot_sources=list(args.slot_sources))
     try:
         return LiveEngine(model, codec, slots, config, encoder_factory=encoder_factory)
     except ValueError as e:
@@ -226,6 +235,8 @@ def _run(args, engine, feedback) -> int:
     console = StatusConsole(engine, enabled=not args.no_status)
     try:
         engine.start()
+        if args.record is not None:
+            engine.recorder.start(args.record)
         server.start()
         sender.start()
         host, port = server.address

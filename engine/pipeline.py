@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from engine import HOP_LENGTH
 from engine.decoder import StreamingDecoder
 from engine.generator import RollingGenerator
 from engine.patterns import StreamingUndelay
@@ -58,13 +59,14 @@ class Pipeline:
         decode_chunk: frames per decoder call (larger = cheaper per frame, more latency).
         threads: torch intra-op threads for the whole process.
         on_row: called on the generator thread with ``(frame, row)`` after each step.
-        on_audio: called on the decoder thread with each audio block before the sink.
+        on_audio: called on the decoder thread with each 24 kHz audio block and the output
+            sample index it starts at (frame f starts at sample 320·f), before the sink.
     """
 
     def __init__(self, generator: RollingGenerator, decoder: StreamingDecoder, sink, *,
                  decode_chunk: int = 4, threads: int = 1,
                  on_row: Callable[[int, torch.Tensor], None] | None = None,
-                 on_audio: Callable[[np.ndarray], None] | None = None):
+                 on_audio: Callable[[np.ndarray, int], None] | None = None):
         self.generator, self.decoder, self.sink = generator, decoder, sink
         self.decode_chunk = max(1, decode_chunk)
         self.threads = threads
@@ -79,6 +81,13 @@ class Pipeline:
         self.error: BaseException | None = None
         self.running = threading.Event()  # cleared = paused
         self.running.set()
+        self._frame_hooks: queue.SimpleQueue = queue.SimpleQueue()
+
+    def at_frame(self, frame: int, hook: Callable[[dict, int], None]) -> None:
+        """Call ``hook(decoder_state, sample_index)`` on the decoder thread just before frame
+        ``frame`` is decoded (the chunk is cut there), e.g. to start a recording whose replay
+        must continue the decoder exactly. ``frame`` must not be decoded yet."""
+        self._frame_hooks.put((frame, hook))
 
     def start(self, frames: int | None = None) -> None:
         """Start both threads; stop by itself after ``frames`` rows if given."""
@@ -143,6 +152,8 @@ class Pipeline:
     def _decode(self) -> None:
         undelay = StreamingUndelay(self.generator.num_q)
         chunk: list[torch.Tensor] = []
+        hooks: list[tuple[int, Callable]] = []
+        frames = 0  # frames completed so far = index of the next one
         try:
             while True:
                 item = self.rows.get()
@@ -150,7 +161,19 @@ class Pipeline:
                     break
                 frame = undelay.push(item)
                 if frame is not None:
+                    while not self._frame_hooks.empty():
+                        hooks.append(self._frame_hooks.get())
+                    due = [h for h in hooks if h[0] <= frames]
+                    if due:
+                        if chunk:
+                            self._emit(chunk)
+                            chunk = []
+                        state = self.decoder.get_state()
+                        for h in due:
+                            hooks.remove(h)
+                            h[1](state, frames * HOP_LENGTH)
                     chunk.append(frame)
+                    frames += 1
                 if len(chunk) >= self.decode_chunk:
                     self._emit(chunk)
                     chunk = []
@@ -166,6 +189,6 @@ class Pipeline:
         if audio.size == 0:
             return
         if self.on_audio is not None:
-            self.on_audio(audio)
+            self.on_audio(audio, self.stats.samples_out)
         self.sink.write(audio)
         self.stats.samples_out += audio.size

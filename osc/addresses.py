@@ -47,6 +47,10 @@ COMMANDS = (
             widget="button"),
     Address("/panic", "", "silence now: fade out, drop buffered audio, reset the window, pause",
             kind="command", widget="button"),
+    Address("/record/start", "[s]", "record a session (optional name) under --sessions-dir; "
+            "replies /record/started s:folder", kind="command", widget="toggle"),
+    Address("/record/stop", "", "finish the recording; replies /record/stopped s:folder",
+            kind="command", widget="toggle"),
     Address("/status", "", "reply once with /engine/status", kind="command"),
     Address("/schema", "", "reply /schema s: this table as JSON", kind="command"),
 )
@@ -59,6 +63,10 @@ REPLIES = (
     Address("/engine/mix", "f…", "~10 Hz: the current weight of every slot", kind="reply",
             widget="label"),
     Address("/prompt/loaded", "is", "a /prompt/load finished: slot, file", kind="reply",
+            widget="label"),
+    Address("/record/started", "s", "a recording began: its folder", kind="reply",
+            widget="label"),
+    Address("/record/stopped", "s", "a recording was finished: its folder", kind="reply",
             widget="label"),
     Address("/error", "s", "what was wrong with the last message (state unchanged)",
             kind="reply", widget="label"),

@@ -69,6 +69,7 @@ class OSCServer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="osc", daemon=True)
         engine.error_listeners.append(lambda msg: self.reply_all("/error", [msg]))
+        engine.recorder_listeners.append(self._recording_notice)
 
     def start(self) -> None:
         self._thread.start()
@@ -161,12 +162,26 @@ class OSCServer:
                 self.reply_all(addr, vals, sender)
         elif address == "/schema":
             self.reply_all("/schema", [schema_json()], sender)
+        elif address in ("/record/start", "/record/stop"):
+            from engine.errors import UserError
+
+            try:
+                if address == "/record/start":
+                    eng.recorder.start(args[0] if args else None)
+                else:
+                    eng.recorder.stop()
+            except UserError as e:
+                self._error(sender, f"{address}: {e}")
         elif address == "/prompt/load":
             slot, path = args
             eng.load_prompt(
                 slot, path,
                 done=lambda s, p: self.reply_all("/prompt/loaded", [s, p], sender),
                 failed=lambda m: self._error(sender, f"/prompt/load: {m}"))
+
+    def _recording_notice(self, kind: str, text: str) -> None:
+        if kind in ("started", "stopped"):
+            self.reply_all(f"/record/{kind}", [text])
 
     def _error(self, sender: Target, message: str) -> None:
         self.errors += 1
@@ -181,6 +196,10 @@ def coerce_args(spec: Address, params: list) -> list:
         kinds = "f" * len(params)
         if not params:
             raise ControlError(f"{spec.address} expects one or more floats")
+    elif spec.types == "[s]":
+        kinds = "s" * len(params)
+        if len(params) > 1:
+            raise ControlError(f"{spec.address} expects at most one string")
     else:
         kinds = spec.types
         if len(params) != len(kinds):

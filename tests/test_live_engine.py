@@ -17,7 +17,7 @@ def _engine(tmp_path, **kw):
     logs = []
     rng = np.random.RandomState(0)
     slots = [rng.randn(128).astype(np.float32) for _ in range(2)]
-    config = LiveConfig(window=24, prompt_dirs=[tmp_path], **kw)
+    config = LiveConfig(window=24, prompt_dirs=[tmp_path], sessions_dir=tmp_path / "s", **kw)
     return LiveEngine(tiny_random_model(), random_codec(0), slots, config,
                       log=logs.append), logs
 

@@ -76,7 +76,8 @@ def engine(tmp_path):
     rng = np.random.RandomState(0)
     slots = [rng.randn(128).astype(np.float32) for _ in range(4)]
     eng = LiveEngine(tiny_random_model(), random_codec(0), slots,
-                     LiveConfig(window=32, device="null", prompt_dirs=[tmp_path]),
+                     LiveConfig(window=32, device="null", prompt_dirs=[tmp_path],
+                                sessions_dir=tmp_path / "sessions"),
                      log=lambda m: None)
     eng.start()
     yield eng

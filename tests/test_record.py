@@ -1,0 +1,203 @@
+"""Recording, replay, edited automation, crash recovery, a full disk, unsafe names, plot."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from live_helpers import REPO, EngineProcess, free_udp_port
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from engine.errors import UserError
+from engine.live import LiveConfig, LiveEngine
+from engine.replay import plot, random_model, read_session, replay
+from osc.server import OSCServer
+
+IDENTITY = {"random_weights": True, "weights_seed": 0, "prompt_dim": 128,
+            "size": {"n_layer": 2, "n_head": 2, "n_embd": 128, "n_positions": 256,
+                     "vocab_size": 1}}
+
+
+def _osc(address, *args):
+    b = OscMessageBuilder(address=address)
+    for a in args:
+        b.add_arg(a)
+    return b.build().dgram
+
+
+def _engine(tmp_path, sessions, **kw):
+    model, codec = random_model(IDENTITY)
+    rng = np.random.RandomState(0)
+    slots = [rng.randn(128).astype(np.float32) for _ in range(3)]
+    cfg = LiveConfig(window=32, hop=8, device="null", prompt_dirs=[tmp_path],
+                     sessions_dir=sessions, identity=IDENTITY,
+                     slot_sources=["a", "b", "c"], **kw)
+    logs = []
+    eng = LiveEngine(model, codec, slots, cfg, log=logs.append)
+    return eng, logs
+
+
+def _wait(pred, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """A session recorded from scripted OSC on the paced null sink."""
+    tmp = tmp_path_factory.mktemp("rec")
+    np.save(tmp / "slot3.npy", np.random.RandomState(9).randn(128).astype(np.float32))
+    eng, _ = _engine(tmp, tmp / "sessions")
+    server = OSCServer(eng, port=0, log=lambda m: None)
+    me = ("127.0.0.1", 9)
+    eng.start()
+    try:
+        server.handle(_osc("/record/start", "take 1"), me)
+        assert _wait(lambda: eng.recorder.active)
+        time.sleep(0.4)
+        script = [_osc("/morph", 0.8), _osc("/glide", 0.2), _osc("/temperature", 0.7),
+                  _osc("/prompt/load", 3, str(tmp / "slot3.npy")), _osc("/topk", 50),
+                  _osc("/seed", 5), _osc("/morph/xy", 0.2, 0.9), _osc("/mix", 1.0, 0.0, 0.0, 1.0)]
+        for msg in script:
+            server.handle(msg, me)
+            time.sleep(0.25)
+        time.sleep(0.5)
+        assert eng.status()["recording"] == 1
+        server.handle(_osc("/record/stop"), me)
+        assert _wait(lambda: not eng.recorder.recording)
+    finally:
+        server.close()
+        eng.stop()
+    folders = list((tmp / "sessions").iterdir())
+    assert len(folders) == 1 and folders[0].name.endswith("-take_1")
+    return folders[0]
+
+
+def test_session_folder_holds_everything(session):
+    info = read_session(session)
+    assert info["end_frame"] > info["first_frame"] + 150
+    assert info["engine"]["window"] == 32 and info["engine"]["hop"] == 8
+    assert info["model"]["random_weights"] and len(info["prompt_slots"]) == 3
+    tokens = np.load(session / "tokens.npy")
+    assert tokens.shape == (info["end_frame"] - info["first_frame"], 8)
+    audio, rate = sf.read(session / "audio.wav", dtype="float32")
+    assert rate == 24000 and abs(len(audio) - len(tokens) * 320) <= 16 * 320
+    log = [json.loads(line) for line in (session / "controls.jsonl").read_text().splitlines()]
+    addresses = [c["address"] for c in log]
+    for a in ("/morph", "/glide", "/temperature", "/prompt/slot", "/topk", "/seed", "/mix"):
+        assert a in addresses
+    assert all(c["sample"] == c["frame"] * 320 for c in log)
+    slot_rec = next(c for c in log if c["address"] == "/prompt/slot")
+    assert (session / "slots" / f"{slot_rec['values'][1]['sha256']}.npy").is_file()
+
+
+def test_replay_gives_identical_tokens_and_matching_audio(session, tmp_path):
+    tokens, audio = replay(session)
+    recorded = np.load(session / "tokens.npy").astype(np.int64)
+    assert np.array_equal(tokens, recorded)
+    played, _ = sf.read(session / "audio.wav", dtype="float32")
+    n = min(len(played), len(audio))
+    assert n > 100 * 320
+    assert np.abs(played[:n] - audio[:n]).max() < 1e-4
+    # the same through the command line
+    proc = subprocess.run([sys.executable, str(REPO / "run_engine.py"), "replay", str(session),
+                           "--out", str(tmp_path / "re.wav")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "tokens identical to the recording" in proc.stderr
+
+
+def test_edited_control_log_changes_the_render_from_the_edit_on(session, tmp_path):
+    info = read_session(session)
+    edit_frame = info["first_frame"] + 60
+    lines = (session / "controls.jsonl").read_text().splitlines()
+    lines.append(json.dumps({"frame": edit_frame, "sample": edit_frame * 320, "wall_time": 0,
+                             "address": "/seed", "values": [12345]}))
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("\n".join(lines) + "\n")
+    original = np.load(session / "tokens.npy").astype(np.int64)
+    branch, _ = replay(session, controls=edited)
+    assert np.array_equal(branch[:60], original[:60])
+    assert not np.array_equal(branch[60:], original[60:])
+    assert (branch[60] != original[60]).any()
+
+
+def test_plot_writes_a_png(session, tmp_path):
+    out = plot(session, tmp_path / "plot.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_unsafe_session_names_are_refused(tmp_path):
+    eng, _ = _engine(tmp_path, tmp_path / "sessions")
+    try:
+        for bad in ("../evil", "a/b", "..", "x\\y"):
+            with pytest.raises(UserError, match="refused"):
+                eng.recorder.start(bad)
+        assert not (tmp_path / "evil").exists()
+    finally:
+        eng.stop()
+
+
+def test_kill_9_then_recover_keeps_all_but_the_last_second(tmp_path):
+    sessions = tmp_path / "sessions"
+    proc = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",
+                         "--device", "null", "--osc-port", str(free_udp_port()), "--no-status",
+                         "--record", "crash", "--sessions-dir", str(sessions),
+                         log=tmp_path / "engine.log")
+    try:
+        proc.wait_for("recording started")
+        started = time.monotonic()
+        time.sleep(5.0)
+        elapsed = time.monotonic() - started
+        proc.proc.send_signal(signal.SIGKILL)
+        proc.proc.wait(10)
+    finally:
+        proc.stop()
+    folder = next(sessions.iterdir())
+    run = subprocess.run([sys.executable, str(REPO / "run_engine.py"), "recover", str(folder)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    info = read_session(folder)
+    tokens = np.load(folder / "tokens.npy")
+    audio, rate = sf.read(folder / "audio.wav", dtype="float32")
+    assert info["recovered"] and tokens.shape[0] == info["end_frame"] - info["first_frame"]
+    assert tokens.shape[0] / 75 >= elapsed - 1.0, (tokens.shape, elapsed)
+    assert len(audio) / rate >= elapsed - 1.0
+    replayed, _ = replay(folder)
+    assert np.array_equal(replayed, tokens.astype(np.int64))
+
+
+def test_full_disk_stops_recording_not_playback(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mount.stderr.strip() or 'no permission'})")
+    try:
+        eng, logs = _engine(tmp_path, mnt)
+        errors = []
+        eng.error_listeners.append(errors.append)
+        eng.start()
+        try:
+            path = eng.recorder.start("fill")
+            assert _wait(lambda: errors, timeout=30), "the disk never filled"
+            assert "stopped" in errors[0] and "fill" in errors[0]
+            assert _wait(lambda: not eng.recorder.recording)
+            frame = eng.generator.t
+            time.sleep(0.5)
+            assert eng.generator.t > frame + 20 and eng.pipeline.error is None
+        finally:
+            eng.stop()
+        audio, _ = sf.read(path / "audio.wav", dtype="float32")
+        assert len(audio) > 24000  # what was written stays readable
+        assert np.load(path / "tokens.npy").shape[1] == 8
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

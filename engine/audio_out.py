@@ -66,8 +66,10 @@ def resolve_device(spec: str | int | None, hostapi: str | None = None) -> int | 
                 return default
     choices = "\n" + list_devices()
     if not outputs:
-        raise UserError("no audio output device found" + (f" for host API {hostapi}" if
-                        hostapi else "") + "; use --device null to run without sound" + choices)
+        wanted = "the default output device" if spec is None else f"audio device '{spec}'"
+        raise UserError(f"cannot open {wanted}: no audio output device found"
+                        + (f" for host API {hostapi}" if hostapi else "")
+                        + "; use --device null to run without sound" + choices)
     if spec is None:
         default = sd.default.device[1]
         return default if default is not None and default >= 0 else outputs[0][0]

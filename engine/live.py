@@ -77,6 +77,8 @@ class LiveEngine:
                                           mode=config.mode, hop=config.hop,
                                           quantize=config.quantize, seed=config.seed)
         self.generator.on_error = self._on_apply_error
+        self._future = ControlState.from_snapshot(controls.snapshot())
+        self._submit_lock = threading.Lock()
         self.output = self._open_output()
         self.pipeline = Pipeline(self.generator, StreamingDecoder(codec.model), self.output,
                                  decode_chunk=config.decode_chunk, threads=config.threads)
@@ -239,10 +241,12 @@ class LiveEngine:
         Raises:
             ControlError: the bundle is refused as a whole.
         """
-        trial = ControlState.from_snapshot(self.generator.controls.snapshot())
-        for ev in events:
-            trial.apply(ev)
-        self.generator.submit(events)
+        with self._submit_lock:  # validate against the state once everything queued applies
+            trial = ControlState.from_snapshot(self._future.snapshot())
+            for ev in events:
+                trial.apply(ev)
+            self._future = trial
+            self.generator.submit(events)
 
     def play(self) -> None:
         self.pipeline.running.set()

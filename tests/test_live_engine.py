@@ -50,6 +50,8 @@ def test_pause_play_and_panic(tmp_path):
         engine.panic()
         time.sleep(0.3)
         assert engine.status()["playing"] == 0
+        engine.play()  # the window reset takes effect before anything new is generated
+        time.sleep(0.3)
         assert any(e.address == "/reset" for e in engine.generator.control_log)
     finally:
         engine.stop()

@@ -1,9 +1,10 @@
 """The engine playing to a real audio server: JACK2's dummy driver, captured by a JACK
 client, compared with what the engine sent to the device."""
 
+import glob
 import os
 import subprocess
-import threading
+import sys
 import time
 
 import numpy as np
@@ -26,16 +27,15 @@ def jack_server():
                             stderr=subprocess.DEVNULL)
     os.environ["JACK_DEFAULT_SERVER"] = name
     try:
-        client = None
-        for _ in range(50):
-            try:
-                client = jack.Client("probe", servername=name, no_start_server=True)
+        # Connecting before the server is up leaves libjack in a state that can crash the
+        # next client, so wait for the driver's client (its semaphore) to exist first.
+        for _ in range(100):
+            if glob.glob(f"/dev/shm/jack_sem.*_{name}_system") or proc.poll() is not None:
                 break
-            except jack.JackError:
-                time.sleep(0.1)
-        if client is None:
+            time.sleep(0.1)
+        if proc.poll() is not None or not glob.glob(f"/dev/shm/jack_sem.*_{name}_system"):
             pytest.skip("jackd (dummy driver) did not start here")
-        client.close()
+        time.sleep(0.3)
         yield jack, name
     finally:
         os.environ.pop("JACK_DEFAULT_SERVER", None)
@@ -43,33 +43,38 @@ def jack_server():
         proc.wait(10)
 
 
-class Capture:
-    """A JACK client with one input port recording everything it receives."""
+CAPTURE = """
+import sys, time, numpy as np, jack
+server, seconds, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+client = jack.Client("capture", servername=server, no_start_server=True)
+port = client.inports.register("in")
+blocks = []
+client.set_process_callback(lambda frames: blocks.append(port.get_array().copy()))
+client.activate()
+deadline = time.monotonic() + 60
+ours = []
+while not ours and time.monotonic() < deadline:
+    ours = [p for p in client.get_ports(is_audio=True, is_output=True)
+            if not p.name.startswith("system:")]
+    time.sleep(0.05)
+client.connect(ours[0], port)
+print("connected", ours[0].name, flush=True)
+time.sleep(seconds)
+client.deactivate()
+np.save(out, np.concatenate(blocks))
+print("saved", flush=True)
+"""
 
-    def __init__(self, jack, server: str):
-        self.client = jack.Client("capture", servername=server, no_start_server=True)
-        self.port = self.client.inports.register("in")
-        self.blocks: list[np.ndarray] = []
-        self.lock = threading.Lock()
-        self.client.set_process_callback(self._process)
-        self.client.activate()
 
-    def _process(self, frames):
-        with self.lock:
-            self.blocks.append(self.port.get_array().copy())
-
-    def audio(self) -> np.ndarray:
-        with self.lock:
-            return np.concatenate(self.blocks) if self.blocks else np.zeros(0, np.float32)
-
-    def close(self):
-        self.client.deactivate()
-        self.client.close()
+def _capture(server: str, seconds: float, out) -> subprocess.Popen:
+    """A JACK client in its own process (libjack state must not mix with PortAudio's in the
+    test process) that connects to the engine's first output and records ``seconds``."""
+    return subprocess.Popen([sys.executable, "-c", CAPTURE, server, str(seconds), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
 def test_engine_plays_to_jack_and_the_capture_matches(jack_server, tmp_path):
     jack, server = jack_server
-    capture = Capture(jack, server)
     engine = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",
                            "--hostapi", "JACK", "--device", "system", "--buffer", "0.3",
                            "--osc-port", str(free_udp_port()), "--no-status",
@@ -77,18 +82,15 @@ def test_engine_plays_to_jack_and_the_capture_matches(jack_server, tmp_path):
     try:
         engine.wait_for("playing")
         assert "at 48000 Hz" in engine.log and "resampled 24000 -> 48000" in engine.log
-        ours = [p for p in capture.client.get_ports(is_audio=True, is_output=True)
-                if not p.name.startswith("system:")]
-        assert ours, [p.name for p in capture.client.get_ports()]
-        capture.client.connect(ours[0], capture.port)
-        time.sleep(8.0)
+        capture = _capture(server, 8.0, tmp_path / "captured.npy")
+        out, _ = capture.communicate(timeout=90)
+        assert "saved" in out, out
     finally:
         code = engine.stop()
-        capture.close()
     assert code == 0, engine.log
     underruns = int(engine.log.rsplit("underruns", 1)[1].split()[0])
     assert underruns == 0, engine.log
-    got = capture.audio()
+    got = np.load(tmp_path / "captured.npy")
     sent, rate = sf.read(tmp_path / "tap.wav", dtype="float32")
     assert rate == RATE and len(sent) > 5 * RATE
     # The capture joined mid-stream: find the tap position of a stretch it recorded. JACK

@@ -71,10 +71,15 @@ def _check_riff_complete(path: Path) -> None:
             offset += 8 + length + (length & 1)
 
 
+def default_subtype(path: str | Path) -> str | None:
+    """WAV (or no suffix) → float32; other formats → libsndfile's default for the suffix."""
+    return "FLOAT" if Path(path).suffix.lower() in (".wav", "") else None
+
+
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
     """Write ``[N]`` or ``[N, C]`` float audio (WAV float32 unless the suffix says otherwise)."""
     path = Path(path)
-    subtype = "FLOAT" if path.suffix.lower() in (".wav", "") else None
+    subtype = default_subtype(path)
     try:
         sf.write(path, np.asarray(audio, dtype=np.float32), sample_rate, subtype=subtype)
     except (sf.LibsndfileError, OSError, ValueError) as e:

@@ -155,7 +155,7 @@ class ControlState:
         values = tuple(event.values)
         if spec.address == "/prompt/slot":
             return self._set_slot(values)
-        nums = _numbers(spec, values)
+        nums = check_args(spec, values)
         handler = getattr(self, "_on_" + spec.address.strip("/").replace("/", "_"), None)
         if handler is not None:
             handler(*nums) if spec.types != "f…" else handler(nums)
@@ -243,34 +243,55 @@ class ControlState:
         return state
 
 
-def _numbers(spec: ControlSpec, values: tuple) -> tuple:
-    """Check count, type, finiteness and range of numeric arguments; clamp if allowed."""
+def check_args(spec, values) -> tuple:
+    """Check ``values`` against a spec's types (``f``, ``i``, ``s``, ``f…``, ``[s]``): count,
+    type, finiteness and range; clamp where allowed. Ints are taken as floats and whole floats
+    as ints. ``spec`` is a :class:`ControlSpec` or anything with the same fields (the OSC
+    table's entries).
+
+    Raises:
+        ControlError: saying what is wrong.
+    """
+    values = tuple(values)
     if spec.types == "f…":
         if not values:
             raise ControlError(f"{spec.address} expects at least one float")
         kinds = "f" * len(values)
+    elif spec.types == "[s]":
+        if len(values) > 1:
+            raise ControlError(f"{spec.address} expects at most one string")
+        kinds = "s" * len(values)
     else:
         kinds = spec.types
         if len(values) != len(kinds):
             raise ControlError(f"{spec.address} expects {len(kinds)} argument(s) "
                                f"({kinds or 'none'}), got {len(values)}")
-    out = []
-    for kind, v in zip(kinds, values, strict=True):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise ControlError(f"{spec.address}: expected a number, got {type(v).__name__}")
-        if kind == "i":
-            if isinstance(v, (float, np.floating)) and not float(v).is_integer():
-                raise ControlError(f"{spec.address}: expected an integer, got {v}")
-            v = int(v)
-        else:
-            v = float(v)
-            if not math.isfinite(v):
-                raise ControlError(f"{spec.address}: value must be finite, got {v}")
-        out.append(_in_range(spec, v))
-    return tuple(out)
+    return tuple(_check_one(spec, kind, v) for kind, v in zip(kinds, values, strict=True))
 
 
-def _in_range(spec: ControlSpec, v):
+def _check_one(spec, kind: str, v):
+    if kind == "s":
+        if not isinstance(v, str):
+            raise ControlError(f"{spec.address}: expected a string, got {_type_name(v)}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ControlError(f"{spec.address}: expected a number, got {_type_name(v)}")
+    if kind == "i":
+        if isinstance(v, (float, np.floating)) and not float(v).is_integer():
+            raise ControlError(f"{spec.address}: expected an integer, got {v}")
+        v = int(v)
+    else:
+        v = float(v)
+        if not math.isfinite(v):
+            raise ControlError(f"{spec.address}: value must be finite, got {v}")
+    return _in_range(spec, v)
+
+
+def _type_name(v) -> str:
+    return "a blob" if isinstance(v, bytes) else type(v).__name__
+
+
+def _in_range(spec, v):
     lo, hi = spec.low, spec.high
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         if not spec.clamp:

@@ -88,11 +88,12 @@ class LiveEngine:
         self.error_listeners: list[Callable[[str], None]] = []
         self.playing = False
         self._writers = []
+        # Generator, decoder and output each call one dispatcher; listeners plug in below.
         self._control_listeners: list[Callable] = []
+        self._row_listeners: list[Callable] = []
         self._audio_listeners: list[Callable] = []
         self.generator.on_control = self._dispatch_control
         self.pipeline.on_row = self._dispatch_row
-        self._row_listeners: list[Callable] = []
         if self.is_device:
             self.output.tap = self._dispatch_audio
         else:
@@ -206,7 +207,7 @@ class LiveEngine:
                 "prompt_slots": slots}
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, warmup_frames: int | None = None) -> None:
+    def start(self) -> None:
         """Warm up (generate until the output buffer is half full), then start playing."""
         self.pipeline.start()
         target = 0.5 * self.config.buffer_s

@@ -164,7 +164,7 @@ class Recorder:
                 return
             q.ended = True
             self._audio_on = False
-        q.put(("end", None))
+        q.put(("end",))
 
     # -- listeners (generator / decoder threads) -----------------------------------------
     def on_row(self, frame: int, row: torch.Tensor) -> None:
@@ -211,7 +211,7 @@ class Recorder:
             if kind == "end":
                 if not failed and files:
                     try:
-                        self._finish(path, info, files, payload[0])
+                        self._finish(path, info, files)
                     except OSError as e:
                         self._fail(path, e)
                 break
@@ -276,7 +276,7 @@ class Recorder:
         elif kind == "decoder":
             torch.save(payload[0], path / "decoder_state.pt")
 
-    def _finish(self, path: Path, info: dict, files: dict, end_frame: int | None) -> None:
+    def _finish(self, path: Path, info: dict, files: dict) -> None:
         rows = files["tokens"].rows if "tokens" in files else 0
         info["end_frame"] = info["first_frame"] + rows
         info["audio_samples"] = files["audio"].samples if "audio" in files else 0

@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from engine import SAMPLE_RATE
+from engine.audio_io import default_subtype
 from engine.errors import UserError
 from engine.ringbuffer import SampleRing
 
@@ -30,9 +31,8 @@ class FileSink:
 
     def __init__(self, path: str | Path, rate: int = SAMPLE_RATE):
         self.path = Path(path)
-        subtype = "FLOAT" if self.path.suffix.lower() in (".wav", "") else None
         try:
-            self._file = sf.SoundFile(self.path, "w", rate, 1, subtype=subtype)
+            self._file = sf.SoundFile(self.path, "w", rate, 1, subtype=default_subtype(self.path))
         except (sf.LibsndfileError, OSError, ValueError) as e:
             raise UserError(f"{self.path}: cannot write audio ({e})") from None
         self.samples = 0

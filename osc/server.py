@@ -11,7 +11,6 @@ Replies go to the sender and to the ``--feedback`` target. Status feedback lives
 
 from __future__ import annotations
 
-import math
 import socket
 import threading
 from collections.abc import Callable
@@ -19,8 +18,8 @@ from collections.abc import Callable
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from engine.controls import ControlError, ControlEvent
-from osc.addresses import TABLE, Address, schema_json
+from engine.controls import ControlError, ControlEvent, check_args
+from osc.addresses import TABLE, schema_json
 
 Target = tuple[str, int]
 
@@ -133,7 +132,7 @@ class OSCServer:
                 self._error(sender, f"unknown address {msg.address}; send /schema for the list")
                 return
             try:
-                args = coerce_args(spec, list(msg.params))
+                args = list(check_args(spec, msg.params))
             except ControlError as e:
                 self._error(sender, str(e))
                 return
@@ -187,45 +186,3 @@ class OSCServer:
         self.errors += 1
         self.log(f"osc: {message}")
         self.reply_all("/error", [message], sender)
-
-
-def coerce_args(spec: Address, params: list) -> list:
-    """Check the argument count and OSC types against the table (ranges are checked by
-    the controls themselves). Ints are taken as floats and whole floats as ints."""
-    if spec.types == "f…":
-        kinds = "f" * len(params)
-        if not params:
-            raise ControlError(f"{spec.address} expects one or more floats")
-    elif spec.types == "[s]":
-        kinds = "s" * len(params)
-        if len(params) > 1:
-            raise ControlError(f"{spec.address} expects at most one string")
-    else:
-        kinds = spec.types
-        if len(params) != len(kinds):
-            raise ControlError(f"{spec.address} expects {len(kinds)} argument(s) "
-                               f"({kinds or 'none'}), got {len(params)}")
-    out = []
-    for kind, p in zip(kinds, params, strict=True):
-        if kind == "s":
-            if not isinstance(p, str):
-                raise ControlError(f"{spec.address}: expected a string, got {_name(p)}")
-            out.append(p)
-            continue
-        if isinstance(p, bool) or not isinstance(p, (int, float)):
-            raise ControlError(f"{spec.address}: expected a number, got {_name(p)}")
-        if kind == "i":
-            if isinstance(p, float) and not (math.isfinite(p) and p.is_integer()):
-                raise ControlError(f"{spec.address}: expected an integer, got {p}")
-            p = int(p)
-            if spec.kind == "command" and spec.low is not None and not (
-                    spec.low <= p <= spec.high):
-                raise ControlError(f"{spec.address}: {p} is outside [{spec.low}, {spec.high}]")
-        else:
-            p = float(p)
-        out.append(p)
-    return out
-
-
-def _name(p) -> str:
-    return "a blob" if isinstance(p, bytes) else type(p).__name__

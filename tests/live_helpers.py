@@ -34,6 +34,16 @@ def need(binary: str) -> str:
     return path
 
 
+def wait_until(predicate, timeout: float = 10.0, poll: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False
+
+
 class EngineProcess:
     """``python run_engine.py ARGS`` until :meth:`stop` (SIGINT, like Ctrl-C)."""
 

@@ -5,7 +5,7 @@ import subprocess
 import time
 
 import pytest
-from live_helpers import EngineProcess, OscDump, free_udp_port, need, oscsend
+from live_helpers import EngineProcess, OscDump, free_udp_port, need, oscsend, wait_until
 
 PD_DRIVER = """#N canvas 0 0 450 300 12;
 #X obj 10 10 loadbang;
@@ -55,15 +55,6 @@ def engine(tmp_path_factory):
     dump.close()
 
 
-def _wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def _controls(d):
     path = d / "controls.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -77,8 +68,9 @@ def test_oscsend_changes_mix_and_temperature(engine):
     proc, port, dump, d = engine
     oscsend(port, "/morph", "f", 0.7)
     oscsend(port, "/temperature", "f", 0.5)
-    assert _wait(lambda: _status_has(dump, STATUS_MORPH, 0.7)), dump.lines("/engine/status")[-3:]
-    assert _wait(lambda: _status_has(dump, STATUS_TEMPERATURE, 0.5))
+    assert wait_until(lambda: _status_has(dump, STATUS_MORPH, 0.7)), \
+        dump.lines("/engine/status")[-3:]
+    assert wait_until(lambda: _status_has(dump, STATUS_TEMPERATURE, 0.5))
     log = _controls(d)
     morph = next(c for c in log if c["address"] == "/morph" and abs(c["values"][0] - 0.7) < 1e-6)
     temp = next(c for c in log if c["address"] == "/temperature")
@@ -93,7 +85,7 @@ def test_bad_messages_get_error_replies_and_change_nothing(engine):
     oscsend(port, "/nowhere", "i", 1)
     oscsend(port, "/prompt/load", "is", 1, "/etc/passwd")
     oscsend(port, "/topk", "i", 99999)
-    assert _wait(lambda: len(dump.lines("/error")) >= 5), dump.lines("/error")
+    assert wait_until(lambda: len(dump.lines("/error")) >= 5), dump.lines("/error")
     errors = " | ".join(r[2] for r in dump.lines("/error"))
     for text in ("expected a number", "finite", "unknown address /nowhere",
                  "outside the prompt folders", "outside [0, 1025]"):
@@ -106,7 +98,7 @@ def test_bad_messages_get_error_replies_and_change_nothing(engine):
 def test_schema_and_status_queries(engine):
     proc, port, dump, d = engine
     oscsend(port, "/schema")
-    assert _wait(lambda: dump.raw("/schema"))
+    assert wait_until(lambda: dump.raw("/schema"))
     schema = json.loads(dump.raw("/schema")[0])
     accepts = {a["address"] for a in schema["accepts"]}
     assert {"/morph", "/morph/xy", "/mix", "/glide", "/prompt/load", "/panic"} <= accepts
@@ -118,10 +110,10 @@ def test_prompt_load_from_allowed_folder(engine):
     proc, port, dump, d = engine
     np.save(d / "slot3.npy", np.random.RandomState(3).randn(512).astype(np.float32))
     oscsend(port, "/prompt/load", "is", 3, str(d / "slot3.npy"))
-    assert _wait(lambda: dump.lines("/prompt/loaded"))
+    assert wait_until(lambda: dump.lines("/prompt/loaded"))
     assert dump.lines("/prompt/loaded")[0][2:] == ["3", str(d / "slot3.npy")]
     oscsend(port, "/mix", "ffff", 0, 0, 0, 1)
-    assert _wait(lambda: any(r[2:] == ["0.000000", "0.000000", "0.000000", "1.000000"]
+    assert wait_until(lambda: any(r[2:] == ["0.000000", "0.000000", "0.000000", "1.000000"]
                              for r in dump.lines("/engine/mix")))
 
 
@@ -132,8 +124,8 @@ def test_pure_data_patch_drives_the_engine(engine, tmp_path):
     patch.write_text(PD_DRIVER.format(port=port))
     subprocess.run([pd, "-nogui", "-noaudio", "-nomidi", str(patch)], timeout=30,
                    capture_output=True)
-    assert _wait(lambda: _status_has(dump, STATUS_MORPH, 0.3))
-    assert _wait(lambda: _status_has(dump, STATUS_TEMPERATURE, 0.8))
+    assert wait_until(lambda: _status_has(dump, STATUS_MORPH, 0.3))
+    assert wait_until(lambda: _status_has(dump, STATUS_TEMPERATURE, 0.8))
     log = _controls(d)
     assert any(c["address"] == "/morph" and abs(c["values"][0] - 0.3) < 1e-6 for c in log)
     assert any(c["address"] == "/temperature" and abs(c["values"][0] - 0.8) < 1e-6 for c in log)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from live_helpers import REPO, EngineProcess, free_udp_port
+from live_helpers import REPO, EngineProcess, free_udp_port, wait_until
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from engine.errors import UserError
@@ -41,15 +41,6 @@ def _engine(tmp_path, sessions, **kw):
     return eng, logs
 
 
-def _wait(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     """A session recorded from scripted OSC on the paced null sink."""
@@ -61,7 +52,7 @@ def session(tmp_path_factory):
     eng.start()
     try:
         server.handle(_osc("/record/start", "take 1"), me)
-        assert _wait(lambda: eng.recorder.active)
+        assert wait_until(lambda: eng.recorder.active, timeout=20)
         time.sleep(0.4)
         script = [_osc("/morph", 0.8), _osc("/glide", 0.2), _osc("/temperature", 0.7),
                   _osc("/prompt/load", 3, str(tmp / "slot3.npy")), _osc("/topk", 50),
@@ -72,7 +63,7 @@ def session(tmp_path_factory):
         time.sleep(0.5)
         assert eng.status()["recording"] == 1
         server.handle(_osc("/record/stop"), me)
-        assert _wait(lambda: not eng.recorder.recording)
+        assert wait_until(lambda: not eng.recorder.recording, timeout=20)
     finally:
         server.close()
         eng.stop()
@@ -188,9 +179,9 @@ def test_full_disk_stops_recording_not_playback(tmp_path):
         eng.start()
         try:
             path = eng.recorder.start("fill")
-            assert _wait(lambda: errors, timeout=30), "the disk never filled"
+            assert wait_until(lambda: errors, timeout=30), "the disk never filled"
             assert "stopped" in errors[0] and "fill" in errors[0]
-            assert _wait(lambda: not eng.recorder.recording)
+            assert wait_until(lambda: not eng.recorder.recording, timeout=20)
             frame = eng.generator.t
             time.sleep(0.5)
             assert eng.generator.t > frame + 20 and eng.pipeline.error is None

@@ -82,3 +82,33 @@ def test_allow_list_drops_other_senders(tmp_path):
     finally:
         server.close()
         engine.stop()
+
+
+def test_an_osc_bundle_applies_at_one_frame_or_not_at_all(tmp_path):
+    from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+
+    def bundle(*msgs):
+        b = OscBundleBuilder(IMMEDIATELY)
+        for address, value in msgs:
+            m = OscMessageBuilder(address=address)
+            m.add_arg(value, "f")
+            b.add_content(m.build())
+        return b.build().dgram
+
+    engine, _ = _engine(tmp_path, device="null")
+    server = OSCServer(engine, port=0, log=lambda m: None)
+    engine.start()
+    try:
+        server.handle(bundle(("/temperature", 0.3), ("/morph", 0.5), ("/topp", 0.9)),
+                      ("127.0.0.1", 9))
+        server.handle(bundle(("/temperature", 0.6), ("/morph", 0.2), ("/topp", 0.0)),
+                      ("127.0.0.1", 9))  # /topp 0 is out of range: the whole bundle is refused
+        time.sleep(0.5)
+        log = engine.generator.control_log
+        assert [e.address for e in log] == ["/temperature", "/morph", "/topp"]
+        assert len({e.frame for e in log}) == 1
+        assert engine.generator.controls.temperature == pytest.approx(0.3)
+        assert server.errors == 1
+    finally:
+        server.close()
+        engine.stop()

@@ -8,6 +8,8 @@ Accepted sources (:func:`load_checkpoint`):
   GPT2 sizes come from a ``config.json`` (GPT2Config format) beside it when present, else
   from the state dict with ``n_head = n_embd / 64``. ``attn.bias``/``attn.masked_bias``
   buffers from older transformers are ignored.
+* a checkpoint written by ``run_engine.py train``: the same layout, with the GPT2 config
+  stored inside (``encodecgpt_live``), so nothing needs to lie beside it.
 * our own folder written by :func:`save_pretrained`: ``config.json`` +
   ``model.safetensors`` + ``codec/`` (a transformers EnCodec folder).
 """
@@ -53,7 +55,8 @@ def load_checkpoint(source: str | Path, *, trust: bool = False) -> LoadedCheckpo
     file = resolve_file(source)
     blob = load_torch_file(file, trust=trust)
     state = _lightning_state(blob, file)
-    gpt_cfg = _config_beside(source, file) or infer_gpt2_config(state, file)
+    gpt_cfg = (_embedded_config(blob) or _config_beside(source, file)
+               or infer_gpt2_config(state, file))
     model = model_from_state(state, gpt_cfg, str(file))
     codec_state = {k[len("encodec_model."):]: v for k, v in state.items()
                    if k.startswith("encodec_model.")}
@@ -72,6 +75,14 @@ def _lightning_state(blob: object, file: Path) -> dict[str, torch.Tensor]:
             f"gpt.*, vocab_embed.weight, classification_head.*; found keys like {found})"
         )
     return state
+
+
+def _embedded_config(blob: dict) -> GPT2Config | None:
+    """The GPT2 config that `run_engine.py train` stores in its checkpoints."""
+    meta = blob.get("encodecgpt_live")
+    if isinstance(meta, dict) and isinstance(meta.get("gpt2"), dict):
+        return GPT2Config.from_dict(meta["gpt2"])
+    return None
 
 
 def _config_beside(source: str | Path, file: Path) -> GPT2Config | None:

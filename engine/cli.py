@@ -102,10 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     plo = sub.add_parser("plot", help="PNG: spectrogram above morph weights, temperature, top-k")
     plo.add_argument("session", metavar="DIR")
     plo.add_argument("--out", metavar="PLOT.png", help="default: DIR/plot.png")
+    from engine.train_cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
-SUBCOMMANDS = ("encode", "embed", "render", "replay", "recover", "plot")
+SUBCOMMANDS = ("encode", "embed", "render", "replay", "recover", "plot", "prepare", "train",
+               "export")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,8 +144,12 @@ def _guard(run) -> int:
 def _offline(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    from engine import train_cli
+
     return {"encode": cmd_encode, "embed": cmd_embed, "render": cmd_render,
-            "replay": cmd_replay, "recover": cmd_recover, "plot": cmd_plot}[args.command](args)
+            "replay": cmd_replay, "recover": cmd_recover, "plot": cmd_plot,
+            "prepare": train_cli.cmd_prepare, "train": train_cli.cmd_train,
+            "export": train_cli.cmd_export}[args.command](args)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ Sources accepted by :func:`load_codec`:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -69,6 +70,30 @@ def convert_encodec_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torc
             new = re.sub(pattern, repl, new)
         # The shared-storage fixture (embed_avg aliasing embed) must not alias in our model.
         out[new] = value.clone() if "codebook" in new else value
+    return out
+
+
+def encodec_package_state_dict(model: EncodecModel) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`convert_encodec_state_dict`: our model in ``encodec``-package keys.
+
+    Training checkpoints store the codec this way (``encodec_model.*``), as the original
+    EnCodecGPT checkpoints do. Example: ``decoder.layers.3.conv.parametrizations.weight
+    .original0`` → ``decoder.model.3.convtr.convtr.weight_g`` (a transposed conv).
+    """
+    out = {}
+    for key, value in model.state_dict().items():
+        new = re.sub(r"^(encoder|decoder)\.layers\.", r"\1.model.", key)
+        new = re.sub(r"^quantizer\.layers\.(\d+)\.codebook\.", r"quantizer.vq.layers.\1._codebook.",
+                     new)
+        conv = re.match(r"^(.*)\.conv\.(bias|parametrizations\.weight\.original[01])$", key)
+        if conv:
+            kind = ("convtr" if isinstance(model.get_submodule(conv.group(1) + ".conv"),
+                                           torch.nn.ConvTranspose1d) else "conv")
+            leaf = {"bias": "bias", "parametrizations.weight.original0": "weight_g",
+                    "parametrizations.weight.original1": "weight_v"}[conv.group(2)]
+            stem = re.sub(r"^(encoder|decoder)\.layers\.", r"\1.model.", conv.group(1))
+            new = f"{stem}.{kind}.{kind}.{leaf}"
+        out[new] = value.detach().clone()
     return out
 
 
@@ -179,6 +204,25 @@ def _from_pretrained(source: str) -> EncodecModel:
     if model.config.sampling_rate != SAMPLE_RATE:
         raise UserError(f"{source}: EnCodec at {model.config.sampling_rate} Hz; need 24 kHz")
     return model
+
+
+def codec_digest(codec: Codec) -> str:
+    """sha256 over the codec's weights (names and bytes): ties a token cache to its codec."""
+    h = hashlib.sha256()
+    for key, value in sorted(codec.model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def codec_from_spec(spec: str) -> Codec:
+    """``random:SEED`` (an untrained codec, for tests) or any :func:`load_codec` source."""
+    if spec.startswith("random:"):
+        try:
+            return random_codec(int(spec.split(":", 1)[1]))
+        except ValueError:
+            raise UserError(f"--codec {spec}: expected random:SEED with an integer seed") from None
+    return load_codec(spec)
 
 
 def random_codec(seed: int = 0) -> Codec:

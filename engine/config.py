@@ -23,10 +23,12 @@ class GPTSize:
     vocab_size: int = 50257
 
 
-# tiny: fast enough for tests and laptops; gpt2: the original checkpoints' size (124M).
+# tiny: fast enough for tests and laptops; gpt2: the original checkpoints' size (124M);
+# gpt2-medium: a bigger body for training (355M).
 PRESETS: dict[str, GPTSize] = {
     "tiny": GPTSize(n_layer=6, n_head=8, n_embd=512, vocab_size=1),
     "gpt2": GPTSize(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": GPTSize(n_layer=24, n_head=16, n_embd=1024),
 }
 
 

@@ -8,15 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fixtures import REPO, golden, ref
-
-
-def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(REPO / "run_engine.py"), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+from fixtures import run_cli as run
 
 
 @pytest.fixture(scope="module")

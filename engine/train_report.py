@@ -35,12 +35,12 @@ def plot_losses(run: str | Path, out: str | Path | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     train = sorted(curves["train_loss"].items())
     if train:
-        steps, losses = zip(*train)
+        steps, losses = zip(*train, strict=True)
         ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="train (per step)")
         ax.plot(steps, _smooth(losses), color="tab:blue", lw=1.6, label="train (smoothed)")
     val = sorted(curves["val_loss"].items())
     if val:
-        ax.plot(*zip(*val), "o-", color="tab:orange", lw=1.6, label="validation")
+        ax.plot(*zip(*val, strict=True), "o-", color="tab:orange", lw=1.6, label="validation")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats)")
     ax.set_title(f"EnCodecGPT training: {Path(run).name}")

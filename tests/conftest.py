@@ -6,12 +6,21 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fixtures import REFERENCE, make_checkpoint_folder, make_encodecmae_hub_folder  # noqa: E402
+from fixtures import (  # noqa: E402
+    REFERENCE,
+    TONE_CODEC,
+    make_checkpoint_folder,
+    make_encodecmae_hub_folder,
+    run_cli,
+)
+from tone_dataset import make_tone_dataset  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -59,3 +68,16 @@ def tiny_random_model(n_layer: int = 2, n_embd: int = 128, n_head: int = 2, num_
     torch.manual_seed(seed)
     size = GPTSize(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=256, vocab_size=1)
     return EnCodecGPT(gpt2_config(size), num_q=num_q, prompt_dim=prompt_dim).eval()
+
+
+@pytest.fixture(scope="session")
+def tone_cache(tmp_path_factory, mae_dir):
+    """200 tones (1–1.5 s) + one corrupt and one silent file, prepared by 2 workers."""
+    root = tmp_path_factory.mktemp("tones")
+    make_tone_dataset(root / "src", 200, seconds=(1.0, 1.5))
+    (root / "src" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" * 8)
+    (root / "src" / "quiet").mkdir()
+    sf.write(root / "src" / "quiet" / "silent.flac", np.zeros(24000, np.float32), 24000)
+    proc = run_cli("prepare", root / "src", "--out", root / "cache", "--codec", TONE_CODEC,
+                   "--encodecmae", mae_dir, "--workers", "2", "--shard-size", "64")
+    return root, proc

@@ -21,6 +21,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "fixtures" / "reference"
 
+# The fixtures' seeded EnCodec weights: a random codec whose codes vary (random_codec's do not).
+TONE_CODEC = str(REFERENCE / "encodecgpt_tiny.ckpt")
+
 needs_fixtures = pytest.mark.skipif(
     not (REFERENCE / "manifest.json").is_file(),
     reason=f"golden fixtures not found at {REFERENCE} (../shared/fixtures beside the repo)",

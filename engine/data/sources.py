@@ -115,7 +115,8 @@ def crop_rule(kind: str, clip_seconds: float, min_seconds: float, max_clips: int
                     seed)
 
 
-def crops_for(rule: CropRule, rel: str, num_samples: int, sample_rate: int) -> list[tuple[int, int]]:
+def crops_for(rule: CropRule, rel: str, num_samples: int,
+              sample_rate: int) -> list[tuple[int, int]]:
     """``[(start, length)]`` in samples for a file of ``num_samples``; may be empty."""
     clip = int(round(rule.clip_seconds * sample_rate))
     if rule.kind == "whole":

@@ -113,6 +113,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from engine.data.cache import read_index
+
+    read_index(args.cache)  # a wrong folder is reported before Lightning loads
+    resume = args.resume
+    if resume == "last":
+        resume = str(Path(args.out) / "checkpoints" / "last.ckpt")
+    if resume and not Path(resume).is_file():
+        raise UserError(f"--resume {resume}: no such checkpoint")
     try:
         from engine.train import read_meta, train
     except ImportError as e:
@@ -120,13 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                         "pip install -e '.[train]'") from None
     from engine.train_options import TrainOptions
 
-    resume = args.resume
-    if resume == "last":
-        resume = str(Path(args.out) / "checkpoints" / "last.ckpt")
     base = asdict(TrainOptions())
     if resume:
-        if not Path(resume).is_file():
-            raise UserError(f"--resume {resume}: no such checkpoint")
         base.update(read_meta(resume)["options"])
     given = {f.name: getattr(args, f.name) for f in fields(TrainOptions)
              if getattr(args, f.name, None) is not None}

@@ -15,7 +15,7 @@ from engine.train_report import loss_curves
 pytestmark = needs_fixtures
 
 RECIPE = ("--preset", "tiny", "--batch-size", "4", "--clip-seconds", "1", "--lr", "1e-3",
-          "--warmup-steps", "10", "--val-every", "40", "--log-every", "1", "--workers", "0",
+          "--warmup-steps", "10", "--val-every", "50", "--log-every", "1", "--workers", "0",
           "--val-fraction", "0.1")
 
 
@@ -23,8 +23,8 @@ RECIPE = ("--preset", "tiny", "--batch-size", "4", "--clip-seconds", "1", "--lr"
 def trained_run(tone_cache, tmp_path_factory):
     root, _ = tone_cache
     run = tmp_path_factory.mktemp("train") / "run"
-    proc = run_cli("train", root / "cache", "--out", run, *RECIPE, "--max-steps", "120",
-                   "--ckpt-every", "60", timeout=900)
+    proc = run_cli("train", root / "cache", "--out", run, *RECIPE, "--max-steps", "100",
+                   "--ckpt-every", "50", timeout=900)
     return root / "cache", run, proc
 
 
@@ -36,28 +36,27 @@ def test_training_loss_falls_and_validation_improves(trained_run):
     _, run, proc = trained_run
     curves = loss_curves(run)
     train, val = curves["train_loss"], curves["val_loss"]
-    assert sorted(train) == list(range(120))
-    start, end = _mean(train, range(5)), _mean(train, range(110, 120))
+    assert sorted(train) == list(range(100))
+    start, end = _mean(train, range(5)), _mean(train, range(90, 100))
     assert start > 6.0  # ~ln(1025) for an untrained model
     assert end < 0.6 * start, (start, end)
-    assert sorted(val) == [39, 79, 119] and val[119] < val[39] - 0.3, val
+    assert sorted(val) == [49, 99] and val[99] < val[49] - 0.3, val
     assert (run / "loss.png").stat().st_size > 10_000
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
-    assert ckpts == ["last.ckpt", "step0000060.ckpt", "step0000120.ckpt"]
-    assert "done at step 120" in proc.stdout
+    assert ckpts == ["last.ckpt", "step0000050.ckpt", "step0000100.ckpt"]
+    assert "done at step 100" in proc.stdout
 
 
 def test_resume_from_a_mid_run_checkpoint_continues_the_same_curve(trained_run, tmp_path):
     cache, run, _ = trained_run
     proc = run_cli("train", cache, "--out", tmp_path / "resumed", "--resume",
-                   run / "checkpoints" / "step0000060.ckpt", "--max-steps", "80", timeout=600)
+                   run / "checkpoints" / "step0000050.ckpt", "--max-steps", "70", timeout=600)
     first, resumed = loss_curves(run)["train_loss"], loss_curves(tmp_path / "resumed")
-    assert sorted(resumed["train_loss"]) == list(range(60, 80))
+    assert sorted(resumed["train_loss"]) == list(range(50, 70))
     for step, loss in resumed["train_loss"].items():
         assert loss == pytest.approx(first[step], abs=1e-5), step
-    assert resumed["val_loss"][79] == pytest.approx(loss_curves(run)["val_loss"][79], abs=1e-5)
-    assert "done at step 80" in proc.stdout
+    assert "done at step 70" in proc.stdout
 
 
 def test_final_checkpoint_loads_renders_and_exports(trained_run, tmp_path):
@@ -134,9 +133,10 @@ def test_collate_pads_and_ignores_the_padding():
     assert batch["tokens"][0, 3, 3] == short[3, 0] + 1  # codebook 3 delayed by 3
 
 
-def test_train_errors_are_one_line(tmp_path):
+def test_train_errors_are_one_line(tone_cache, tmp_path):
     proc = run_cli("train", tmp_path, "--out", tmp_path / "run", "--preset", "tiny", ok=False)
     assert proc.returncode == 2 and "not a token cache" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_cli("train", tmp_path, "--out", tmp_path / "run", "--resume", "last", ok=False)
+    proc = run_cli("train", tone_cache[0] / "cache", "--out", tmp_path / "run", "--resume",
+                   "last", ok=False)
     assert proc.returncode == 2 and "no such checkpoint" in proc.stderr

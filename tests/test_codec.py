@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from fixtures import golden, ref
+from fixtures import golden, needs_fixtures, ref
 
 from engine.audio_io import read_audio
 from engine.codec import (
@@ -101,3 +101,16 @@ def test_wrong_file_kind_is_a_user_error(tmp_path, mae_dir):
     (tmp_path / "x.th").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="x.th"):
         load_codec(tmp_path / "x.th")
+
+
+@needs_fixtures
+def test_package_keys_round_trip_to_the_original_layout():
+    """Training checkpoints store the codec as ``encodec_model.*`` in the package's keys."""
+    from engine.codec import codec_from_encodec_state, encodec_package_state_dict
+
+    original = torch.load(ref("encodecgpt_tiny.ckpt"), weights_only=True)["state_dict"]
+    original = {k[len("encodec_model."):]: v for k, v in original.items()
+                if k.startswith("encodec_model.")}
+    ours = encodec_package_state_dict(codec_from_encodec_state(original, "fixture"))
+    assert sorted(ours) == sorted(original)
+    assert all(torch.equal(ours[k], original[k]) for k in original)

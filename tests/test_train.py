@@ -140,3 +140,16 @@ def test_train_errors_are_one_line(tone_cache, tmp_path):
     proc = run_cli("train", tone_cache[0] / "cache", "--out", tmp_path / "run", "--resume",
                    "last", ok=False)
     assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mixed_precision_training_on_gpu(tone_cache, tmp_path):
+    root, _ = tone_cache
+    run_cli("train", root / "cache", "--out", tmp_path / "gpu", *RECIPE, "--max-steps", "30",
+            "--ckpt-every", "30", "--accelerator", "gpu", timeout=600)
+    train = loss_curves(tmp_path / "gpu")["train_loss"]
+    assert _mean(train, range(25, 30)) < _mean(train, range(5))
+    meta = torch.load(tmp_path / "gpu" / "checkpoints" / "last.ckpt",
+                      weights_only=True)["encodecgpt_live"]
+    assert meta["options"]["precision"] == "auto" and meta["step"] == 30

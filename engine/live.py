@@ -260,6 +260,7 @@ class LiveEngine:
             self.output.fade_out(wait=False)
         self.pipeline.running.clear()
         self.playing = False
+        self.recorder.on_pause()
 
     def panic(self) -> None:
         """Silence now: fade out, drop buffered audio, reset the window, pause."""

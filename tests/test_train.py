@@ -153,3 +153,22 @@ def test_mixed_precision_training_on_gpu(tone_cache, tmp_path):
     meta = torch.load(tmp_path / "gpu" / "checkpoints" / "last.ckpt",
                       weights_only=True)["encodecgpt_live"]
     assert meta["options"]["precision"] == "auto" and meta["step"] == 30
+
+
+def test_init_from_a_gpt2_folder_copies_its_body(tmp_path):
+    """``--init`` takes the GPT2 body as the original did (``GPT2Model.from_pretrained``)."""
+    from transformers import GPT2Config, GPT2Model
+
+    from engine.errors import UserError
+    from engine.train import build_model
+    from engine.train_options import TrainOptions
+
+    torch.manual_seed(0)
+    body = GPT2Model(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=400))
+    body.save_pretrained(tmp_path / "gpt2-small-test")
+    model = build_model(TrainOptions(init=str(tmp_path / "gpt2-small-test")), prompt_dim=64)
+    assert model.prompt_proj is None  # prompt size = width: no projection, as the original
+    for name, value in body.state_dict().items():
+        assert torch.equal(model.gpt.state_dict()[name], value), name
+    with pytest.raises(UserError, match="cannot load GPT2 weights"):
+        build_model(TrainOptions(init=str(tmp_path / "missing")), prompt_dim=64)

@@ -12,8 +12,8 @@
   "rect": [
    60,
    60,
-   980,
-   640
+   1200,
+   680
   ],
   "bglocked": 0,
   "openinpresentation": 0,
@@ -96,7 +96,7 @@
      "patching_rect": [
       15,
       80,
-      108,
+      102,
       22
      ],
      "text": "prepend /morph",
@@ -182,7 +182,7 @@
      "patching_rect": [
       15,
       240,
-      150,
+      144,
       22
      ],
      "text": "prepend /temperature",
@@ -198,7 +198,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      110,
+      175,
       120,
       47,
       20
@@ -213,7 +213,7 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      110,
+      175,
       140,
       45,
       45
@@ -230,7 +230,7 @@
      "numinlets": 6,
      "numoutlets": 1,
      "patching_rect": [
-      110,
+      175,
       190,
       85,
       22
@@ -248,7 +248,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      110,
+      175,
       215,
       55,
       22
@@ -266,9 +266,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      110,
+      175,
       240,
-      101,
+      95,
       22
      ],
      "text": "prepend /topk",
@@ -284,7 +284,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      205,
+      335,
       120,
       47,
       20
@@ -299,7 +299,7 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      205,
+      335,
       140,
       45,
       45
@@ -316,7 +316,7 @@
      "numinlets": 6,
      "numoutlets": 1,
      "patching_rect": [
-      205,
+      335,
       190,
       85,
       22
@@ -334,7 +334,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      205,
+      335,
       215,
       55,
       22
@@ -352,9 +352,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      205,
+      335,
       240,
-      101,
+      95,
       22
      ],
      "text": "prepend /topp",
@@ -370,7 +370,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      300,
+      495,
       120,
       75,
       20
@@ -385,7 +385,7 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      300,
+      495,
       140,
       45,
       45
@@ -402,7 +402,7 @@
      "numinlets": 6,
      "numoutlets": 1,
      "patching_rect": [
-      300,
+      495,
       190,
       85,
       22
@@ -420,7 +420,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      300,
+      495,
       215,
       55,
       22
@@ -438,9 +438,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      300,
+      495,
       240,
-      108,
+      102,
       22
      ],
      "text": "prepend /glide",
@@ -456,7 +456,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      420,
+      680,
       50,
       201,
       20
@@ -471,7 +471,7 @@
      "numinlets": 2,
      "numoutlets": 2,
      "patching_rect": [
-      420,
+      680,
       70,
       140,
       140
@@ -489,7 +489,7 @@
      "numinlets": 6,
      "numoutlets": 1,
      "patching_rect": [
-      420,
+      680,
       215,
       110,
       22
@@ -507,7 +507,7 @@
      "numinlets": 6,
      "numoutlets": 1,
      "patching_rect": [
-      540,
+      800,
       215,
       110,
       22
@@ -525,7 +525,7 @@
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      420,
+      680,
       240,
       73,
       22
@@ -543,9 +543,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      420,
+      680,
       265,
-      129,
+      123,
       22
      ],
      "text": "prepend /morph/xy",
@@ -561,7 +561,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      600,
+      930,
       50,
       159,
       20
@@ -576,7 +576,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      600,
+      930,
       70,
       120,
       100
@@ -600,9 +600,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      600,
+      930,
       180,
-      94,
+      88,
       22
      ],
      "text": "prepend /mix",
@@ -618,7 +618,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      740,
+      1100,
       50,
       40,
       20
@@ -633,7 +633,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      740,
+      1100,
       70,
       80,
       22
@@ -652,9 +652,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      740,
+      1100,
       95,
-      101,
+      95,
       22
      ],
      "text": "prepend /seed",
@@ -890,7 +890,7 @@
      "patching_rect": [
       300,
       410,
-      157,
+      151,
       22
      ],
      "text": "prepend /record/start",
@@ -978,7 +978,7 @@
      "patching_rect": [
       15,
       540,
-      164,
+      158,
       22
      ],
      "text": "prepend /prompt/load 0",
@@ -994,7 +994,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      115,
+      190,
       440,
       152,
       20
@@ -1009,7 +1009,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      115,
+      190,
       460,
       90,
       50
@@ -1027,7 +1027,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      115,
+      190,
       515,
       90,
       22
@@ -1046,9 +1046,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      115,
+      190,
       540,
-      164,
+      158,
       22
      ],
      "text": "prepend /prompt/load 1",
@@ -1064,7 +1064,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      215,
+      365,
       440,
       152,
       20
@@ -1079,7 +1079,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      215,
+      365,
       460,
       90,
       50
@@ -1097,7 +1097,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      215,
+      365,
       515,
       90,
       22
@@ -1116,9 +1116,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      215,
+      365,
       540,
-      164,
+      158,
       22
      ],
      "text": "prepend /prompt/load 2",
@@ -1134,7 +1134,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      315,
+      540,
       440,
       152,
       20
@@ -1149,7 +1149,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      315,
+      540,
       460,
       90,
       50
@@ -1167,7 +1167,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      315,
+      540,
       515,
       90,
       22
@@ -1186,9 +1186,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      315,
       540,
-      164,
+      540,
+      158,
       22
      ],
      "text": "prepend /prompt/load 3",
@@ -1204,7 +1204,7 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      600,
+      740,
       420,
       115,
       22
@@ -1222,7 +1222,7 @@
      "numinlets": 1,
      "numoutlets": 6,
      "patching_rect": [
-      600,
+      740,
       445,
       360,
       22
@@ -1245,7 +1245,7 @@
      "numinlets": 1,
      "numoutlets": 11,
      "patching_rect": [
-      600,
+      740,
       470,
       200,
       22
@@ -1273,7 +1273,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      600,
+      740,
       495,
       60,
       22
@@ -1291,7 +1291,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      600,
+      740,
       520,
       33,
       20
@@ -1306,7 +1306,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      690,
+      830,
       495,
       60,
       22
@@ -1324,7 +1324,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      690,
+      830,
       520,
       75,
       20
@@ -1339,7 +1339,7 @@
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      780,
+      920,
       495,
       60,
       22
@@ -1357,7 +1357,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      780,
+      920,
       520,
       75,
       20
@@ -1372,9 +1372,9 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      600,
+      740,
       545,
-      47,
+      70,
       20
      ],
      "text": "error"
@@ -1387,9 +1387,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      670,
+      815,
       545,
-      87,
+      85,
       22
      ],
      "text": "prepend set",
@@ -1405,9 +1405,9 @@
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      760,
+      905,
       545,
-      210,
+      280,
       22
      ],
      "text": "",
@@ -1423,9 +1423,9 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      600,
+      740,
       569,
-      54,
+      70,
       20
      ],
      "text": "loaded"
@@ -1438,9 +1438,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      670,
+      815,
       569,
-      87,
+      85,
       22
      ],
      "text": "prepend set",
@@ -1456,9 +1456,9 @@
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      760,
+      905,
       569,
-      210,
+      280,
       22
      ],
      "text": "",
@@ -1474,9 +1474,9 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      600,
+      740,
       593,
-      75,
+      70,
       20
      ],
      "text": "recording"
@@ -1489,9 +1489,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      670,
+      815,
       593,
-      87,
+      85,
       22
      ],
      "text": "prepend set",
@@ -1507,9 +1507,9 @@
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      760,
+      905,
       593,
-      210,
+      280,
       22
      ],
      "text": "",
@@ -1525,9 +1525,9 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      600,
+      740,
       617,
-      68,
+      70,
       20
      ],
      "text": "recorded"
@@ -1540,9 +1540,9 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      670,
+      815,
       617,
-      87,
+      85,
       22
      ],
      "text": "prepend set",
@@ -1558,9 +1558,9 @@
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      760,
+      905,
       617,
-      210,
+      280,
       22
      ],
      "text": "",

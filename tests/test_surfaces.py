@@ -120,6 +120,14 @@ def test_max_patch_messages_match_the_table(name):
     assert needed("max") <= {a for a, _ in messages}
 
 
+@pytest.mark.parametrize("name", ["encodecgpt_live.maxpat", "encodecgpt_live.maxhelp"])
+def test_max_patches_pass_py2max_lint(name):
+    """py2max reads the patcher and finds nothing: no bad lines, no overlapping boxes."""
+    py2max = pytest.importorskip("py2max", reason="py2max not installed (pip install py2max)")
+    findings = py2max.lint(py2max.Patcher.from_file(FOLDER / name))
+    assert findings == [], findings
+
+
 def test_max_patch_has_the_performer_widgets_and_feedback():
     boxes, incoming = _max_graph("encodecgpt_live.maxpat")
     classes = [b["maxclass"] for b in boxes.values()]

@@ -26,7 +26,7 @@ _UI_IO = {"slider": (1, 1), "dial": (1, 1), "pictslider": (2, 2), "multislider":
 class MaxPatch:
     """Boxes and patch lines of a Max patcher; methods return box ids."""
 
-    def __init__(self, rect=(60, 60, 980, 640)):
+    def __init__(self, rect=(60, 60, 1200, 680)):
         self.rect = list(rect)
         self.boxes: list[dict] = []
         self.lines: list[dict] = []
@@ -89,7 +89,7 @@ def main_patch() -> str:
 
 
 def _send(p: MaxPatch, x, y, source: str, address: str, send: str, outlet: int = 0) -> None:
-    prefix = p.obj(x, y, f"prepend {address}")
+    prefix = p.obj(x, y, f"prepend {address}", w=7 * len(address) + 60)
     p.connect(source, outlet, prefix)
     p.connect(prefix, 0, send)
 
@@ -106,7 +106,7 @@ def _knobs(p: MaxPatch, send: str) -> None:
     p.comment(220, 50, "morph: slot 0 <-> slot 1")
     _send(p, 15, 80, slider, morph.address, send)
     for col, k in enumerate(dials):
-        x = 15 + col * 95
+        x = 15 + col * 160
         p.comment(x, 120, k.label)
         dial = p.ui("dial", x, 140, 45, 45)
         scaled = p.obj(x, 190, _scale(k), w=85)
@@ -117,22 +117,22 @@ def _knobs(p: MaxPatch, send: str) -> None:
 
 
 def _xy_and_mix(p: MaxPatch, send: str) -> None:
-    p.comment(420, 50, "XY: bilinear over slots 0-3")
-    pad = p.ui("pictslider", 420, 70, 140, 140)
-    sx = p.obj(420, 215, "scale 0 127 0. 1.", w=110)
-    sy = p.obj(540, 215, "scale 0 127 1. 0.", w=110)  # up = slots 2 and 3
-    pak = p.obj(420, 240, "pak 0. 0.")
+    p.comment(680, 50, "XY: bilinear over slots 0-3")
+    pad = p.ui("pictslider", 680, 70, 140, 140)
+    sx = p.obj(680, 215, "scale 0 127 0. 1.", w=110)
+    sy = p.obj(800, 215, "scale 0 127 1. 0.", w=110)  # up = slots 2 and 3
+    pak = p.obj(680, 240, "pak 0. 0.")
     p.connect(pad, 0, sx)
     p.connect(pad, 1, sy)
     p.connect(sx, 0, pak, 0)
     p.connect(sy, 0, pak, 1)
-    _send(p, 420, 265, pak, "/morph/xy", send)
-    p.comment(600, 50, "mix: slot weights 0-3")
-    mix = p.ui("multislider", 600, 70, 120, 100, size=SLOTS, setminmax=[0.0, 1.0], settype=1)
-    _send(p, 600, 180, mix, "/mix", send)
-    p.comment(740, 50, "seed")
-    seed = p.ui("number", 740, 70, 80, minimum=0)
-    _send(p, 740, 95, seed, "/seed", send)
+    _send(p, 680, 265, pak, "/morph/xy", send)
+    p.comment(930, 50, "mix: slot weights 0-3")
+    mix = p.ui("multislider", 930, 70, 120, 100, size=SLOTS, setminmax=[0.0, 1.0], settype=1)
+    _send(p, 930, 180, mix, "/mix", send)
+    p.comment(1100, 50, "seed")
+    seed = p.ui("number", 1100, 70, 80, minimum=0)
+    _send(p, 1100, 95, seed, "/seed", send)
 
 
 def _transport_and_record(p: MaxPatch, send: str) -> None:
@@ -159,7 +159,7 @@ def _transport_and_record(p: MaxPatch, send: str) -> None:
 
 def _slots(p: MaxPatch, send: str) -> None:
     for k in range(SLOTS):
-        x = 15 + k * 100
+        x = 15 + k * 175
         p.comment(x, 440, f"slot {k}: drop a sound")
         drop = p.ui("dropfile", x, 460, 90, 50)
         path = p.obj(x, 515, "conformpath native absolute", w=90)
@@ -168,23 +168,23 @@ def _slots(p: MaxPatch, send: str) -> None:
 
 
 def _feedback(p: MaxPatch) -> None:
-    receive = p.obj(600, 420, f"udpreceive {FEEDBACK_PORT}")
-    route = p.obj(600, 445, "route /engine/status /error /prompt/loaded /record/started "
+    receive = p.obj(740, 420, f"udpreceive {FEEDBACK_PORT}")
+    route = p.obj(740, 445, "route /engine/status /error /prompt/loaded /record/started "
                             "/record/stopped", w=360)
     p.connect(receive, 0, route)
-    fields = p.obj(600, 470, "unpack f f f f f i f f i i i", w=200)
+    fields = p.obj(740, 470, "unpack f f f f f i f f i i i", w=200)
     p.connect(route, 0, fields)
     for col, (index, label, kind) in enumerate(((0, "RTF", "flonum"), (3, "buffer ms", "flonum"),
                                                 (5, "underruns", "number"))):
-        shown = p.ui(kind, 600 + col * 90, 495, 60)
+        shown = p.ui(kind, 740 + col * 90, 495, 60)
         p.connect(fields, index, shown)
-        p.comment(600 + col * 90, 520, label)
+        p.comment(740 + col * 90, 520, label)
     for row, (outlet, label) in enumerate(((1, "error"), (2, "loaded"), (3, "recording"),
                                            (4, "recorded"))):
         y = 545 + row * 24
-        p.comment(600, y, label)
-        setter = p.obj(670, y, "prepend set")
-        shown = p.message(760, y, "", w=210)
+        p.comment(740, y, label, w=70)
+        setter = p.obj(815, y, "prepend set", w=85)
+        shown = p.message(905, y, "", w=280)
         p.connect(route, outlet, setter)
         p.connect(setter, 0, shown)
 

@@ -123,11 +123,10 @@ class Recorder:
             if self._thread is None:
                 raise UserError("not recording")
             path, q = self.path, self._queue
+            q.stopping = True  # set before the check below, so a pause in between sees it
         self.engine.generator.at_boundary(lambda gen: self._end(gen, q))
-        # A paused engine reaches no frame boundary: end where the rows stopped instead.
-        fallback = threading.Timer(1.0, self._end_if_stalled, args=(q,))
-        fallback.daemon = True
-        fallback.start()
+        if not self.engine.playing:  # a paused engine reaches no frame boundary
+            self.on_pause()
         return path
 
     def close(self, timeout: float = 10.0) -> None:
@@ -158,24 +157,16 @@ class Recorder:
             return
         self.active = False
         self._audio_until = gen.t * HOP_LENGTH
-        if not self.engine.playing:  # paused: that audio will not be decoded
-            self._finish_once(q)
-            return
         timer = threading.Timer(3.0, self._finish_once, args=(q,))
         timer.daemon = True
         timer.start()
 
     def on_pause(self) -> None:
-        """A pause while a recording is ending: the remaining audio will not come."""
+        """Paused while a stop is pending: no frame boundary and no more audio will come,
+        so end where the rows and audio stopped."""
         with self._lock:
-            q, ending = self._queue, self._audio_until is not None
-        if q is not None and ending:
-            self._finish_once(q)
-
-    def _end_if_stalled(self, q) -> None:
-        with self._lock:
-            stalled = q is self._queue and self._audio_until is None
-        if stalled:
+            q = self._queue
+        if q is not None and getattr(q, "stopping", False):
             self.active = False
             self._finish_once(q)
 

@@ -29,7 +29,7 @@ from engine.config import PRESETS  # noqa: E402
 from engine.data.dataset import collate  # noqa: E402
 from engine.model import EnCodecGPT, gpt2_config  # noqa: E402
 from engine.train import lm_loss  # noqa: E402
-from engine.train_options import TrainOptions  # noqa: E402
+from engine.train_options import TrainOptions, adamw  # noqa: E402
 
 
 def bench(preset: str, batch: int, seconds: float, steps: int, device: str,
@@ -37,10 +37,9 @@ def bench(preset: str, batch: int, seconds: float, steps: int, device: str,
     torch.manual_seed(0)
     model = EnCodecGPT(gpt2_config(PRESETS[preset]), prompt_dim=768).to(device).train()
     model.gpt.wte.weight.requires_grad_(False)
-    o = TrainOptions()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr,
-                            betas=o.betas, weight_decay=o.weight_decay)
-    frames = int(round(seconds * FRAME_RATE))
+    o = TrainOptions(clip_seconds=seconds)
+    opt = adamw(model.parameters(), o)
+    frames = o.clip_frames
     items = [(torch.randint(0, 1024, (8, frames)), torch.randn(768)) for _ in range(batch)]
     data = {k: v.to(device) for k, v in collate(items).items()}
     times = []

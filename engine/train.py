@@ -33,7 +33,7 @@ from engine.config import PRESETS
 from engine.data.dataset import IGNORE, CropDataset, StepBatches, TokenClips, collate, val_batches
 from engine.errors import UserError
 from engine.model import EnCodecGPT, gpt2_config
-from engine.train_options import TrainOptions, lr_factor
+from engine.train_options import TrainOptions, adamw, lr_factor
 
 META_KEY = "encodecgpt_live"
 
@@ -80,7 +80,7 @@ class EnCodecGPTTask(L.LightningModule):
         net.gpt.wte.weight.requires_grad_(False)
         self.net, self.clips, self.opts, self.meta = net, clips, opts, meta
         self.codec_state = codec_state
-        self.frames = int(round(opts.clip_seconds * 75))
+        self.frames = opts.clip_frames
 
     # -- data ------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -115,8 +115,7 @@ class EnCodecGPTTask(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.opts
-        opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                weight_decay=o.weight_decay)
+        opt = adamw(self.net.parameters(), o)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(o))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -158,8 +157,11 @@ def run_meta(net: EnCodecGPT, opts: TrainOptions, index: dict, cache: str) -> di
 
 
 def train(cache: str, run: str, opts: TrainOptions, resume: str | None = None,
-          log=print) -> Path:
-    """Train (or resume) into ``run``; returns the last checkpoint's path."""
+          resume_meta: dict | None = None, log=print) -> Path:
+    """Train (or resume) into ``run``; returns the last checkpoint's path.
+
+    ``resume_meta`` is the checkpoint's :func:`read_meta` when the caller has it already.
+    """
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -167,7 +169,9 @@ def train(cache: str, run: str, opts: TrainOptions, resume: str | None = None,
 
     L.seed_everything(opts.seed, workers=True, verbose=False)
     clips = TokenClips(cache, opts.val_fraction, opts.max_val_clips)
-    net = _initial_net(opts, clips, resume)
+    if resume is not None and resume_meta is None:
+        resume_meta = read_meta(resume)
+    net = _initial_net(opts, clips, resume_meta)
     _check_fits(net, opts)
     codec = codec_from_spec(clips.index["plan"]["codec"]["spec"])
     if codec_digest(codec) != clips.index["plan"]["codec"]["sha256"]:
@@ -208,13 +212,12 @@ def train(cache: str, run: str, opts: TrainOptions, resume: str | None = None,
     return last
 
 
-def _initial_net(opts: TrainOptions, clips: TokenClips, resume: str | None) -> EnCodecGPT:
+def _initial_net(opts: TrainOptions, clips: TokenClips, meta: dict | None) -> EnCodecGPT:
     """A new model, or (resuming) one shaped like the checkpoint's; Lightning fills weights."""
-    if resume is None:
+    if meta is None:
         return build_model(opts, clips.prompt_dim)
     from transformers import GPT2Config
 
-    meta = read_meta(resume)
     return EnCodecGPT(GPT2Config.from_dict(meta["gpt2"]), num_q=meta["num_q"],
                       prompt_dim=meta["prompt_dim"])
 
@@ -232,7 +235,7 @@ def read_meta(ckpt: str | Path) -> dict:
 
 
 def _check_fits(net: EnCodecGPT, opts: TrainOptions) -> None:
-    need = 1 + int(round(opts.clip_seconds * 75)) + net.num_q - 1
+    need = 1 + opts.clip_frames + net.num_q - 1
     if need > net.max_positions:
         raise UserError(f"--clip-seconds {opts.clip_seconds}: {need} positions exceed the "
                         f"model's {net.max_positions}")

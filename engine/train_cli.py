@@ -129,8 +129,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.train_options import TrainOptions
 
     base = asdict(TrainOptions())
-    if resume:
-        base.update(read_meta(resume)["options"])
+    meta = read_meta(resume) if resume else None
+    if meta is not None:
+        base.update(meta["options"])
     given = {f.name: getattr(args, f.name) for f in fields(TrainOptions)
              if getattr(args, f.name, None) is not None}
     if given.get("init") is not None:
@@ -138,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     opts = TrainOptions(**{**base, **given})
     opts.betas = tuple(opts.betas)
     _check(opts)
-    train(args.cache, args.out, opts, resume=resume)
+    train(args.cache, args.out, opts, resume=resume, resume_meta=meta)
     return 0
 
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
+from engine import FRAME_RATE
+
 
 @dataclass
 class TrainOptions:
@@ -39,6 +43,16 @@ class TrainOptions:
     log_every: int = 50
     workers: int = 4
     seed: int = 0
+
+    @property
+    def clip_frames(self) -> int:
+        return int(round(self.clip_seconds * FRAME_RATE))
+
+
+def adamw(params, o: TrainOptions) -> torch.optim.AdamW:
+    """The recipe's optimizer over ``params`` (every parameter: decay on biases and norms
+    too, as the original)."""
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
 def lr_factor(o: TrainOptions):

@@ -14,6 +14,7 @@ One batch (:func:`collate`)::
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,6 @@ def _split(ids: list[str], val_fraction: float, max_val: int) -> tuple[np.ndarra
 
 
 def _id_hash(text: str) -> int:
-    import hashlib
-
     return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "little")
 
 

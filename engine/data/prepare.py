@@ -13,6 +13,7 @@ each is listed with its reason in the shard, the summary and ``index.json``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import multiprocessing as mp
 import queue
@@ -102,8 +103,6 @@ def _load_models(opts: PrepareOptions):
 
 
 def _plan(opts, kind, rule: CropRule, files: list[SourceFile], codec, mae) -> dict:
-    import hashlib
-
     listing = hashlib.sha256("\n".join(f.rel for f in files).encode()).hexdigest()
     return {"source": str(Path(opts.src).resolve()), "kind": kind, "crop": asdict(rule),
             "num_q": opts.num_q, "silence_db": opts.silence_db, "shard_size": opts.shard_size,

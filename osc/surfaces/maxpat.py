@@ -17,7 +17,7 @@ from osc.surfaces import BUTTONS, ENGINE_PORT, FEEDBACK_PORT, KNOBS, SLOTS
 # against them).
 _IO = {"udpsend": (1, 0), "udpreceive": (1, 1), "prepend": (1, 1), "scale": (6, 1),
        "pak": (2, 1), "conformpath": (1, 2), "sel": (1, 3), "route": (1, None),
-       "unpack": (1, None), "tosymbol": (1, 1), "loadbang": (1, 1), "t": (1, None)}
+       "unpack": (1, None), "tosymbol": (1, 1)}
 _UI_IO = {"slider": (1, 1), "dial": (1, 1), "pictslider": (2, 2), "multislider": (1, 2),
           "number": (1, 2), "flonum": (1, 2), "toggle": (1, 1), "button": (1, 1),
           "message": (2, 1), "comment": (1, 0), "dropfile": (1, 2), "textedit": (1, 4)}
@@ -36,7 +36,7 @@ class MaxPatch:
         if maxclass == "newobj":
             name = extra["text"].split()[0]
             inlets, outlets = _IO[name]
-            if outlets is None:  # route/unpack/t: one outlet per argument (+1 for route)
+            if outlets is None:  # route/unpack: one outlet per argument (+1 for route)
                 outlets = len(extra["text"].split()) - (0 if name == "route" else 1)
         else:
             inlets, outlets = _UI_IO[maxclass]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 import zlib
-from xml.sax.saxutils import escape
 
 from osc.surfaces import BUTTONS, KNOBS
 
@@ -86,7 +85,7 @@ def _label(name: str, frame, text: str, script: str | None = None) -> str:
     props = [_prop("i", "textSize", 14), _prop("c", "textColor", (1, 1, 1, 1))]
     if script:
         props.append(_prop("s", "script", script))
-    return _node("LABEL", name, frame, props, [_value("text", escape(text))])
+    return _node("LABEL", name, frame, props, [_value("text", text)])
 
 
 def layout(kind: str) -> bytes:

@@ -23,8 +23,8 @@ RECIPE = ("--preset", "tiny", "--batch-size", "4", "--clip-seconds", "1", "--lr"
 def trained_run(tone_cache, tmp_path_factory):
     root, _ = tone_cache
     run = tmp_path_factory.mktemp("train") / "run"
-    proc = run_cli("train", root / "cache", "--out", run, *RECIPE, "--max-steps", "100",
-                   "--ckpt-every", "50", timeout=900)
+    proc = run_cli("train", root / "cache", "--out", run, *RECIPE, "--max-steps", "200",
+                   "--ckpt-every", "100", timeout=900)
     return root / "cache", run, proc
 
 
@@ -36,27 +36,27 @@ def test_training_loss_falls_and_validation_improves(trained_run):
     _, run, proc = trained_run
     curves = loss_curves(run)
     train, val = curves["train_loss"], curves["val_loss"]
-    assert sorted(train) == list(range(100))
-    start, end = _mean(train, range(5)), _mean(train, range(90, 100))
+    assert sorted(train) == list(range(200))
+    start, end = _mean(train, range(5)), _mean(train, range(190, 200))
     assert start > 6.0  # ~ln(1025) for an untrained model
     assert end < 0.6 * start, (start, end)
-    assert sorted(val) == [49, 99] and val[99] < val[49] - 0.3, val
+    assert sorted(val) == [49, 99, 149, 199] and val[199] < val[49] - 0.3, val
     assert (run / "loss.png").stat().st_size > 10_000
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
-    assert ckpts == ["last.ckpt", "step0000050.ckpt", "step0000100.ckpt"]
-    assert "done at step 100" in proc.stdout
+    assert ckpts == ["last.ckpt", "step0000100.ckpt", "step0000200.ckpt"]
+    assert "done at step 200" in proc.stdout
 
 
 def test_resume_from_a_mid_run_checkpoint_continues_the_same_curve(trained_run, tmp_path):
     cache, run, _ = trained_run
     proc = run_cli("train", cache, "--out", tmp_path / "resumed", "--resume",
-                   run / "checkpoints" / "step0000050.ckpt", "--max-steps", "70", timeout=600)
+                   run / "checkpoints" / "step0000100.ckpt", "--max-steps", "120", timeout=600)
     first, resumed = loss_curves(run)["train_loss"], loss_curves(tmp_path / "resumed")
-    assert sorted(resumed["train_loss"]) == list(range(50, 70))
+    assert sorted(resumed["train_loss"]) == list(range(100, 120))
     for step, loss in resumed["train_loss"].items():
         assert loss == pytest.approx(first[step], abs=1e-5), step
-    assert "done at step 70" in proc.stdout
+    assert "done at step 120" in proc.stdout
 
 
 def test_final_checkpoint_loads_renders_and_exports(trained_run, tmp_path):

@@ -1,6 +1,6 @@
 """encodecgpt-live entry point: ``python run_engine.py <command> ...`` (see README)."""
 
-from engine.cli import main
+from engine.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

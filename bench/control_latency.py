@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pythonosc.osc_message_builder import OscMessageBuilder  # noqa: E402
 
 from engine import HOP_LENGTH  # noqa: E402
-from engine.codec import random_codec  # noqa: E402
-from engine.config import PRESETS  # noqa: E402
-from engine.live import LiveConfig, LiveEngine  # noqa: E402
-from engine.model import EnCodecGPT, gpt2_config  # noqa: E402
+from engine.live.engine import LiveConfig  # noqa: E402
+from engine.model.codec import random_codec  # noqa: E402
+from engine.model.config import PRESETS  # noqa: E402
+from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
+from engine.session.live_session import build_live_engine
 from osc.server import OSCServer  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def main() -> None:
     model = EnCodecGPT(gpt2_config(PRESETS[args.preset])).eval()
     rng = np.random.RandomState(0)
     slots = [rng.randn(model.prompt_dim).astype(np.float32) for _ in range(2)]
-    engine = LiveEngine(model, random_codec(0), slots,
+    engine = build_live_engine(model, random_codec(0), slots,
                         LiveConfig(device="null", quantize=args.quantize, buffer_s=args.buffer,
                                    decode_chunk=args.decode_chunk), log=lambda m: None)
     received: dict[float, float] = {}  # morph value -> receive time

@@ -5,7 +5,7 @@
 Per preset (random weights, fp32, CPU) it prints per-step ms (p50, p90) and the real-time
 factor (audio seconds per wall second; 75 frames = 1 s) of:
 
-* ``ours``: :func:`engine.generate.generate_kv` (vectorised sampling over codebooks, head on
+* ``ours``: :func:`engine.model.reference.generate_kv` (vectorised sampling over codebooks, head on
   the last position only);
 * ``blog``: the blog post's ``generate()`` loop structure re-typed here: KV cache, head on
   the new position, per-codebook softmax + multinomial in a Python loop, the next input
@@ -29,11 +29,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import FRAME_RATE  # noqa: E402
-from engine.codec import random_codec  # noqa: E402
-from engine.config import PRESETS, SamplingConfig  # noqa: E402
-from engine.generate import generate_kv, tokens_to_audio  # noqa: E402
-from engine.model import EnCodecGPT, gpt2_config  # noqa: E402
-from engine.sampling import sample_frame  # noqa: E402
+from engine.model.codec import random_codec  # noqa: E402
+from engine.model.config import PRESETS, SamplingConfig  # noqa: E402
+from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
+from engine.model.reference import generate_kv, tokens_to_audio  # noqa: E402
+from engine.model.sampling import sample_frame  # noqa: E402
 
 
 @torch.inference_mode()
@@ -64,7 +64,7 @@ def ours_loop(model: EnCodecGPT, prompt: torch.Tensor, steps: int, gen: torch.Ge
         stamps.append(time.perf_counter())
         return sample_frame(*a, **k)
 
-    import engine.generate as g
+    import engine.model.reference as g
     original = g.sample_frame
     g.sample_frame = timed_sample
     try:

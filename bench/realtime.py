@@ -37,14 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.offline import blog_loop  # noqa: E402
 from engine import FRAME_RATE, SAMPLE_RATE  # noqa: E402
-from engine.codec import random_codec  # noqa: E402
-from engine.config import PRESETS, SamplingConfig  # noqa: E402
-from engine.controls import ControlEvent, ControlState  # noqa: E402
-from engine.decoder import StreamingDecoder  # noqa: E402
-from engine.generator import RollingGenerator  # noqa: E402
-from engine.model import EnCodecGPT, gpt2_config  # noqa: E402
-from engine.pipeline import Pipeline  # noqa: E402
-from engine.sinks import NullSink  # noqa: E402
+from engine.live.controls import ControlEvent, ControlState  # noqa: E402
+from engine.live.decoder import StreamingDecoder  # noqa: E402
+from engine.live.generator import RollingGenerator  # noqa: E402
+from engine.live.pipeline import Pipeline  # noqa: E402
+from engine.live.sinks import NullSink  # noqa: E402
+from engine.model.codec import random_codec  # noqa: E402
+from engine.model.config import PRESETS, SamplingConfig  # noqa: E402
+from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
 
 
 class _Discard:

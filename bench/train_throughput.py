@@ -4,7 +4,7 @@
                                      [--steps 5] [--threads 2] [--precision 32-true]
 
 Per preset (random init, CPU unless a GPU is there and ``--device cuda``) it runs the
-training step the trainer runs (:func:`engine.train.lm_loss`, backward, gradient clipping
+training step the trainer runs (:func:`engine.train.task.lm_loss`, backward, gradient clipping
 1.0, AdamW with the recipe's settings) on random delayed tokens shaped like 4 s clips, and
 prints the median step time, frames/s (75 frames = 1 s of audio) and the hours of audio
 one day of training would see. The first step is a warm-up and is not counted.
@@ -25,11 +25,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import FRAME_RATE  # noqa: E402
-from engine.config import PRESETS  # noqa: E402
-from engine.data.dataset import collate  # noqa: E402
-from engine.model import EnCodecGPT, gpt2_config  # noqa: E402
-from engine.train import lm_loss  # noqa: E402
-from engine.train_options import TrainOptions, adamw  # noqa: E402
+from engine.model.config import PRESETS  # noqa: E402
+from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
+from engine.train.data.dataset import collate  # noqa: E402
+from engine.train.options import TrainOptions, adamw  # noqa: E402
+from engine.train.task import lm_loss  # noqa: E402
 
 
 def bench(preset: str, batch: int, seconds: float, steps: int, device: str,

@@ -1,7 +1,7 @@
 """The OSC address table: the single source of truth for dispatch, ``/schema``, the README
 table and the control-surface layouts.
 
-Generator controls (mix, glide, sampling, reset) come from :mod:`engine.controls` with
+Generator controls (mix, glide, sampling, reset) come from :mod:`engine.live.controls` with
 their ranges; engine commands (transport, prompt loading, queries) are added here. Type
 letters are OSC's: ``f`` float32, ``i`` int32, ``s`` string; ``f…`` = one or more floats;
 ``[s]`` = an optional string. An int is accepted where a float is expected (Max and Pd send
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from engine.controls import GENERATOR_CONTROLS, MAX_SLOTS
+from engine.live.controls import GENERATOR_CONTROLS, MAX_SLOTS
 
 
 @dataclass(frozen=True)

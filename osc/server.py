@@ -18,8 +18,10 @@ from collections.abc import Callable
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from engine.controls import ControlError, ControlEvent, check_args
+from engine.errors import UserError
+from engine.live.controls import ControlError, ControlEvent, check_args
 from osc.addresses import TABLE, schema_json
+from osc.feedback import status_messages
 
 Target = tuple[str, int]
 
@@ -37,7 +39,7 @@ def build_message(address: str, args: list) -> bytes:
 
 
 class OSCServer:
-    """Serve ``engine`` (a :class:`~engine.live.LiveEngine`) on ``host:port``.
+    """Serve ``engine`` (a :class:`~engine.live.engine.LiveEngine`) on ``host:port``.
 
     Args:
         allow: sender IPs accepted (None = any); others are dropped and logged once.
@@ -56,8 +58,6 @@ class OSCServer:
             self.sock.bind((host, port))
         except OSError as e:
             self.sock.close()
-            from engine.errors import UserError
-
             raise UserError(f"cannot listen for OSC on {host}:{port} ({e.strerror or e}); "
                             "is another engine running? Use --osc-port") from None
         self.address = self.sock.getsockname()
@@ -155,15 +155,11 @@ class OSCServer:
         elif address == "/panic":
             eng.panic()
         elif address == "/status":
-            from osc.feedback import status_messages
-
             for addr, vals in status_messages(eng.status()):
                 self.reply_all(addr, vals, sender)
         elif address == "/schema":
             self.reply_all("/schema", [schema_json()], sender)
         elif address in ("/record/start", "/record/stop"):
-            from engine.errors import UserError
-
             try:
                 if address == "/record/start":
                     eng.recorder.start(args[0] if args else None)

@@ -47,7 +47,7 @@ def ckpt_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def loaded(ckpt_path):
-    from engine.checkpoint import load_checkpoint
+    from engine.model.checkpoint import load_checkpoint
 
     return load_checkpoint(ckpt_path)
 
@@ -62,8 +62,8 @@ def mae_dir(tmp_path_factory) -> Path:
 def tiny_random_model(n_layer: int = 2, n_embd: int = 128, n_head: int = 2, num_q: int = 8,
                       prompt_dim: int | None = None, seed: int = 0):
     """A very small random EnCodecGPT for logic tests (not a preset)."""
-    from engine.config import GPTSize
-    from engine.model import EnCodecGPT, gpt2_config
+    from engine.model.config import GPTSize
+    from engine.model.encodecgpt import EnCodecGPT, gpt2_config
 
     torch.manual_seed(seed)
     size = GPTSize(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=256, vocab_size=1)

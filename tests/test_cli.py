@@ -111,7 +111,7 @@ def test_render_a_minute_of_fast_morph_between_audio_prompts(tmp_path, ckpt_path
     equals an offline decode of the same tokens)."""
     import torch
 
-    from engine.generate import tokens_to_audio
+    from engine.model.reference import tokens_to_audio
 
     t = np.arange(48000) / 24000
     sf.write(tmp_path / "b.wav", (0.3 * np.sin(2 * np.pi * 440 * t) * np.exp(-t)), 24000)

@@ -4,15 +4,15 @@ import soundfile as sf
 import torch
 from fixtures import golden, needs_fixtures, ref
 
-from engine.audio_io import read_audio
-from engine.codec import (
+from engine.errors import UserError
+from engine.model.audio_io import read_audio
+from engine.model.codec import (
     bandwidth_for_codebooks,
     codebooks_for_bandwidth,
     codec_from_file,
     convert_encodec_state_dict,
     load_codec,
 )
-from engine.errors import UserError
 
 
 def test_bandwidth_to_codebooks():
@@ -106,7 +106,7 @@ def test_wrong_file_kind_is_a_user_error(tmp_path, mae_dir):
 @needs_fixtures
 def test_package_keys_round_trip_to_the_original_layout():
     """Training checkpoints store the codec as ``encodec_model.*`` in the package's keys."""
-    from engine.codec import codec_from_encodec_state, encodec_package_state_dict
+    from engine.model.codec import codec_from_encodec_state, encodec_package_state_dict
 
     original = torch.load(ref("encodecgpt_tiny.ckpt"), weights_only=True)["state_dict"]
     original = {k[len("encodec_model."):]: v for k, v in original.items()

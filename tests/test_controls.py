@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.controls import ControlError, ControlEvent, ControlState
+from engine.live.controls import ControlError, ControlEvent, ControlState
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import pytest
 import torch
 from fixtures import golden
 
-from engine.codec import random_codec
-from engine.decoder import FIRST_CHUNK_FRAMES, StreamingDecoder
+from engine.live.decoder import FIRST_CHUNK_FRAMES, StreamingDecoder
+from engine.model.codec import random_codec
 
 
 def _chunked(decoder, codes, sizes):

@@ -8,11 +8,11 @@ import torch
 from conftest import tiny_random_model
 from fixtures import golden
 
-from engine.config import SamplingConfig
-from engine.controls import ControlEvent, ControlState
-from engine.generate import generate_window, prompt_schedule
-from engine.generator import RollingGenerator
-from engine.patterns import start_triangle_mask
+from engine.live.controls import ControlEvent, ControlState
+from engine.live.generator import RollingGenerator
+from engine.model.config import SamplingConfig
+from engine.model.patterns import start_triangle_mask
+from engine.model.reference import generate_window, prompt_schedule
 
 GREEDY = SamplingConfig(greedy=True)
 SAMPLED = SamplingConfig()
@@ -124,12 +124,12 @@ def test_save_restore_gives_identical_tokens(model, prompts, mode, hop):
     gen.apply_now([ControlEvent("/morph", (0.8,)), ControlEvent("/temperature", (0.7,))])
     for _ in range(37):  # mid-glide, mid-hop
         gen.step()
-    state = gen.save_state()
+    state = gen.get_state()
     after = [ControlEvent("/topk", (50,)), ControlEvent("/morph", (0.1,))]
     gen.schedule(45, after)
     a = _run(gen, 40)
     other = fresh()
-    other.restore_state(state)
+    other.set_state(state)
     other.schedule(45, after)
     b = _run(other, 40)
     assert torch.equal(a, b)

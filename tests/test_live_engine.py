@@ -7,9 +7,10 @@ import pytest
 from conftest import tiny_random_model
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from engine.codec import random_codec
 from engine.errors import UserError
-from engine.live import LiveConfig, LiveEngine
+from engine.live.engine import LiveConfig
+from engine.model.codec import random_codec
+from engine.session.live_session import build_live_engine
 from osc.server import OSCServer
 
 
@@ -18,7 +19,7 @@ def _engine(tmp_path, **kw):
     rng = np.random.RandomState(0)
     slots = [rng.randn(128).astype(np.float32) for _ in range(2)]
     config = LiveConfig(window=24, prompt_dirs=[tmp_path], sessions_dir=tmp_path / "s", **kw)
-    return LiveEngine(tiny_random_model(), random_codec(0), slots, config,
+    return build_live_engine(tiny_random_model(), random_codec(0), slots, config,
                       log=logs.append), logs
 
 

@@ -6,9 +6,9 @@ import torch
 from conftest import tiny_random_model
 from fixtures import golden
 
-from engine.checkpoint import from_pretrained, load_checkpoint, save_pretrained
-from engine.codec import random_codec
 from engine.errors import UserError
+from engine.model.checkpoint import from_pretrained, load_checkpoint, save_pretrained
+from engine.model.codec import random_codec
 
 
 def test_checkpoint_loads_strictly_with_config_beside(loaded):

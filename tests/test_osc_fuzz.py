@@ -10,8 +10,9 @@ from conftest import tiny_random_model
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from engine.codec import random_codec
-from engine.live import LiveConfig, LiveEngine
+from engine.live.engine import LiveConfig
+from engine.model.codec import random_codec
+from engine.session.live_session import build_live_engine
 from osc.addresses import TABLE
 from osc.server import OSCServer
 
@@ -75,7 +76,7 @@ def _datagrams(n: int, seed: int = 0):
 def engine(tmp_path):
     rng = np.random.RandomState(0)
     slots = [rng.randn(128).astype(np.float32) for _ in range(4)]
-    eng = LiveEngine(tiny_random_model(), random_codec(0), slots,
+    eng = build_live_engine(tiny_random_model(), random_codec(0), slots,
                      LiveConfig(window=32, device="null", prompt_dirs=[tmp_path],
                                 sessions_dir=tmp_path / "sessions"),
                      log=lambda m: None)

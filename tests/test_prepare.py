@@ -8,8 +8,8 @@ from fixtures import TONE_CODEC as CODEC
 from fixtures import needs_fixtures, run_cli
 from tone_dataset import tone
 
-from engine.data.sources import crop_rule, crops_for, list_source
 from engine.errors import UserError
+from engine.train.data.sources import crop_rule, crops_for, list_source
 
 pytestmark = needs_fixtures
 
@@ -27,8 +27,8 @@ def test_prepare_makes_clips_and_lists_skipped_files(tone_cache):
 
 def test_cached_clip_equals_an_independent_encode(tone_cache, mae_dir):
     """Codes and prompt of a clip equal encoding the file directly (codec + EnCodecMAE)."""
-    from engine.codec import load_codec
-    from engine.prompt import load_encodecmae
+    from engine.model.codec import load_codec
+    from engine.model.encodecmae import load_encodecmae
 
     root, _ = tone_cache
     meta = json.loads((root / "cache" / "shards" / "shard-00001.json").read_text())

@@ -3,10 +3,10 @@ import pytest
 import torch
 from fixtures import golden, ref
 
-from engine.audio_io import read_audio
 from engine.errors import UserError
-from engine.gin_sizes import find_binding, parse_gin
-from engine.prompt import load_encodecmae
+from engine.model.audio_io import read_audio
+from engine.model.encodecmae import load_encodecmae
+from engine.model.gin_sizes import find_binding, parse_gin
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_projected_positional_input(encoder):
     mae = encoder.mae
     with torch.no_grad():
         emb = mae.wav_encoder(a[None, None]).permute(0, 2, 1)
-        from engine.prompt import sinusoidal_pe
+        from engine.model.encodecmae import sinusoidal_pe
         x = mae.feat_projector(emb) + mae.positional_encoder.scale * sinusoidal_pe(300, 64)[None]
     assert np.abs(x.numpy() - g["projected_posenc"]).max() < 1e-4
 

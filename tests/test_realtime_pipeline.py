@@ -8,15 +8,15 @@ import torch
 from conftest import tiny_random_model
 
 from engine import SAMPLE_RATE
-from engine.codec import random_codec
-from engine.config import SamplingConfig
-from engine.controls import ControlEvent, ControlState
-from engine.decoder import StreamingDecoder
-from engine.generate import tokens_to_audio
-from engine.generator import RollingGenerator
-from engine.pipeline import Pipeline
-from engine.ringbuffer import SampleRing
-from engine.sinks import MemorySink, NullSink
+from engine.live.controls import ControlEvent, ControlState
+from engine.live.decoder import StreamingDecoder
+from engine.live.generator import RollingGenerator
+from engine.live.pipeline import Pipeline
+from engine.live.ringbuffer import SampleRing
+from engine.live.sinks import MemorySink, NullSink
+from engine.model.codec import random_codec
+from engine.model.config import SamplingConfig
+from engine.model.reference import tokens_to_audio
 
 
 def test_sample_ring_wraps_without_losing_or_reordering():

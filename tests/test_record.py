@@ -13,8 +13,10 @@ from live_helpers import REPO, EngineProcess, free_udp_port, wait_until
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from engine.errors import UserError
-from engine.live import LiveConfig, LiveEngine
-from engine.replay import plot, random_model, read_session, replay
+from engine.live.engine import LiveConfig
+from engine.model.random_model import random_model
+from engine.session.live_session import build_live_engine
+from engine.session.replay import plot, read_session, replay
 from osc.server import OSCServer
 
 IDENTITY = {"random_weights": True, "weights_seed": 0, "prompt_dim": 128,
@@ -37,7 +39,7 @@ def _engine(tmp_path, sessions, **kw):
                      sessions_dir=sessions, identity=IDENTITY,
                      slot_sources=["a", "b", "c"], **kw)
     logs = []
-    eng = LiveEngine(model, codec, slots, cfg, log=logs.append)
+    eng = build_live_engine(model, codec, slots, cfg, log=logs.append)
     return eng, logs
 
 

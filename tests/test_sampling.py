@@ -1,6 +1,6 @@
 import torch
 
-from engine.sampling import filter_top_k, filter_top_p, sample_frame
+from engine.model.sampling import filter_top_k, filter_top_p, sample_frame
 
 
 def _logits(seed=0, b=2, q=8, v=1025):

@@ -17,7 +17,8 @@ import pytest
 from live_helpers import REPO, EngineProcess, free_udp_port, need
 
 from osc.addresses import REPLIES, TABLE
-from osc.surfaces import FEEDBACK_PORT, KNOBS, needed, write_all
+from osc.surfaces import FEEDBACK_PORT, KNOBS, needed
+from osc.surfaces.generate import write_all
 
 FOLDER = REPO / "max_patches"
 

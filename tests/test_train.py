@@ -8,9 +8,9 @@ import pytest
 import torch
 from fixtures import golden, needs_fixtures, run_cli
 
-from engine.data.dataset import IGNORE, StepBatches, collate
-from engine.train import lm_loss
-from engine.train_report import loss_curves
+from engine.train.data.dataset import IGNORE, StepBatches, collate
+from engine.train.report import loss_curves
+from engine.train.task import lm_loss
 
 pytestmark = needs_fixtures
 
@@ -60,7 +60,7 @@ def test_resume_from_a_mid_run_checkpoint_continues_the_same_curve(trained_run, 
 
 
 def test_final_checkpoint_loads_renders_and_exports(trained_run, tmp_path):
-    from engine.checkpoint import from_pretrained, load_checkpoint
+    from engine.model.checkpoint import from_pretrained, load_checkpoint
 
     cache, run, _ = trained_run
     last = run / "checkpoints" / "last.ckpt"
@@ -160,8 +160,8 @@ def test_init_from_a_gpt2_folder_copies_its_body(tmp_path):
     from transformers import GPT2Config, GPT2Model
 
     from engine.errors import UserError
-    from engine.train import build_model
-    from engine.train_options import TrainOptions
+    from engine.train.options import TrainOptions
+    from engine.train.task import build_model
 
     torch.manual_seed(0)
     body = GPT2Model(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=400))

@@ -55,21 +55,3 @@ def needed(surface: str) -> set[str]:
     return {a.address for a in TABLE.values()
             if a.widget and a.widget != "label"
             and (surface != "touchosc" or a.widget not in DESKTOP_ONLY)}
-
-
-def write_all(folder: Path = FOLDER) -> list[Path]:
-    """Generate every surface file into ``folder``; returns the paths written."""
-    from osc.surfaces import maxpat, pd, tosc
-
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for name, text in (("encodecgpt_live.maxpat", maxpat.main_patch()),
-                       ("encodecgpt_live.maxhelp", maxpat.help_patch()),
-                       ("encodecgpt_live.pd", pd.patch())):
-        (folder / name).write_text(text)
-        out.append(folder / name)
-    for name, data in (("encodecgpt_live_phone.tosc", tosc.layout("phone")),
-                       ("encodecgpt_live_tablet.tosc", tosc.layout("tablet"))):
-        (folder / name).write_bytes(data)
-        out.append(folder / name)
-    return out

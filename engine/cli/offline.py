@@ -1,0 +1,191 @@
+"""``encode``, ``embed`` and ``render``: the offline commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+from engine import FRAME_RATE, SAMPLE_RATE
+from engine.cli.models import add_model_source, check_bf16, load_model, save_npy
+from engine.errors import UserError
+from engine.live.controls import ControlEvent, ControlState
+from engine.live.decoder import StreamingDecoder
+from engine.live.generator import DEFAULT_WINDOW, RollingGenerator
+from engine.live.pipeline import Pipeline
+from engine.live.sinks import FileSink, MemorySink
+from engine.model.audio_io import write_audio
+from engine.model.checkpoint import load_checkpoint
+from engine.model.codec import codebooks_for_bandwidth, load_codec
+from engine.model.config import SamplingConfig
+from engine.model.encodecmae import load_encodecmae
+from engine.model.prompt_files import PromptReader
+from engine.model.reference import generate_kv, generate_window, prompt_schedule, tokens_to_audio
+
+
+def add_parsers(sub) -> None:
+    enc = sub.add_parser("encode", help="audio file -> EnCodec codes [Q, T] int64 (.npy)")
+    enc.add_argument("input", metavar="IN")
+    src = enc.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="CKPT", help="use the codec inside this checkpoint")
+    src.add_argument("--codec", metavar="SRC",
+                     help="hub id (facebook/encodec_24khz), local folder, or encodec .th file")
+    enc.add_argument("--bandwidth", type=float, default=6.0,
+                     help="kbps: 1.5, 3, 6 (8 codebooks, default), 12, 24 (32 codebooks)")
+    enc.add_argument("--out", required=True, metavar="CODES.npy")
+    enc.add_argument("--trust-checkpoint", action="store_true")
+
+    emb = sub.add_parser("embed", help="audio file -> EnCodecMAE prompt vector [D] float32")
+    emb.add_argument("input", metavar="IN")
+    emb.add_argument("--encodecmae", default="base", metavar="SRC",
+                     help="small|base|large|base-st|large-st, a hub id, or a local folder")
+    emb.add_argument("--out", required=True, metavar="PROMPT.npy")
+    emb.add_argument("--frames", action="store_true", help="save all frames [T, D] instead")
+    emb.add_argument("--trust-checkpoint", action="store_true")
+
+    ren = sub.add_parser("render", help="generate tokens (and audio) offline")
+    add_model_source(ren)
+    ren.add_argument("--prompt", required=True, metavar="P0",
+                     help="prompt: a .npy vector or an audio file (embedded with --encodecmae)")
+    ren.add_argument("--prompt-to", metavar="P1", help="morph linearly from P0 to P1")
+    ren.add_argument("--encodecmae", default="base", metavar="SRC",
+                     help="EnCodecMAE used for audio prompts (default: base from the hub)")
+    length = ren.add_mutually_exclusive_group(required=True)
+    length.add_argument("--frames", type=int, metavar="N", help="frames to generate (75/s)")
+    length.add_argument("--seconds", type=float, metavar="S", help="seconds to generate")
+    ren.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
+    ren.add_argument("--temperature", type=float, default=1.0)
+    ren.add_argument("--top-k", type=int, default=0, help="0 = off")
+    ren.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
+    ren.add_argument("--seed", type=int, default=None, help="sampling seed (printed if omitted)")
+    ren.add_argument("--window", type=int, metavar="W",
+                     help="rolling window of W < 300 frames (default mode: exact, the whole "
+                          "window recomputed each step); without --window/--mode: KV cache (1)")
+    ren.add_argument("--mode", choices=("exact", "fast"), default=None,
+                     help="rolling-window mode (default window 200): exact, or fast (KV cache, "
+                          "re-prefill every --hop frames)")
+    ren.add_argument("--hop", type=int, metavar="H", help="fast mode hop (default W/4)")
+    ren.add_argument("--quantize", choices=("none", "int8", "bf16"), default="none",
+                     help="fast mode weights (fp32 = none is the reference)")
+    ren.add_argument("--tokens-out", required=True, metavar="TOK.npy",
+                     help="[N, Q] int64 delayed tokens (+1, 0 = empty)")
+    ren.add_argument("--out", metavar="OUT.wav", help="decoded audio, 24 kHz")
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    num_q = codebooks_for_bandwidth(args.bandwidth)
+    if args.checkpoint:
+        codec = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint).codec
+    else:
+        codec = load_codec(args.codec)
+    codes = codec.encode_file(args.input, num_q).numpy().astype(np.int64)  # [Q, T]
+    save_npy(args.out, codes)
+    print(f"{args.input}: {codes.shape[1]} frames x {num_q} codebooks -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    encoder = load_encodecmae(args.encodecmae, trust=args.trust_checkpoint)
+    vec = encoder.frames(args.input) if args.frames else encoder.prompt(args.input)
+    save_npy(args.out, vec.astype(np.float32))
+    print(f"{args.input}: prompt {list(vec.shape)} -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    steps = args.frames if args.frames is not None else round(args.seconds * FRAME_RATE)
+    if steps < 1:
+        raise UserError(f"--frames/--seconds must give at least 1 frame (got {steps})")
+    prompts = PromptReader(lambda: load_encodecmae(args.encodecmae, trust=args.trust_checkpoint))
+    p0 = prompts.read(args.prompt)
+    p1 = prompts.read(args.prompt_to) if args.prompt_to else None
+    if p1 is not None and p1.shape != p0.shape:
+        raise UserError(f"--prompt-to {args.prompt_to}: size {p1.shape[0]} differs from "
+                        f"--prompt {args.prompt} ({p0.shape[0]})")
+    model, codec = load_model(args, prompt_dim=p0.shape[0])
+    if p0.shape[0] != model.prompt_dim:
+        raise UserError(f"{args.prompt}: prompt has {p0.shape[0]} values, the model expects "
+                        f"{model.prompt_dim} (use the EnCodecMAE the model was trained with)")
+    sampling = _sampling(args)
+    gen = torch.Generator().manual_seed(sampling.seed)
+    schedule = torch.from_numpy(prompt_schedule(p0, p1, steps))
+    if args.window is not None or args.mode is not None:
+        return _render_rolling(args, model, codec, sampling, p0, p1, steps)
+    start = time.perf_counter()
+    try:
+        if args.window is not None:
+            result = generate_window(model, schedule, args.window, sampling, generator=gen)
+        else:
+            result = generate_kv(model, schedule, sampling, generator=gen)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    elapsed = time.perf_counter() - start
+    tokens = result.tokens.cpu().numpy().astype(np.int64)
+    save_npy(args.tokens_out, tokens)
+    if args.out:
+        if steps < model.num_q:
+            raise UserError(f"--out needs at least {model.num_q} frames, got {steps}")
+        write_audio(args.out, tokens_to_audio(codec, result.tokens), SAMPLE_RATE)
+    seconds = steps / FRAME_RATE
+    print(f"rendered {steps} frames ({seconds:.2f} s) in {elapsed:.2f} s "
+          f"(x{seconds / max(elapsed, 1e-9):.2f} real time), seed {sampling.seed}", file=sys.stderr)
+    return 0
+
+
+def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray,
+                    p1: np.ndarray | None, steps: int) -> int:
+    """``render`` through the live engine's rolling generator, decoder and a file sink."""
+    if args.quantize == "bf16":
+        check_bf16()
+    controls = ControlState(temperature=max(sampling.temperature, 0.0), top_k=sampling.top_k,
+                            top_p=sampling.top_p)
+    controls.apply(ControlEvent("/prompt/slot", (0, p0)))
+    if p1 is not None:
+        controls.apply(ControlEvent("/prompt/slot", (1, p1)))
+    try:
+        generator = RollingGenerator(
+            model, controls, window=args.window or DEFAULT_WINDOW, mode=args.mode or "exact",
+            hop=args.hop, quantize=args.quantize, sampling=sampling, seed=sampling.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if p1 is not None:  # step i uses (1 - i/(N-1)) P0 + i/(N-1) P1, as generator (1)/(2)
+        for i, x in enumerate(np.linspace(0.0, 1.0, steps)):
+            generator.schedule(i, [ControlEvent("/morph", (float(x),))])
+    rows: list[torch.Tensor] = []
+    sink = FileSink(args.out) if args.out else MemorySink()
+    pipe = Pipeline(generator, StreamingDecoder(codec.model), sink, decode_chunk=16,
+                    threads=torch.get_num_threads(),
+                    on_row=lambda _, row: rows.append(row))
+    start = time.perf_counter()
+    try:
+        pipe.run(steps)
+    finally:
+        generator.close()
+        sink.close()
+    elapsed = time.perf_counter() - start
+    save_npy(args.tokens_out, torch.stack(rows).numpy().astype(np.int64))
+    seconds = steps / FRAME_RATE
+    print(f"rendered {steps} frames ({seconds:.2f} s, {generator.mode} window "
+          f"{generator.window}{f' hop {generator.hop}' if generator.mode == 'fast' else ''}) "
+          f"in {elapsed:.2f} s (x{seconds / max(elapsed, 1e-9):.2f} real time), "
+          f"seed {sampling.seed}", file=sys.stderr)
+    return 0
+
+
+def _sampling(args: argparse.Namespace) -> SamplingConfig:
+    if not args.greedy:
+        if not np.isfinite(args.temperature) or args.temperature < 0:
+            raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+        if not 0.0 < args.top_p <= 1.0:
+            raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+        if args.top_k < 0:
+            raise UserError(f"--top-k must be >= 0, got {args.top_k}")
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          greedy=args.greedy, seed=seed)
+
+

@@ -1,8 +1,0 @@
-"""Datasets → token caches for training (``run_engine.py prepare``) and their training views.
-
-* :mod:`engine.data.sources`: which files and which crops a source folder holds (a plain
-  folder, an NSynth split, a LibriLight-style tree).
-* :mod:`engine.data.cache`: the on-disk token cache (shards + ``index.json``).
-* :mod:`engine.data.prepare`: audio → EnCodec codes + EnCodecMAE prompt, in parallel, resumable.
-* :mod:`engine.data.dataset`: the cache as training batches (step-indexed, so resumes are exact).
-"""

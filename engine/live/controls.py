@@ -1,0 +1,300 @@
+"""Performance controls of the rolling generator: what they mean, their ranges, and glide.
+
+Every control is an *event* ``(address, values)`` named like its OSC address, so the same
+names appear in the OSC table, the frame log and recorded sessions. Events are applied only
+at frame boundaries by :class:`engine.live.generator.RollingGenerator`; this module validates them
+and keeps the resulting state:
+
+* prompt **slots** hold embeddings ``[P]``; the prompt is ``Σ_i w_i · slot_i`` (float64 sum,
+  then float32) over the **mix weights** ``w`` (non-negative, normalised to sum 1);
+* ``/morph x`` → ``w = (1 − x, x)`` over slots 0–1; ``/morph/xy x y`` → bilinear over slots
+  0–3 with corners (0,0) → slot 0, (1,0) → slot 1, (0,1) → slot 2, (1,1) → slot 3;
+  ``/mix w0 w1 …`` sets the weights of the first N slots directly;
+* **glide** τ (seconds): every continuous control (mix weights, temperature, top-p) moves
+  towards its target by ``1 − exp(−1 / (τ · 75))`` of the remaining distance per frame, and
+  snaps onto it once within :data:`SNAP`; τ = 0 jumps. Top-k and seed are discrete and jump.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine import FRAME_RATE
+from engine.errors import UserError
+
+SNAP = 1e-4  # a glide closer than this to its target lands on it
+MAX_SLOTS = 16
+
+
+class ControlError(UserError):
+    """A control event that was refused; the previous state is kept."""
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One control address: argument types (``f`` float, ``i`` int, ``s`` string, ``b`` blob,
+    ``f…`` = one or more floats), range, default and what it does. ``clamp``: out-of-range
+    values are clamped instead of refused (faders that overshoot by rounding)."""
+
+    address: str
+    types: str
+    help: str
+    low: float | None = None
+    high: float | None = None
+    default: tuple = ()
+    clamp: bool = False
+
+
+GENERATOR_CONTROLS: tuple[ControlSpec, ...] = (
+    ControlSpec("/morph", "f", "2-slot morph: 0 = slot 0, 1 = slot 1", 0.0, 1.0, (0.0,), True),
+    ControlSpec("/morph/xy", "ff", "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) "
+                "slot 1, (0,1) slot 2, (1,1) slot 3", 0.0, 1.0, (0.0, 0.0), True),
+    ControlSpec("/mix", "f…", "weights of slots 0..N-1 (>= 0, normalised to sum 1)", 0.0, None),
+    ControlSpec("/glide", "f", "glide time constant in seconds for mix, temperature, top-p",
+                0.0, 60.0, (0.0,)),
+    ControlSpec("/temperature", "f", "sampling temperature (0 = greedy)", 0.0, 10.0, (1.0,)),
+    ControlSpec("/topk", "i", "keep the k most likely tokens per codebook (0 = off)",
+                0, 1025, (0,)),
+    ControlSpec("/topp", "f", "nucleus mass per codebook (1 = off)", 0.001, 1.0, (1.0,)),
+    ControlSpec("/seed", "i", "reseed the sampler at this frame", 0, 2**31 - 1),
+    ControlSpec("/reset", "", "forget the token window and start a fresh sequence"),
+    ControlSpec("/prompt/slot", "ib", "(internal) put an embedding into a slot", 0,
+                MAX_SLOTS - 1),
+)
+SPECS = {s.address: s for s in GENERATOR_CONTROLS}
+
+
+@dataclass
+class ControlEvent:
+    """One control change; ``values`` as received (validated when applied)."""
+
+    address: str
+    values: tuple = ()
+
+
+@dataclass
+class AppliedControl:
+    """A frame-log entry: ``event`` took effect at the start of frame ``frame``."""
+
+    frame: int
+    address: str
+    values: tuple
+    wall_time: float
+
+
+def _glide_step(current: float | np.ndarray, target, alpha: float):
+    new = current + alpha * (np.asarray(target) - current)
+    if np.max(np.abs(np.asarray(target) - new)) < SNAP:
+        return np.copy(target) if isinstance(target, np.ndarray) else float(target)
+    return new if isinstance(new, np.ndarray) else float(new)
+
+
+@dataclass
+class ControlState:
+    """Slots, mix and sampling controls: targets and the current (glided) values."""
+
+    num_slots: int = 4
+    slots: list = field(default_factory=list)  # np.ndarray [P] float32 or None
+    weights: np.ndarray = None  # type: ignore[assignment]  [num_slots] float64, current
+    target_weights: np.ndarray = None  # type: ignore[assignment]
+    temperature: float = 1.0
+    target_temperature: float = 1.0
+    top_p: float = 1.0
+    target_top_p: float = 1.0
+    top_k: int = 0
+    glide: float = 0.0
+
+    def __post_init__(self):
+        if not 1 <= self.num_slots <= MAX_SLOTS:
+            raise ValueError(f"num_slots must be in 1..{MAX_SLOTS}")
+        self.slots = list(self.slots) + [None] * (self.num_slots - len(self.slots))
+        if self.weights is None:
+            self.weights = np.eye(self.num_slots)[0]
+        if self.target_weights is None:
+            self.target_weights = self.weights.copy()
+        self.target_temperature = self.temperature
+        self.target_top_p = self.top_p
+
+    # -- reading -------------------------------------------------------------------------
+    def prompt(self) -> np.ndarray:
+        """The current mixed prompt ``[P]`` float32."""
+        used = [i for i in range(self.num_slots) if self.weights[i] > 0.0]
+        if not used or any(self.slots[i] is None for i in used):
+            raise ControlError("no prompt: the mix uses an empty slot")
+        acc = sum(self.weights[i] * self.slots[i].astype(np.float64) for i in used)
+        return np.asarray(acc, dtype=np.float32)
+
+    @property
+    def gliding(self) -> bool:
+        return (not np.array_equal(self.weights, self.target_weights)
+                or self.temperature != self.target_temperature or self.top_p != self.target_top_p)
+
+    def advance(self) -> None:
+        """Move the glided controls one frame towards their targets."""
+        if not self.gliding:
+            return
+        alpha = 1.0 if self.glide <= 0 else 1.0 - math.exp(-1.0 / (self.glide * FRAME_RATE))
+        self.weights = _glide_step(self.weights, self.target_weights, alpha)
+        self.temperature = _glide_step(self.temperature, self.target_temperature, alpha)
+        self.top_p = _glide_step(self.top_p, self.target_top_p, alpha)
+
+    # -- changing ------------------------------------------------------------------------
+    def apply(self, event: ControlEvent) -> tuple:
+        """Validate and apply one event; returns the values as applied (after clamping).
+
+        Raises:
+            ControlError: unknown address, wrong count/type, NaN/inf, out of range, or a mix
+                that would use an empty slot. Nothing is changed then.
+        """
+        spec = SPECS.get(event.address)
+        if spec is None:
+            raise ControlError(f"unknown control {event.address}")
+        values = tuple(event.values)
+        if spec.address == "/prompt/slot":
+            return self._set_slot(values)
+        nums = check_args(spec, values)
+        handler = getattr(self, "_on_" + spec.address.strip("/").replace("/", "_"), None)
+        if handler is not None:
+            handler(*nums) if spec.types != "f…" else handler(nums)
+        return nums
+
+    def _set_slot(self, values: tuple) -> tuple:
+        if len(values) != 2:
+            raise ControlError("/prompt/slot expects (slot, embedding)")
+        slot, vec = values
+        if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.num_slots:
+            raise ControlError(f"slot must be an integer in 0..{self.num_slots - 1}, got {slot!r}")
+        vec = np.asarray(vec, dtype=np.float32)
+        filled = [s for s in self.slots if s is not None]
+        if vec.ndim != 1 or not np.isfinite(vec).all():
+            raise ControlError("a prompt embedding must be a finite vector [P]")
+        if filled and filled[0].shape != vec.shape:
+            raise ControlError(f"embedding size {vec.shape[0]} differs from the other slots "
+                               f"({filled[0].shape[0]})")
+        self.slots[int(slot)] = vec
+        return (int(slot), vec)
+
+    def _set_weights(self, weights: np.ndarray) -> None:
+        total = float(weights.sum())
+        if total <= 0.0:
+            raise ControlError("mix weights must not all be zero")
+        full = np.zeros(self.num_slots)
+        # (1 - x) + x can miss 1.0 by an ulp; dividing then would perturb a plain lerp.
+        full[: len(weights)] = weights if abs(total - 1.0) < 1e-9 else weights / total
+        empty = [i for i in range(self.num_slots) if full[i] > 0 and self.slots[i] is None]
+        if empty:
+            raise ControlError(f"slot {empty[0]} is empty; load a prompt into it first")
+        self.target_weights = full
+        if self.glide <= 0:
+            self.weights = full.copy()
+
+    def _on_morph(self, x: float) -> None:
+        if self.num_slots < 2:
+            raise ControlError("/morph needs 2 slots")
+        self._set_weights(np.array([1.0 - x, x]))
+
+    def _on_morph_xy(self, x: float, y: float) -> None:
+        if self.num_slots < 4:
+            raise ControlError("/morph/xy needs 4 slots")
+        self._set_weights(np.array([(1 - x) * (1 - y), x * (1 - y), (1 - x) * y, x * y]))
+
+    def _on_mix(self, weights: tuple) -> None:
+        if len(weights) > self.num_slots:
+            raise ControlError(f"/mix got {len(weights)} weights for {self.num_slots} slots")
+        self._set_weights(np.asarray(weights, dtype=np.float64))
+
+    def _on_glide(self, seconds: float) -> None:
+        self.glide = seconds
+
+    def _on_temperature(self, t: float) -> None:
+        self.target_temperature = t
+        if self.glide <= 0:
+            self.temperature = t
+
+    def _on_topk(self, k: int) -> None:
+        self.top_k = k
+
+    def _on_topp(self, p: float) -> None:
+        self.target_top_p = p
+        if self.glide <= 0:
+            self.top_p = p
+
+    # -- snapshot ------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Plain data (numpy arrays, floats) that :meth:`from_snapshot` restores."""
+        return {
+            "num_slots": self.num_slots,
+            "slots": [None if s is None else s.copy() for s in self.slots],
+            "weights": self.weights.copy(), "target_weights": self.target_weights.copy(),
+            "temperature": self.temperature, "target_temperature": self.target_temperature,
+            "top_p": self.top_p, "target_top_p": self.target_top_p,
+            "top_k": self.top_k, "glide": self.glide,
+        }
+
+    @classmethod
+    def from_snapshot(cls, snap: dict) -> ControlState:
+        state = cls(num_slots=snap["num_slots"])
+        for key, value in snap.items():
+            setattr(state, key, value.copy() if isinstance(value, np.ndarray) else value)
+        state.slots = [None if s is None else np.array(s) for s in snap["slots"]]
+        return state
+
+
+def check_args(spec, values) -> tuple:
+    """Check ``values`` against a spec's types (``f``, ``i``, ``s``, ``f…``, ``[s]``): count,
+    type, finiteness and range; clamp where allowed. Ints are taken as floats and whole floats
+    as ints. ``spec`` is a :class:`ControlSpec` or anything with the same fields (the OSC
+    table's entries).
+
+    Raises:
+        ControlError: saying what is wrong.
+    """
+    values = tuple(values)
+    if spec.types == "f…":
+        if not values:
+            raise ControlError(f"{spec.address} expects at least one float")
+        kinds = "f" * len(values)
+    elif spec.types == "[s]":
+        if len(values) > 1:
+            raise ControlError(f"{spec.address} expects at most one string")
+        kinds = "s" * len(values)
+    else:
+        kinds = spec.types
+        if len(values) != len(kinds):
+            raise ControlError(f"{spec.address} expects {len(kinds)} argument(s) "
+                               f"({kinds or 'none'}), got {len(values)}")
+    return tuple(_check_one(spec, kind, v) for kind, v in zip(kinds, values, strict=True))
+
+
+def _check_one(spec, kind: str, v):
+    if kind == "s":
+        if not isinstance(v, str):
+            raise ControlError(f"{spec.address}: expected a string, got {_type_name(v)}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ControlError(f"{spec.address}: expected a number, got {_type_name(v)}")
+    if kind == "i":
+        if isinstance(v, (float, np.floating)) and not float(v).is_integer():
+            raise ControlError(f"{spec.address}: expected an integer, got {v}")
+        v = int(v)
+    else:
+        v = float(v)
+        if not math.isfinite(v):
+            raise ControlError(f"{spec.address}: value must be finite, got {v}")
+    return _in_range(spec, v)
+
+
+def _type_name(v) -> str:
+    return "a blob" if isinstance(v, bytes) else type(v).__name__
+
+
+def _in_range(spec, v):
+    lo, hi = spec.low, spec.high
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        if not spec.clamp:
+            raise ControlError(f"{spec.address}: {v} is outside [{lo}, {hi}]")
+        v = min(max(v, lo), hi) if hi is not None else max(v, lo)
+    return v

@@ -1,0 +1,194 @@
+"""Generator → decoder → sink, on two threads.
+
+The generator thread only runs the language model (plus the background re-prefill worker
+of ``fast`` mode); the decoder thread turns rows into frames (:class:`StreamingUndelay`),
+decodes them in chunks of ``decode_chunk`` frames with the carried-state
+:class:`~engine.live.decoder.StreamingDecoder` and writes the audio to the sink. A bounded queue
+between them plus the sink's own back-pressure keeps the generator at most a buffer ahead
+of playback, which bounds control latency. Both threads share one torch intra-op setting
+(process-wide); ``threads=1`` keeps each op on the core its thread runs on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from engine import HOP_LENGTH
+from engine.live.decoder import StreamingDecoder
+from engine.live.generator import RollingGenerator
+from engine.model.patterns import StreamingUndelay
+
+_STOP = object()
+
+
+class StepStats:
+    """Recent step times (ms) and totals, readable from any thread."""
+
+    def __init__(self, keep: int = 4096):
+        self.recent: deque[float] = deque(maxlen=keep)
+        self.all_ms: list[float] | None = None  # every step, when a benchmark asks for it
+        self.frames = 0
+        self.samples_out = 0
+        self.started = time.perf_counter()
+
+    def add(self, ms: float) -> None:
+        self.recent.append(ms)
+        if self.all_ms is not None:
+            self.all_ms.append(ms)
+        self.frames += 1
+
+    def percentile(self, q: float) -> float:
+        data = list(self.recent)
+        return float(np.percentile(data, q)) if data else 0.0
+
+
+class Pipeline:
+    """Run ``generator`` endlessly (or for ``frames``) into ``sink``.
+
+    Args:
+        generator: a :class:`RollingGenerator` (used from the generator thread only).
+        decoder: the streaming decoder for the generator's codec.
+        sink: anything with ``write([n] float32)``.
+        decode_chunk: frames per decoder call (larger = cheaper per frame, more latency).
+        threads: torch intra-op threads for the whole process.
+        on_row: called on the generator thread with ``(frame, row)`` after each step.
+        on_audio: called on the decoder thread with each 24 kHz audio block and the output
+            sample index it starts at (frame f starts at sample 320·f), before the sink.
+    """
+
+    def __init__(self, generator: RollingGenerator, decoder: StreamingDecoder, sink, *,
+                 decode_chunk: int = 4, threads: int = 1,
+                 on_row: Callable[[int, torch.Tensor], None] | None = None,
+                 on_audio: Callable[[np.ndarray, int], None] | None = None):
+        self.generator, self.decoder, self.sink = generator, decoder, sink
+        self.decode_chunk = max(1, decode_chunk)
+        self.threads = threads
+        self.on_row, self.on_audio = on_row, on_audio
+        self.stats = StepStats()
+        # Small: rows waiting here are generated but unheard, i.e. control latency.
+        self.rows: queue.Queue = queue.Queue(maxsize=self.decode_chunk + 2)
+        self._stop = threading.Event()
+        self._limit: int | None = None
+        self._gen_thread: threading.Thread | None = None
+        self._dec_thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.running = threading.Event()  # cleared = paused
+        self.running.set()
+        self._frame_hooks: queue.SimpleQueue = queue.SimpleQueue()
+
+    def at_frame(self, frame: int, hook: Callable[[dict, int], None]) -> None:
+        """Call ``hook(decoder_state, sample_index)`` on the decoder thread just before frame
+        ``frame`` is decoded (the chunk is cut there), e.g. to start a recording whose replay
+        must continue the decoder exactly. ``frame`` must not be decoded yet."""
+        self._frame_hooks.put((frame, hook))
+
+    def start(self, frames: int | None = None) -> None:
+        """Start both threads; stop by itself after ``frames`` rows if given."""
+        torch.set_num_threads(self.threads)
+        self._limit = frames
+        self.stats.started = time.perf_counter()
+        self._gen_thread = threading.Thread(target=self._generate, name="generator", daemon=True)
+        self._dec_thread = threading.Thread(target=self._decode, name="decoder", daemon=True)
+        self._dec_thread.start()
+        self._gen_thread.start()
+
+    def run(self, frames: int) -> None:
+        """Generate ``frames`` rows, decode all complete frames, then return."""
+        self.start(frames)
+        self.join()
+
+    def join(self) -> None:
+        for t in (self._gen_thread, self._dec_thread):
+            if t is not None:
+                t.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Stop generating; the decoder finishes the rows already queued."""
+        self.stop_nowait()
+        self.join()
+
+    def stop_nowait(self) -> None:
+        self._stop.set()
+        self.running.set()
+
+    def _generate(self) -> None:
+        gen = self.generator
+        try:
+            while not self._stop.is_set():
+                if self._limit is not None and self.stats.frames >= self._limit:
+                    break
+                if not self.running.is_set():
+                    self.running.wait(0.05)
+                    continue
+                t0 = time.perf_counter()
+                row = gen.step()
+                self.stats.add((time.perf_counter() - t0) * 1e3)
+                if self.on_row is not None:
+                    self.on_row(gen.t - 1, row)
+                self._put(row)
+        except BaseException as e:  # surfaced by join(); the decoder still drains
+            self.error = e
+        finally:
+            self._put(_STOP)
+
+    def _put(self, item) -> None:
+        while True:
+            try:
+                self.rows.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if self._stop.is_set() and item is not _STOP:
+                    return
+
+    def _decode(self) -> None:
+        undelay = StreamingUndelay(self.generator.num_q)
+        chunk: list[torch.Tensor] = []
+        hooks: list[tuple[int, Callable]] = []
+        frames = 0  # frames completed so far = index of the next one
+        try:
+            while True:
+                item = self.rows.get()
+                if item is _STOP:
+                    break
+                frame = undelay.push(item)
+                if frame is not None:
+                    while not self._frame_hooks.empty():
+                        hooks.append(self._frame_hooks.get())
+                    due = [h for h in hooks if h[0] <= frames]
+                    if due:
+                        if chunk:
+                            self._emit(chunk)
+                            chunk = []
+                        state = self.decoder.get_state()
+                        for h in due:
+                            hooks.remove(h)
+                            h[1](state, frames * HOP_LENGTH)
+                    chunk.append(frame)
+                    frames += 1
+                if len(chunk) >= self.decode_chunk:
+                    self._emit(chunk)
+                    chunk = []
+            if chunk:
+                self._emit(chunk)
+        except BaseException as e:
+            self.error = e
+            self._stop.set()
+
+    def _emit(self, frames: list[torch.Tensor]) -> None:
+        codes = torch.stack(frames, dim=1)[None]  # [1, Q, n]
+        audio = self.decoder.push(codes)[0, 0].numpy()
+        if audio.size == 0:
+            return
+        if self.on_audio is not None:
+            self.on_audio(audio, self.stats.samples_out)
+        self.sink.write(audio)
+        self.stats.samples_out += audio.size

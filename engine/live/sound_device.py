@@ -1,0 +1,233 @@
+"""The sound device: a PortAudio output stream (sounddevice) fed from a sample ring.
+
+Data path: decoder thread → :meth:`AudioOut.write` (24 kHz mono; resampled to the device
+rate with a streaming soxr resampler if they differ) → :class:`SampleRing` → the PortAudio
+callback, which copies into the device buffer (every channel gets the mono signal),
+zero-fills and counts an underrun if the ring ran dry, and applies the fade gain. The
+callback only does numpy copies/multiplies on preallocated arrays: no locks, no logging,
+no torch, no allocation of buffers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from engine import SAMPLE_RATE
+from engine.errors import UserError
+from engine.live.ringbuffer import SampleRing
+
+FADE_S = 0.02
+HOSTAPIS = ("JACK", "CoreAudio", "ASIO", "WASAPI", "ALSA", "DirectSound", "MME", "OSS",
+            "PulseAudio")
+
+
+def _sd():
+    try:
+        import sounddevice
+    except OSError as e:  # libportaudio missing
+        raise UserError(f"PortAudio is not available ({e}); install libportaudio2 "
+                        "(Debian/Ubuntu) or use --device null") from None
+    return sounddevice
+
+
+def list_devices() -> str:
+    """Output devices, one per line: ``index: name (host API, channels, default rate)``."""
+    sd = _sd()
+    apis = sd.query_hostapis()
+    lines = []
+    for i, dev in enumerate(sd.query_devices()):
+        if dev["max_output_channels"] > 0:
+            api = apis[dev["hostapi"]]["name"]
+            lines.append(f"{i:3d}: {dev['name']} ({api}, {dev['max_output_channels']} out, "
+                         f"{dev['default_samplerate']:.0f} Hz)")
+    return "\n".join(lines) if lines else "(no output devices found)"
+
+
+def resolve_device(spec: str | int | None, hostapi: str | None = None) -> int | None:
+    """``spec`` (an index, a name substring, or None = the default) → a device index.
+
+    Raises:
+        UserError: naming the device and listing the choices.
+    """
+    sd = _sd()
+    apis = sd.query_hostapis()
+    outputs = [(i, d) for i, d in enumerate(sd.query_devices()) if d["max_output_channels"] > 0]
+    if hostapi:
+        keep = [j for j, a in enumerate(apis) if hostapi.lower() in a["name"].lower()]
+        if not keep:
+            names = ", ".join(a["name"] for a in apis)
+            raise UserError(f"host API '{hostapi}' not found; available: {names}")
+        outputs = [(i, d) for i, d in outputs if d["hostapi"] in keep]
+        if spec is None:
+            default = apis[keep[0]]["default_output_device"]
+            if default >= 0:
+                return default
+    choices = "\n" + list_devices()
+    if not outputs:
+        wanted = "the default output device" if spec is None else f"audio device '{spec}'"
+        raise UserError(f"cannot open {wanted}: no audio output device found"
+                        + (f" for host API {hostapi}" if hostapi else "")
+                        + "; use --device null to run without sound" + choices)
+    if spec is None:
+        default = sd.default.device[1]
+        return default if default is not None and default >= 0 else outputs[0][0]
+    text = str(spec)
+    if text.isdigit():
+        index = int(text)
+        if any(i == index for i, _ in outputs):
+            return index
+        raise UserError(f"audio device {index} is not an output device; choices:{choices}")
+    matches = [i for i, d in outputs if text.lower() in d["name"].lower()]
+    if not matches:
+        raise UserError(f"no output device matches '{text}'; choices:{choices}")
+    return matches[0]
+
+
+class AudioOut:
+    """An open output stream. Use :meth:`start` after prefilling with :meth:`write`.
+
+    Args:
+        device: a device index (see :func:`resolve_device`).
+        buffer_s: ring size in seconds (generator run-ahead, i.e. the control latency
+            budget on top of the device latency).
+        blocksize: frames per callback (0 lets PortAudio choose).
+        latency: PortAudio's suggested latency (seconds or 'low'/'high').
+    """
+
+    def __init__(self, device: int | None, *, buffer_s: float = 0.3, blocksize: int = 512,
+                 latency: float | str = "low", rate: int | None = None):
+        sd = _sd()
+        info = sd.query_devices(device, "output")
+        self.device_name = info["name"]
+        self.rate = int(rate or self._pick_rate(sd, device, info))
+        self.channels = max(1, min(2, int(info["max_output_channels"])))
+        self.ring = SampleRing(max(int(buffer_s * self.rate), 4 * max(blocksize, 256)))
+        self._resampler = None
+        if self.rate != SAMPLE_RATE:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(SAMPLE_RATE, self.rate, 1, dtype="float32",
+                                                  quality="HQ")
+        max_block = max(blocksize, 8192)
+        self._mono = np.zeros((max_block, 1), dtype=np.float32)
+        self._ramp = np.zeros((max_block, 1), dtype=np.float32)
+        self._index = np.arange(1, max_block + 1, dtype=np.float32)[:, None]
+        self._fade_step = 1.0 / (FADE_S * self.rate)
+        self.gain, self.target_gain = 0.0, 1.0
+        self.underruns = 0
+        self.status_flags = 0
+        self.callbacks = 0
+        self.failed: str | None = None
+        self.played = 0
+        self.tap = None  # callable(block at device rate, start24) on the writer side
+        self._in24 = 0  # 24 kHz samples received so far
+        try:
+            self.stream = sd.OutputStream(
+                device=device, samplerate=self.rate, channels=self.channels, dtype="float32",
+                blocksize=blocksize, latency=latency, callback=self._callback,
+                finished_callback=self._finished)
+        except Exception as e:  # PortAudioError, ValueError: report, caller falls back
+            raise UserError(f"cannot open audio device '{self.device_name}' ({e})") from None
+        self._stopping = False
+
+    @staticmethod
+    def _pick_rate(sd, device, info) -> int:
+        """24 kHz if the device takes it (no resampling), else its default rate."""
+        try:
+            sd.check_output_settings(device=device, samplerate=SAMPLE_RATE, channels=1,
+                                     dtype="float32")
+            return SAMPLE_RATE
+        except Exception:
+            return int(info["default_samplerate"])
+
+    # -- writer side (decoder thread) -----------------------------------------------------
+    def write(self, block: np.ndarray) -> None:
+        """24 kHz mono block in; waits while the ring is full (back-pressure)."""
+        start24 = self._in24
+        self._in24 += len(block)
+        if self._resampler is not None:
+            block = self._resampler.resample_chunk(np.asarray(block, dtype=np.float32))
+        if self.tap is not None:
+            self.tap(block, start24)
+        done = 0
+        while done < len(block):
+            done += self.ring.write(block[done:])
+            if done < len(block):
+                if self.failed or self._stopping:
+                    return
+                time.sleep(0.002)
+
+    @property
+    def buffered_s(self) -> float:
+        return self.ring.available / self.rate
+
+    def start(self) -> None:
+        self.gain, self.target_gain = 0.0, 1.0  # fade in
+        self.stream.start()
+
+    def fade_out(self, wait: bool = True) -> None:
+        """Ramp to silence over :data:`FADE_S`."""
+        self.target_gain = 0.0
+        if wait and self.stream.active:
+            deadline = time.monotonic() + FADE_S + 0.2
+            while self.gain > 0.0 and time.monotonic() < deadline:
+                time.sleep(0.005)
+
+    def fade_in(self) -> None:
+        self.target_gain = 1.0
+
+    def clear(self) -> None:
+        """Drop buffered audio (after a fade-out)."""
+        self.ring.clear()
+
+    def close(self) -> None:
+        self._stopping = True
+        try:
+            self.fade_out()
+            self.stream.stop()
+            self.stream.close()
+        except Exception:  # a device that vanished cannot be stopped cleanly
+            pass
+
+    # -- real-time side --------------------------------------------------------------------
+    def _callback(self, outdata: np.ndarray, frames: int, time_info, status) -> None:
+        if status.output_underflow:
+            self.status_flags += 1
+        mono = self._mono[:frames]
+        got = self.ring.read_into(mono)
+        if got < frames and self.target_gain > 0.0:
+            self.underruns += 1
+        self.played += got
+        self._apply_gain(mono, frames)
+        outdata[:] = mono  # broadcast to every channel
+        self.callbacks += 1
+
+    def _apply_gain(self, mono: np.ndarray, frames: int) -> None:
+        g, target = self.gain, self.target_gain
+        if g == target:
+            if g != 1.0:
+                np.multiply(mono, g, out=mono)
+            return
+        step = self._fade_step if target > g else -self._fade_step
+        ramp = self._ramp[:frames]
+        np.multiply(self._index[:frames], step, out=ramp)
+        np.add(ramp, g, out=ramp)
+        np.clip(ramp, 0.0, 1.0, out=ramp)
+        if target > g:
+            np.minimum(ramp, target, out=ramp)
+        else:
+            np.maximum(ramp, target, out=ramp)
+        np.multiply(mono, ramp, out=mono)
+        self.gain = float(ramp[frames - 1, 0])
+
+    def _finished(self) -> None:
+        if not self._stopping:
+            self.failed = f"audio device '{self.device_name}' stopped unexpectedly"
+
+
+def open_output(spec: str | None, hostapi: str | None, **kw) -> AudioOut:
+    """Resolve and open; raises UserError with the device name and the choices."""
+    return AudioOut(resolve_device(spec, hostapi), **kw)
+

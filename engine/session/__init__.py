@@ -1,0 +1,1 @@
+"""Recorded sessions: the recorder (live), and replay, recover and plot (offline)."""

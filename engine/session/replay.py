@@ -1,0 +1,236 @@
+"""``replay``, ``recover`` and ``plot`` for recorded sessions (see :mod:`engine.session.recorder`).
+
+Replay restores the generator state saved at the first recorded frame, applies every logged
+control at its frame (all controls of one frame as one bundle), generates as many frames as
+were recorded, and decodes them from the saved decoder state — offline, as fast as the CPU
+allows. With the same model, device type and dtype the tokens are identical.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import FRAME_RATE
+from engine.errors import UserError
+from engine.live.controls import ControlEvent, ControlState
+from engine.live.decoder import StreamingDecoder
+from engine.live.generator import RollingGenerator
+from engine.model.checkpoint import load_checkpoint
+from engine.model.patterns import StreamingUndelay
+from engine.model.random_model import random_model
+from engine.session.files import repair_npy, repair_wav
+from engine.session.recorder import FORMAT
+
+
+def read_session(folder: Path) -> dict:
+    path = Path(folder) / "session.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: not a session folder (no session.json)")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+    if info.get("format") != FORMAT:
+        raise UserError(f"{path}: not an encodecgpt-live session")
+    return info
+
+
+def read_controls(path: Path, slots_dir: Path) -> dict[int, list[ControlEvent]]:
+    """``controls.jsonl`` → events per frame (embeddings loaded from ``slots/``)."""
+    by_frame: dict[int, list[ControlEvent]] = {}
+    if not path.is_file():
+        raise UserError(f"{path}: no such control log")
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            frame, address, values = int(rec["frame"]), str(rec["address"]), rec["values"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path}:{n}: not a control record ({e})") from None
+        vals = []
+        for v in values:
+            if isinstance(v, dict) and "sha256" in v:
+                vec_path = slots_dir / f"{v['sha256']}.npy"
+                if not vec_path.is_file():
+                    raise UserError(f"{path}:{n}: embedding {vec_path} is missing")
+                vals.append(np.load(vec_path))
+            else:
+                vals.append(v)
+        by_frame.setdefault(frame, []).append(ControlEvent(address, tuple(vals)))
+    return by_frame
+
+
+def load_session_model(info: dict, checkpoint: str | None, trust: bool):
+    """The model and codec the session was recorded with (or ``checkpoint`` instead)."""
+    ident = info.get("model", {})
+    if checkpoint is None and ident.get("random_weights"):
+        return random_model(ident)
+    source = checkpoint or ident.get("checkpoint")
+    if not source:
+        raise UserError("the session names no checkpoint; pass --checkpoint")
+    loaded = load_checkpoint(source, trust=trust)
+    if checkpoint is None and ident.get("sha256") and loaded.sha256 != ident["sha256"]:
+        raise UserError(f"{source}: content differs from the recorded checkpoint "
+                        f"(sha256 {loaded.sha256[:12]} != {ident['sha256'][:12]}); pass "
+                        "--checkpoint to replay with another model anyway")
+    return loaded.model, loaded.codec
+
+
+def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = None,
+           trust: bool = False, frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Re-render a session: returns ``(tokens [N, Q] int64, audio [n] float32 at 24 kHz)``."""
+    folder = Path(folder)
+    info = read_session(folder)
+    eng = info["engine"]
+    model, codec = load_session_model(info, checkpoint, trust)
+    state = torch.load(folder / "state.pt", weights_only=False)
+    gen = RollingGenerator(model, ControlState(num_slots=eng["num_slots"]),
+                           window=eng["window"], mode=eng["mode"], hop=eng["hop"],
+                           quantize=eng["quantize"], seed=eng["seed"])
+    gen.greedy = bool(eng.get("greedy", False))
+    gen.set_state(state)
+    first = info["first_frame"]
+    log = read_controls(controls or folder / "controls.jsonl", folder / "slots")
+    for frame, events in sorted(log.items()):
+        if frame >= first:
+            gen.schedule(frame, events)
+    if frames is None:
+        frames = _recorded_rows(folder)
+    decoder = StreamingDecoder(codec.model)
+    dec_state = folder / "decoder_state.pt"
+    if dec_state.is_file():
+        decoder.set_state(torch.load(dec_state, weights_only=False))
+    undelay = StreamingUndelay(gen.num_q)
+    rows, audio, chunk = [], [], []
+    try:
+        for _ in range(frames):
+            row = gen.step()
+            rows.append(row)
+            frame = undelay.push(row)
+            if frame is not None:
+                chunk.append(frame)
+            if len(chunk) == 16:
+                audio.append(decoder.push(torch.stack(chunk, 1)[None])[0, 0].numpy())
+                chunk = []
+        if chunk:
+            audio.append(decoder.push(torch.stack(chunk, 1)[None])[0, 0].numpy())
+    finally:
+        gen.close()
+    tokens = torch.stack(rows).numpy().astype(np.int64) if rows else np.zeros((0, gen.num_q))
+    return tokens, (np.concatenate(audio) if audio else np.zeros(0, np.float32))
+
+
+def _recorded_rows(folder: Path) -> int:
+    path = folder / "tokens.npy"
+    if not path.is_file():
+        raise UserError(f"{folder}: no tokens.npy (run_engine.py recover {folder} first?)")
+    return int(np.load(path, mmap_mode="r").shape[0])
+
+
+def recover(folder: Path) -> dict:
+    """Make a session valid after a crash: headers from the data on disk, a partial last
+    control line dropped, controls after the last token dropped, session.json completed."""
+    folder = Path(folder)
+    info = read_session(folder)
+    report = {}
+    rows = repair_npy(folder / "tokens.npy") if (folder / "tokens.npy").is_file() else 0
+    report["frames"] = rows
+    if (folder / "audio.wav").is_file():
+        report["audio_samples"] = repair_wav(folder / "audio.wav")
+    last = info["first_frame"] + rows - 1
+    log = folder / "controls.jsonl"
+    kept = dropped = 0
+    if log.is_file():
+        good = []
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+                ok = int(rec["frame"]) <= last
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if ok:
+                good.append(line)
+            else:
+                dropped += 1
+        kept = len(good)
+        tmp = log.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(g + "\n" for g in good))
+        tmp.replace(log)
+    report.update(controls_kept=kept, controls_dropped=dropped)
+    info["end_frame"] = info["first_frame"] + rows
+    info["audio_samples"] = report.get("audio_samples", 0)
+    info["recovered"] = True
+    tmp = folder / "session.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(folder / "session.json")
+    return report
+
+
+def control_curves(folder: Path) -> dict[str, np.ndarray]:
+    """Per recorded frame: mix weights ``[N, slots]``, temperature, top-k (glide applied),
+    by replaying the control log on the saved control state (no model needed)."""
+    folder = Path(folder)
+    info = read_session(folder)
+    state = torch.load(folder / "state.pt", weights_only=False)
+    controls = ControlState.from_snapshot(state["controls"])
+    log = read_controls(folder / "controls.jsonl", folder / "slots")
+    n = _recorded_rows(folder)
+    weights, temps, topks = [], [], []
+    for frame in range(info["first_frame"], info["first_frame"] + n):
+        for ev in log.get(frame, []):
+            if ev.address not in ("/seed", "/reset"):
+                try:
+                    controls.apply(ev)
+                except UserError:
+                    pass
+        weights.append(controls.weights.copy())
+        temps.append(controls.temperature)
+        topks.append(controls.top_k)
+        controls.advance()
+    return {"weights": np.array(weights), "temperature": np.array(temps),
+            "top_k": np.array(topks)}
+
+
+def plot(folder: Path, out: Path | None = None) -> Path:
+    """Spectrogram of the recording above the morph weights, temperature and top-k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import soundfile as sf
+
+    folder = Path(folder)
+    out = Path(out) if out else folder / "plot.png"
+    audio_path = folder / "audio.wav"
+    if not audio_path.is_file():
+        raise UserError(f"{folder}: no audio.wav to plot")
+    audio, rate = sf.read(audio_path, dtype="float32", always_2d=False)
+    curves = control_curves(folder)
+    t = np.arange(len(curves["temperature"])) / FRAME_RATE
+    fig, axes = plt.subplots(4, 1, figsize=(11, 8), sharex=True,
+                             gridspec_kw={"height_ratios": [3, 1.4, 1, 1]})
+    if len(audio) >= 1024:
+        axes[0].specgram(audio, NFFT=1024, Fs=rate, noverlap=768, cmap="magma")
+    axes[0].set_ylabel("Hz")
+    axes[0].set_title(f"{folder.name}")
+    for i in range(curves["weights"].shape[1]):
+        if curves["weights"][:, i].any():
+            axes[1].plot(t, curves["weights"][:, i], label=f"slot {i}")
+    axes[1].set_ylabel("mix weight")
+    axes[1].set_ylim(-0.05, 1.05)
+    axes[1].legend(loc="upper right", fontsize=8)
+    axes[2].plot(t, curves["temperature"], color="tab:red")
+    axes[2].set_ylabel("temperature")
+    axes[3].step(t, curves["top_k"], where="post", color="tab:green")
+    axes[3].set_ylabel("top-k")
+    axes[3].set_xlabel("seconds from the start of the recording")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+

@@ -1,0 +1,1 @@
+"""Training: token caches (:mod:`engine.train.data`) and the Lightning task (``task``)."""

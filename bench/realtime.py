@@ -43,7 +43,7 @@ from engine.live.generator import RollingGenerator  # noqa: E402
 from engine.live.pipeline import Pipeline  # noqa: E402
 from engine.live.sinks import NullSink  # noqa: E402
 from engine.model.codec import random_codec  # noqa: E402
-from engine.model.config import PRESETS, SamplingConfig  # noqa: E402
+from engine.model.config import PRESETS  # noqa: E402
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
 
 
@@ -70,8 +70,7 @@ def _morph_automation(gen: RollingGenerator, frames: int) -> None:
 
 def _generator(model, args) -> RollingGenerator:
     return RollingGenerator(model, _controls(model.prompt_dim), window=args.window, mode="fast",
-                            hop=args.hop, quantize=args.quantize, sampling=SamplingConfig(),
-                            seed=0)
+                            hop=args.hop, quantize=args.quantize, seed=0)
 
 
 def run_fast(model, codec, args) -> dict:

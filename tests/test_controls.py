@@ -1,4 +1,4 @@
-"""Control events: validation keeps the previous state; mix arithmetic; snapshots."""
+"""Control events: validation keeps the previous state; mix arithmetic; copies."""
 
 import math
 
@@ -36,10 +36,10 @@ def state():
     ("/prompt/slot", (0, np.full(6, np.nan)), "finite"),
 ])
 def test_bad_events_are_refused_and_change_nothing(state, address, values, msg):
-    before = state.snapshot()
+    before = state.get_state()
     with pytest.raises(ControlError, match=msg):
         state.apply(ControlEvent(address, values))
-    after = state.snapshot()
+    after = state.get_state()
     for key, value in before.items():
         if key == "slots":
             assert all(np.array_equal(a, b) for a, b in zip(value, after[key], strict=True))
@@ -78,11 +78,11 @@ def test_empty_slot_cannot_be_mixed_in():
     assert np.array_equal(s.prompt(), np.ones(3, np.float32))
 
 
-def test_snapshot_round_trip(state):
+def test_copy_continues_identically(state):
     state.apply(ControlEvent("/glide", (0.5,)))
     state.apply(ControlEvent("/morph", (1.0,)))
     state.advance()
-    copy = ControlState.from_snapshot(state.snapshot())
+    copy = state.copy()
     for _ in range(10):
         state.advance()
         copy.advance()

@@ -10,12 +10,8 @@ from fixtures import golden
 
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.generator import RollingGenerator
-from engine.model.config import SamplingConfig
 from engine.model.patterns import start_triangle_mask
 from engine.model.reference import generate_window, prompt_schedule
-
-GREEDY = SamplingConfig(greedy=True)
-SAMPLED = SamplingConfig()
 
 
 def _controls(*prompts, **kw) -> ControlState:
@@ -51,26 +47,26 @@ def prompts():
 def test_exact_mode_constant_prompt_golden(loaded):
     g = golden("encodecgpt_A.npz")
     gen = RollingGenerator(loaded.model, _controls(g["prompt_p0"]), window=20, mode="exact",
-                           sampling=GREEDY)
+                           greedy=True)
     assert np.array_equal(_run(gen, 40).numpy(), g["interp_const_buf20_delayed"])
 
 
 def test_exact_mode_morphing_prompt_golden(loaded):
     g = golden("encodecgpt_A.npz")
     gen = RollingGenerator(loaded.model, _controls(g["prompt_p0"], g["prompt_p1"]), window=20,
-                           mode="exact", sampling=GREEDY)
+                           mode="exact", greedy=True)
     _lerp_events(gen, 40)
     assert np.array_equal(_run(gen, 40).numpy(), g["interp_lerp_buf20_delayed"])
     assert [e.frame for e in gen.control_log] == list(range(40))
 
 
-@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("morph", [False, True], ids=["constant", "morph"])
-def test_fast_hop1_equals_exact(model, prompts, sampling, morph):
+def test_fast_hop1_equals_exact(model, prompts, greedy, morph):
     runs = []
     for mode, hop in (("exact", None), ("fast", 1)):
         gen = RollingGenerator(model, _controls(*prompts), window=12, mode=mode, hop=hop,
-                               sampling=sampling, seed=7)
+                               greedy=greedy, seed=7)
         if morph:
             _lerp_events(gen, 50)
         runs.append(_run(gen, 50))
@@ -98,7 +94,7 @@ def _slow_fast_schedule(model, prompt, window, hop, steps) -> torch.Tensor:
 def test_fast_mode_follows_its_window_schedule(model, prompts, hop):
     expected = _slow_fast_schedule(model, prompts[0], 12, hop, 70)
     gen = RollingGenerator(model, _controls(prompts[0]), window=12, mode="fast", hop=hop,
-                           sampling=GREEDY)
+                           greedy=True)
     assert torch.equal(_run(gen, 70), expected)
 
 
@@ -107,7 +103,7 @@ def test_fast_mode_background_prefill_equals_inline(model, prompts):
     runs = []
     for background in (True, False):
         gen = RollingGenerator(model, _controls(*prompts, glide=0.05), window=16, mode="fast",
-                               hop=4, sampling=SAMPLED, seed=3, background=background)
+                               hop=4, seed=3, background=background)
         for f in (5, 30, 47):
             gen.schedule(f, [ControlEvent("/morph", (float(f % 2),))])
         runs.append(_run(gen, 80))
@@ -118,7 +114,7 @@ def test_fast_mode_background_prefill_equals_inline(model, prompts):
 def test_save_restore_gives_identical_tokens(model, prompts, mode, hop):
     def fresh():
         return RollingGenerator(model, _controls(*prompts, glide=0.1), window=16, mode=mode,
-                                hop=hop, sampling=SAMPLED, seed=11)
+                                hop=hop, seed=11)
 
     gen = fresh()
     gen.apply_now([ControlEvent("/morph", (0.8,)), ControlEvent("/temperature", (0.7,))])
@@ -141,7 +137,7 @@ def test_control_takes_effect_at_its_logged_frame(loaded):
     g = golden("encodecgpt_A.npz")
     p0, p1 = g["prompt_p0"], g["prompt_p1"]
     gen = RollingGenerator(loaded.model, _controls(p0, p1), window=20, mode="exact",
-                           sampling=GREEDY)
+                           greedy=True)
     rows, logits = [], []
     for frame in range(40):
         if frame == 25:
@@ -164,7 +160,7 @@ def test_control_takes_effect_at_its_logged_frame(loaded):
 def test_glide_is_smooth_and_lands_on_target(model, prompts):
     tau = 0.2
     gen = RollingGenerator(model, _controls(*prompts), window=8, mode="fast",
-                           sampling=GREEDY)
+                           greedy=True)
     gen.apply_now([ControlEvent("/glide", (tau,)), ControlEvent("/morph", (1.0,)),
                    ControlEvent("/temperature", (0.2,))])
     alpha = 1.0 - np.exp(-1.0 / (tau * 75))
@@ -204,9 +200,9 @@ def test_window_and_hop_are_checked(model, prompts, window, hop, msg):
 def test_reset_starts_a_fresh_sequence(model, prompts):
     """After /reset at frame 30 the rows equal a brand-new generator's (same RNG state)."""
     gen = RollingGenerator(model, _controls(prompts[0]), window=10, mode="fast", hop=3,
-                           sampling=GREEDY)
+                           greedy=True)
     gen.schedule(30, [ControlEvent("/reset")])
     rows = _run(gen, 50)
     fresh = _run(RollingGenerator(model, _controls(prompts[0]), window=10, mode="fast", hop=3,
-                                  sampling=GREEDY), 20)
+                                  greedy=True), 20)
     assert torch.equal(rows[30:], fresh)

@@ -15,7 +15,6 @@ from engine.live.pipeline import Pipeline
 from engine.live.ringbuffer import SampleRing
 from engine.live.sinks import MemorySink, NullSink
 from engine.model.codec import random_codec
-from engine.model.config import SamplingConfig
 from engine.model.reference import tokens_to_audio
 
 
@@ -58,8 +57,7 @@ def test_pipeline_audio_equals_offline_decode_of_its_tokens(mode, hop, chunk):
     rng = np.random.RandomState(1)
     for slot in range(2):
         c.apply(ControlEvent("/prompt/slot", (slot, rng.randn(128).astype(np.float32))))
-    gen = RollingGenerator(model, c, window=16, mode=mode, hop=hop, sampling=SamplingConfig(),
-                           seed=5)
+    gen = RollingGenerator(model, c, window=16, mode=mode, hop=hop, seed=5)
     gen.schedule(20, [ControlEvent("/morph", (1.0,))])
     rows, sink = [], MemorySink()
     pipe = Pipeline(gen, StreamingDecoder(codec.model), sink, decode_chunk=chunk,

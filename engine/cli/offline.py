@@ -149,7 +149,8 @@ def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray
     try:
         generator = RollingGenerator(
             model, controls, window=args.window or DEFAULT_WINDOW, mode=args.mode or "exact",
-            hop=args.hop, quantize=args.quantize, sampling=sampling, seed=sampling.seed)
+            hop=args.hop, quantize=args.quantize, greedy=sampling.greedy,
+            seed=sampling.seed)
     except ValueError as e:
         raise UserError(str(e)) from None
     if p1 is not None:  # step i uses (1 - i/(N-1)) P0 + i/(N-1) P1, as generator (1)/(2)

@@ -24,6 +24,7 @@ import numpy as np
 
 from engine import FRAME_RATE
 from engine.errors import UserError
+from engine.live.state import StateReader, array_from_state, array_to_state
 
 SNAP = 1e-4  # a glide closer than this to its target lands on it
 MAX_SLOTS = 16
@@ -222,25 +223,46 @@ class ControlState:
         if self.glide <= 0:
             self.top_p = p
 
-    # -- snapshot ------------------------------------------------------------------------
-    def snapshot(self) -> dict:
-        """Plain data (numpy arrays, floats) that :meth:`from_snapshot` restores."""
+    # -- state ---------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        """A copy (see :mod:`engine.live.state`): slots ``[P]`` float32 tensors or ``None``,
+        mix weights ``[num_slots]`` float64 tensors, the sampling values and the glide."""
         return {
             "num_slots": self.num_slots,
-            "slots": [None if s is None else s.copy() for s in self.slots],
-            "weights": self.weights.copy(), "target_weights": self.target_weights.copy(),
-            "temperature": self.temperature, "target_temperature": self.target_temperature,
-            "top_p": self.top_p, "target_top_p": self.target_top_p,
-            "top_k": self.top_k, "glide": self.glide,
+            "slots": [array_to_state(s) for s in self.slots],
+            "weights": array_to_state(self.weights),
+            "target_weights": array_to_state(self.target_weights),
+            "temperature": float(self.temperature),
+            "target_temperature": float(self.target_temperature),
+            "top_p": float(self.top_p), "target_top_p": float(self.target_top_p),
+            "top_k": int(self.top_k), "glide": float(self.glide),
         }
 
-    @classmethod
-    def from_snapshot(cls, snap: dict) -> ControlState:
-        state = cls(num_slots=snap["num_slots"])
-        for key, value in snap.items():
-            setattr(state, key, value.copy() if isinstance(value, np.ndarray) else value)
-        state.slots = [None if s is None else np.array(s) for s in snap["slots"]]
-        return state
+    def set_state(self, state: dict) -> None:
+        """Continue from :meth:`get_state` of a control state with as many slots.
+
+        Raises:
+            ValueError: a missing or unused key, or another slot count.
+        """
+        with StateReader(state, "controls") as s:
+            num_slots, slots = s.pop("num_slots"), s.pop("slots")
+            values = {key: s.pop(key) for key in _SCALARS}
+            weights, target = s.pop("weights"), s.pop("target_weights")
+        if num_slots != self.num_slots or len(slots) != self.num_slots:
+            raise ValueError(f"controls state has {num_slots} slots, this one {self.num_slots}")
+        self.slots = [array_from_state(v) for v in slots]
+        self.weights, self.target_weights = array_from_state(weights), array_from_state(target)
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def copy(self) -> ControlState:
+        """An independent copy (what a bundle is tried on before it is applied)."""
+        new = ControlState(num_slots=self.num_slots)
+        new.set_state(self.get_state())
+        return new
+
+
+_SCALARS = ("temperature", "target_temperature", "top_p", "target_top_p", "top_k", "glide")
 
 
 def check_args(spec, values) -> tuple:

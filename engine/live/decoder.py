@@ -34,6 +34,7 @@ from transformers.models.encodec.modeling_encodec import (
 )
 
 from engine import HOP_LENGTH
+from engine.live.state import StateReader
 
 FIRST_CHUNK_FRAMES = 7  # the first conv (k = 7) reflect-pads with 6 samples after the first
 
@@ -128,12 +129,17 @@ def _states(layers):
     return [getattr(obj, attr) for obj, attr in _holders(layers)]
 
 
-def _clone(value):
-    if isinstance(value, torch.Tensor):
-        return value.clone()
+def _to_state(value):
+    """A carried value as plain state: a tensor copy, an LSTM ``(h, c)`` as a list, or None."""
     if isinstance(value, tuple):
-        return tuple(_clone(v) for v in value)
-    return value
+        return [v.clone() for v in value]
+    return None if value is None else value.clone()
+
+
+def _from_state(value):
+    if isinstance(value, list):
+        return tuple(v.clone() for v in value)
+    return None if value is None else value.clone()
 
 
 def folded_decoder(model: EncodecModel) -> nn.Module:
@@ -175,19 +181,29 @@ class StreamingDecoder:
         self.started = False
 
     def get_state(self) -> dict:
-        """The carried state (copies): conv contexts, transposed-conv tails, LSTM states."""
-        return {"layers": [_clone(v) for v in _states(self.layers)],
-                "pending": _clone(self.pending), "started": self.started}
+        """The carried state (copies; see :mod:`engine.live.state`): ``layers`` — per carrying
+        layer in a fixed order, a conv context / transposed-conv tail ``[B, C, n]``, an LSTM
+        ``[h, c]`` (each ``[layers, B, C]``) or ``None`` before the first chunk; ``pending`` —
+        the codes ``[B, Q, n]`` held back at stream start, or ``None``; ``started``."""
+        return {"layers": [_to_state(v) for v in _states(self.layers)],
+                "pending": _to_state(self.pending), "started": self.started}
 
     def set_state(self, state: dict) -> None:
-        """Continue a stream from :meth:`get_state` (of a decoder for the same codec)."""
+        """Continue a stream from :meth:`get_state` (of a decoder for the same codec).
+
+        Raises:
+            ValueError: a missing or unused key, or layers that do not fit this decoder.
+        """
+        with StateReader(state, "decoder") as s:
+            layers, pending, started = s.pop("layers"), s.pop("pending"), s.pop("started")
+        carried = len(list(_holders(self.layers)))
+        if len(layers) != carried:
+            raise ValueError(f"decoder state has {len(layers)} layer states, this decoder "
+                             f"carries {carried}")
         self.reset()
-        holders = list(_holders(self.layers))
-        if len(holders) != len(state["layers"]):
-            raise ValueError("decoder state does not fit this decoder")
-        for (obj, attr), value in zip(holders, state["layers"], strict=True):
-            setattr(obj, attr, _clone(value))
-        self.pending, self.started = _clone(state["pending"]), state["started"]
+        for (obj, attr), value in zip(_holders(self.layers), layers, strict=True):
+            setattr(obj, attr, _from_state(value))
+        self.pending, self.started = _from_state(pending), bool(started)
 
     @torch.inference_mode()
     def push(self, codes: torch.Tensor) -> torch.Tensor:

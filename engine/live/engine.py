@@ -105,7 +105,7 @@ class LiveEngine:
                                           mode=config.mode, hop=config.hop,
                                           quantize=config.quantize, seed=config.seed)
         self.generator.on_error = self._on_apply_error
-        self._future = ControlState.from_snapshot(controls.snapshot())
+        self._future = controls.copy()
         self._submit_lock = threading.Lock()
         self.output = self._open_output()
         self.pipeline = Pipeline(self.generator, StreamingDecoder(codec.model), self.output,
@@ -231,7 +231,7 @@ class LiveEngine:
             ControlError: the bundle is refused as a whole.
         """
         with self._submit_lock:  # validate against the state once everything queued applies
-            trial = ControlState.from_snapshot(self._future.snapshot())
+            trial = self._future.copy()
             for ev in events:
                 trial.apply(ev)
             self._future = trial

@@ -14,13 +14,12 @@ demo. Two modes:
     KV cache (:class:`engine.live.kv_step.LeanGPT`). The cache holds ``[prompt, rows b..t-2]`` and a
     step feeds row ``t-1``. When the context would exceed ``W``, the window start ``b`` jumps
     by the hop ``H`` (default ``W // 4``) and the cache is replaced by a **shadow** cache that
-    already holds ``[prompt, rows b+H..]`` with the triangle re-created at ``b+H``. The shadow
-    is filled by a background worker in jobs submitted at fixed steps (every
-    :data:`PREFILL_EVERY` steps and at the step before the switch), so the re-prefill costs
-    no single step its whole time and the result does not depend on thread timing. With
-    ``H = 1`` every step switches to a freshly prefilled window: the same computation as
-    ``exact`` (done directly: the window is prefilled with the step's own prompt, so H = 1
-    equals ``exact`` while the prompt moves too).
+    already holds ``[prompt, rows b+H..]`` with the triangle re-created at ``b+H``; the
+    shadow is filled in background jobs at fixed steps (:mod:`engine.live.reprefill`), so
+    the re-prefill costs no single step its whole time and the result does not depend on
+    thread timing. With ``H = 1`` every step switches to a freshly prefilled window: the same
+    computation as ``exact`` (done directly: the window is prefilled with the step's own
+    prompt, so H = 1 equals ``exact`` while the prompt moves too).
 
     Approximate, and only in ``fast`` mode: a prompt change recomputes the prompt position's
     keys/values before the next step (exact for that position), but rows already in the
@@ -30,32 +29,33 @@ demo. Two modes:
     hop schedule (0, H, 2H, … after the sequence start), up to float rounding.
 
 Controls (:mod:`engine.live.controls`) are queued from any thread with :meth:`submit` and applied
-at the next frame boundary, all events of one call at the same frame; each applied event is
-appended to :attr:`RollingGenerator.control_log` with its frame index, so a run can be
-replayed by submitting the log's events at the same frames.
+at the next frame boundary, all events of one call at the same frame
+(:mod:`engine.live.control_queue`); each applied event is appended to
+:attr:`RollingGenerator.control_log` with its frame index, so a run can be replayed by
+scheduling the log's events at the same frames. :meth:`RollingGenerator.get_state` /
+:meth:`~RollingGenerator.set_state` follow :mod:`engine.live.state`.
+
+Threading: :meth:`~RollingGenerator.submit` and :meth:`~RollingGenerator.at_boundary` may be
+called from any thread; everything else runs on the generator thread.
 """
 
 from __future__ import annotations
 
-import queue
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from engine.live.controls import AppliedControl, ControlError, ControlEvent, ControlState
+from engine.live.control_queue import ControlQueue
+from engine.live.controls import AppliedControl, ControlEvent, ControlState
 from engine.live.kv_step import KVCache, LeanGPT, RowGroup
-from engine.model.config import SamplingConfig
+from engine.live.reprefill import ShadowPrefill
+from engine.live.state import StateReader
 from engine.model.encodecgpt import EnCodecGPT
 from engine.model.patterns import start_triangle_mask
 from engine.model.sampling import sample_frame
 
 MAX_WINDOW = 299  # < 300 frames = 4 s at 75 Hz
 DEFAULT_WINDOW = 200  # 2.67 s, the original demo's buffer
-PREFILL_EVERY = 8  # steps between background re-prefill jobs
 MODES = ("exact", "fast")
 
 
@@ -72,18 +72,6 @@ def check_window(window: int, hop: int | None, max_positions: int) -> int:
     return hop
 
 
-@dataclass
-class _Shadow:
-    """The next window's cache while it is being filled."""
-
-    start: int  # window start row b'
-    cache: KVCache
-    next_row: int  # first row not yet submitted
-    prompt: np.ndarray  # the prompt its rows attended to
-    jobs: list  # Futures of submitted jobs
-    last_submit: int = -1  # step of the last job
-
-
 class RollingGenerator:
     """Generate delayed token rows forever; see the module docstring.
 
@@ -94,7 +82,8 @@ class RollingGenerator:
         mode: ``"exact"`` or ``"fast"``.
         hop: H for ``fast`` (default ``W // 4``).
         quantize: ``fast`` weights: ``"none"`` (fp32), ``"int8"`` or ``"bf16"``.
-        sampling: greedy flag; the temperature/top-k/top-p come from ``controls``.
+        greedy: take the most likely token; otherwise sample with the temperature, top-k and
+            top-p of ``controls``.
         seed: RNG seed of the sampler.
         lean: an existing :class:`LeanGPT` to share (fast mode); built if omitted.
         background: run re-prefill jobs in a worker thread (False: inline, for debugging).
@@ -103,52 +92,34 @@ class RollingGenerator:
 
     def __init__(self, model: EnCodecGPT, controls: ControlState, *, window: int = DEFAULT_WINDOW,
                  mode: str = "fast", hop: int | None = None, quantize: str = "none",
-                 sampling: SamplingConfig | None = None, seed: int = 0,
-                 lean: LeanGPT | None = None, background: bool = True, worker_threads: int = 1):
+                 greedy: bool = False, seed: int = 0, lean: LeanGPT | None = None,
+                 background: bool = True, worker_threads: int = 1):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.model, self.mode = model, mode
         self.num_q = model.num_q
         self.window = window
         self.hop = check_window(window, hop, model.max_positions)
-        self.greedy = bool(sampling and sampling.greedy)
+        self.greedy = greedy
         self.controls = controls
         self.rng = torch.Generator().manual_seed(seed)
         self.seed = seed
-        self.lean = None
+        self.queue = ControlQueue()
+        self.lean: LeanGPT | None = None
+        self.reprefill: ShadowPrefill | None = None
         if mode == "fast":
             self.lean = lean or LeanGPT(model, quantize)
+            self.reprefill = ShadowPrefill(self.lean, window, self.hop, background=background,
+                                           worker_threads=worker_threads)
         self.triangle = start_triangle_mask(self.num_q, self.num_q)  # [Q, Q] first rows
-        self._pending: queue.SimpleQueue = queue.SimpleQueue()
-        self._scheduled: dict[int, list[list[ControlEvent]]] = {}
-        self._boundary: queue.SimpleQueue = queue.SimpleQueue()
-        self.control_log: list[AppliedControl] = []
-        self.errors: list[tuple[int, str]] = []  # (frame, message) of refused events
-        self.on_control: Callable[[AppliedControl], None] | None = None
-        self.on_error: Callable[[int, ControlEvent, str], None] | None = None
-        self._executor = None
-        if mode == "fast" and background:
-            self._executor = ThreadPoolExecutor(
-                1, thread_name_prefix="prefill",
-                initializer=lambda: torch.set_num_threads(worker_threads))
         self._clear_sequence(start=0)
         self.t = 0
 
     # -- public API ----------------------------------------------------------------------
-    def submit(self, events: Sequence[ControlEvent]) -> None:
-        """Queue events (from any thread); they are applied together at the next frame."""
-        self._pending.put((list(events), time.time()))
-
-    def schedule(self, frame: int, events: Sequence[ControlEvent]) -> None:
-        """Apply ``events`` together at the start of ``frame`` (before queued live events);
-        used to replay a frame log or render automation. Not thread-safe: call before the
-        generator runs or from its thread."""
-        self._scheduled.setdefault(frame, []).append(list(events))
-
     def step(self) -> torch.Tensor:
         """Generate the next row; returns ``[Q]`` int64 delayed tokens."""
         self._apply_pending()
-        prompt = self.controls.prompt()
+        prompt = torch.from_numpy(self.controls.prompt())  # [P] float32
         if self.mode == "exact":
             logits = self._exact_logits(prompt)
         else:
@@ -165,64 +136,84 @@ class RollingGenerator:
         return row
 
     def close(self) -> None:
-        """Stop the background worker (waits for a running job)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """Stop the background re-prefill worker (waits for a running job)."""
+        if self.reprefill is not None:
+            self.reprefill.close()
 
-    # -- controls ------------------------------------------------------------------------
+    # -- controls (see engine.live.control_queue) ----------------------------------------
+    def submit(self, events: Sequence[ControlEvent]) -> None:
+        """Queue events (from any thread); they are applied together at the next frame."""
+        self.queue.submit(events)
+
+    def schedule(self, frame: int, events: Sequence[ControlEvent]) -> None:
+        """Apply ``events`` together at the start of ``frame`` (before queued live events);
+        used to replay a frame log or render automation. Not thread-safe: call before the
+        generator runs or from its thread."""
+        self.queue.schedule(frame, events)
+
     def at_boundary(self, fn: Callable[[RollingGenerator], None]) -> None:
         """Run ``fn(generator)`` on the generator thread at the next frame boundary, before
-        that frame's controls (e.g. to snapshot the state a recording starts from)."""
-        self._boundary.put(fn)
-
-    def _apply_pending(self) -> None:
-        while not self._boundary.empty():
-            self._boundary.get()(self)
-        for events in self._scheduled.pop(self.t, ()):
-            self.apply_now(events)
-        while True:
-            try:
-                events, wall = self._pending.get_nowait()
-            except queue.Empty:
-                return
-            self.apply_now(events, wall)
+        that frame's controls (e.g. to take the state a recording starts from)."""
+        self.queue.at_boundary(fn)
 
     def apply_now(self, events: Sequence[ControlEvent], wall: float | None = None) -> bool:
         """Apply a bundle at the current frame boundary, all or nothing (generator thread
         only; :meth:`submit` is the thread-safe form). Returns False if it was refused."""
-        wall = time.time() if wall is None else wall
-        trial = ControlState.from_snapshot(self.controls.snapshot())
-        applied = []
-        try:
-            for ev in events:
-                applied.append((ev, trial.apply(ev)))
-        except ControlError as e:
-            self.errors.append((self.t, str(e)))
-            if self.on_error is not None:
-                self.on_error(self.t, ev, str(e))
+        result = self.queue.try_bundle(self.t, self.controls, events, wall)
+        if result is None:
             return False
-        self.controls = trial
-        for ev, values in applied:
-            if ev.address == "/seed":
-                self.rng.manual_seed(values[0])
-            elif ev.address == "/reset":
+        self.controls, applied = result
+        for entry in applied:
+            if entry.address == "/seed":
+                self.rng.manual_seed(entry.values[0])
+            elif entry.address == "/reset":
                 self._clear_sequence(start=self.t)
-            entry = AppliedControl(self.t, ev.address, values, wall)
-            self.control_log.append(entry)
-            if self.on_control is not None:
-                self.on_control(entry)
+            self.queue.record(entry)
         return True
+
+    @property
+    def control_log(self) -> list[AppliedControl]:
+        """Every applied event with its frame (the frame log)."""
+        return self.queue.log
+
+    @property
+    def errors(self) -> list[tuple[int, str]]:
+        """``(frame, message)`` of every refused bundle."""
+        return self.queue.errors
+
+    @property
+    def on_control(self) -> Callable[[AppliedControl], None] | None:
+        """Called with each applied event (generator thread)."""
+        return self.queue.on_control
+
+    @on_control.setter
+    def on_control(self, fn: Callable[[AppliedControl], None] | None) -> None:
+        self.queue.on_control = fn
+
+    @property
+    def on_error(self) -> Callable[[int, ControlEvent, str], None] | None:
+        """Called with ``(frame, event, message)`` for a refused bundle."""
+        return self.queue.on_error
+
+    @on_error.setter
+    def on_error(self, fn: Callable[[int, ControlEvent, str], None] | None) -> None:
+        self.queue.on_error = fn
+
+    def _apply_pending(self) -> None:
+        for fn in self.queue.boundary_jobs():
+            fn(self)
+        for events, wall in self.queue.due(self.t):
+            self.apply_now(events, wall)
 
     # -- sequence bookkeeping ------------------------------------------------------------
     def _clear_sequence(self, start: int) -> None:
-        self._wait_shadow()
+        if self.reprefill is not None:
+            self.reprefill.drop()
         self.seq_start = start  # first row of the current sequence
         self._history: list[torch.Tensor] = []  # rows of the sequence (the last 2W+1)
         self.win_start = start  # fast: b, the row at cache position 1
         self.cache: KVCache | None = None
-        self.cache_prompt: np.ndarray | None = None
-        self.shadow: _Shadow | None = None
+        self.cache_prompt: torch.Tensor | None = None  # [P], the prompt the cache holds
 
     def _row(self, i: int) -> torch.Tensor:
         """Row ``i`` (absolute index) of the current sequence."""
@@ -238,7 +229,7 @@ class RollingGenerator:
         return rows
 
     # -- exact ---------------------------------------------------------------------------
-    def _exact_logits(self, prompt: np.ndarray) -> torch.Tensor:
+    def _exact_logits(self, prompt: torch.Tensor) -> torch.Tensor:
         n = self.t - self.seq_start  # rows so far in this sequence
         ctx_len = min(n, self.window)
         start = self.t - ctx_len
@@ -247,33 +238,34 @@ class RollingGenerator:
         else:
             ctx = torch.zeros(0, self.num_q, dtype=torch.long)
         with torch.inference_mode():
-            logits, _ = self.model(torch.from_numpy(prompt)[None], ctx[None], last_only=True)
+            logits, _ = self.model(prompt[None], ctx[None], last_only=True)
         return logits[0, -1]
 
     # -- fast ----------------------------------------------------------------------------
-    def _fast_logits(self, prompt: np.ndarray) -> torch.Tensor:
+    def _fast_logits(self, prompt: torch.Tensor) -> torch.Tensor:
         lean = self.lean
         if self.hop == 1 and self.t - self.seq_start > self.window:
             return self._refill_window(prompt)
         if self.cache is not None and self.t - self.win_start > self.window:
-            self._switch_to_shadow()
+            sh = self.reprefill.take()  # switch to the next window
+            self.cache, self.win_start, self.cache_prompt = sh.cache, sh.start, sh.prompt
         groups = []
         if self.cache is None:
             self.cache = lean.new_cache(self.window + 1)
             self.win_start = self.t
             self.cache_prompt = None
-        if self.cache_prompt is None or not np.array_equal(prompt, self.cache_prompt):
-            groups.append(RowGroup(self.cache, 0, lean.embed_prompt(torch.from_numpy(prompt))))
+        if self.cache_prompt is None or not torch.equal(prompt, self.cache_prompt):
+            groups.append(RowGroup(self.cache, 0, lean.embed_prompt(prompt)))
             self.cache_prompt = prompt
         if self.t > self.win_start:  # feed row t-1 at position t - b
             row = self._window_rows(self.t - 1, self.t, self.win_start)
             groups.append(RowGroup(self.cache, self.t - self.win_start, lean.embed_tokens(row)))
         logits = lean.forward(groups, [sum(g.x.shape[0] for g in groups) - 1])[0]
         if self.hop > 1:
-            self._plan_shadow()
+            self.reprefill.plan(self.t, self.win_start, self.cache_prompt, self._window_rows)
         return logits
 
-    def _refill_window(self, prompt: np.ndarray) -> torch.Tensor:
+    def _refill_window(self, prompt: torch.Tensor) -> torch.Tensor:
         """H = 1: every step is a switch, so prefill ``[prompt, last W rows]`` now, with this
         step's prompt (the exact computation, through the lean model)."""
         lean = self.lean
@@ -281,99 +273,62 @@ class RollingGenerator:
         if self.cache is None:
             self.cache = lean.new_cache(self.window + 1)
         rows = self._window_rows(self.win_start, self.t, self.win_start)
-        x = torch.cat([lean.embed_prompt(torch.from_numpy(prompt)), lean.embed_tokens(rows)])
+        x = torch.cat([lean.embed_prompt(prompt), lean.embed_tokens(rows)])
         self.cache_prompt = prompt
         return lean.forward([RowGroup(self.cache, 0, x)], [self.window])[0]
 
-    def _switch_to_shadow(self) -> None:
-        sh = self.shadow
-        assert sh is not None, "the shadow starts at the latest one step before the switch"
-        self._wait_shadow(keep=True)
-        self.cache, self.win_start, self.cache_prompt = sh.cache, sh.start, sh.prompt
-        self.shadow = None
-
-    def _plan_shadow(self) -> None:
-        """In step t, after its forward (rows ``< t`` are known): start the next window's
-        cache once its first row is near, and feed it every :data:`PREFILL_EVERY` steps and
-        at the step before the switch, which needs rows up to ``switch − 2``."""
-        nxt = self.win_start + self.hop
-        if self.shadow is None and nxt <= self.t:
-            self._start_shadow(nxt)
-        sh = self.shadow
-        if sh is None:
-            return
-        switch_step = self.win_start + self.window + 1
-        if self.t + 1 >= switch_step or self.t - sh.last_submit >= PREFILL_EVERY:
-            self._submit_shadow_rows()
-
-    def _start_shadow(self, start: int) -> None:
-        cache = self.lean.new_cache(self.window + 1)
-        self.shadow = _Shadow(start, cache, next_row=start, prompt=self.cache_prompt, jobs=[])
-        x = self.lean.embed_prompt(torch.from_numpy(self.cache_prompt))
-        self._run_job(self.shadow, [RowGroup(cache, 0, x)])
-
-    def _submit_shadow_rows(self) -> None:
-        """Queue a job with the known rows (``< t``) the shadow has not been given yet."""
-        sh = self.shadow
-        stop = self.t
-        sh.last_submit = self.t
-        if stop <= sh.next_row:
-            return
-        rows = self._window_rows(sh.next_row, stop, sh.start)
-        group = RowGroup(sh.cache, sh.next_row - sh.start + 1, self.lean.embed_tokens(rows))
-        sh.next_row = stop
-        self._run_job(sh, [group])
-
-    def _run_job(self, sh: _Shadow, groups: list[RowGroup]) -> None:
-        if self._executor is None:
-            self.lean.forward(groups, [])
-            return
-        sh.jobs.append(self._executor.submit(self.lean.forward, groups, []))
-
-    def _wait_shadow(self, keep: bool = False) -> None:
-        sh = getattr(self, "shadow", None)
-        if sh is None:
-            return
-        for job in sh.jobs:
-            job.result()
-        sh.jobs.clear()
-        if not keep:
-            self.shadow = None
-
     # -- state ---------------------------------------------------------------------------
     def get_state(self) -> dict:
-        """Everything the next steps depend on: rows, caches, RNG, controls, queued events
-        excluded. :meth:`set_state` on a generator built with the same arguments
-        continues identically."""
-        self._wait_shadow(keep=True)
-        sh = self.shadow
+        """Everything the next steps depend on (see :mod:`engine.live.state`); queued
+        events are not state. :meth:`set_state` on a generator built with the same
+        arguments continues identically.
+
+        Returns:
+            ``mode``, ``window``, ``hop`` (checked on restore); ``t``, ``seq_start``,
+            ``win_start``; ``history`` ``[n, Q]`` int64 (the rows kept, the last is row
+            ``t − 1``); ``rng`` (the sampler's generator state); ``controls``; ``cache``
+            (KV cache state or None), ``cache_prompt`` ``[P]`` or None; ``shadow``
+            (:meth:`ShadowPrefill.get_state`, None in ``exact`` mode).
+        """
+        history = (torch.stack(self._history) if self._history
+                   else torch.zeros(0, self.num_q, dtype=torch.long))
         return {
-            "t": self.t, "seq_start": self.seq_start, "win_start": self.win_start,
-            "history": [r.clone() for r in self._history],
-            "rng": self.rng.get_state(),
-            "controls": self.controls.snapshot(),
-            "cache": None if self.cache is None else self.cache.clone(),
-            "cache_prompt": None if self.cache_prompt is None else self.cache_prompt.copy(),
-            "shadow": None if sh is None else {
-                "start": sh.start, "cache": sh.cache.clone(), "next_row": sh.next_row,
-                "prompt": sh.prompt.copy(), "last_submit": sh.last_submit},
             "mode": self.mode, "window": self.window, "hop": self.hop,
+            "t": self.t, "seq_start": self.seq_start, "win_start": self.win_start,
+            "history": history, "rng": self.rng.get_state(),
+            "controls": self.controls.get_state(),
+            "cache": None if self.cache is None else self.cache.get_state(),
+            "cache_prompt": None if self.cache_prompt is None else self.cache_prompt.clone(),
+            "shadow": None if self.reprefill is None else self.reprefill.get_state(),
         }
 
     def set_state(self, state: dict) -> None:
-        if (state["mode"], state["window"], state["hop"]) != (self.mode, self.window, self.hop):
-            raise ValueError("state was saved by a generator with another mode/window/hop")
-        self._wait_shadow()
-        self.t, self.seq_start = state["t"], state["seq_start"]
-        self.win_start = state["win_start"]
-        self._history = [r.clone() for r in state["history"]]
-        self.rng.set_state(state["rng"])
-        self.controls = ControlState.from_snapshot(state["controls"])
-        self.cache = None if state["cache"] is None else state["cache"].clone()
-        cp = state["cache_prompt"]
-        self.cache_prompt = None if cp is None else cp.copy()
-        s = state["shadow"]
-        self.shadow = None if s is None else _Shadow(
-            s["start"], s["cache"].clone(), s["next_row"], s["prompt"].copy(), [],
-            s["last_submit"])
+        """Continue from :meth:`get_state`.
 
+        Raises:
+            ValueError: a missing or unused key (here or in a nested state), or a state of
+                a generator with another mode, window or hop.
+        """
+        with StateReader(state, "generator") as s:
+            config = (s.pop("mode"), s.pop("window"), s.pop("hop"))
+            t, seq_start, win_start = s.pop("t"), s.pop("seq_start"), s.pop("win_start")
+            history, rng, controls = s.pop("history"), s.pop("rng"), s.pop("controls")
+            cache, prompt, shadow = s.pop("cache"), s.pop("cache_prompt"), s.pop("shadow")
+        if config != (self.mode, self.window, self.hop):
+            raise ValueError(f"state was saved by a generator with mode/window/hop {config}, "
+                             f"this one has {(self.mode, self.window, self.hop)}")
+        if (cache is not None or shadow is not None) and self.mode != "fast":
+            raise ValueError("an exact-mode generator state holds no KV cache")
+        new_controls = ControlState(num_slots=self.controls.num_slots)
+        new_controls.set_state(controls)
+        new_cache = None
+        if cache is not None:
+            new_cache = self.lean.new_cache(self.window + 1)
+            new_cache.set_state(cache)
+        if self.reprefill is not None:  # the last check that can refuse the state
+            self.reprefill.set_state(shadow)
+        self.t, self.seq_start, self.win_start = t, seq_start, win_start
+        self._history = list(history.clone())
+        self.rng.set_state(rng)
+        self.controls, self.cache = new_controls, new_cache
+        self.cache_prompt = None if prompt is None else prompt.clone()

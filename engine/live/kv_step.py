@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from engine.live.state import StateReader
 from engine.model.encodecgpt import EnCodecGPT
 
 QUANTIZE_CHOICES = ("none", "int8", "bf16")
@@ -90,10 +91,21 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[2]
 
-    def clone(self) -> KVCache:
-        new = KVCache.__new__(KVCache)
-        new.k, new.v, new.length = self.k.clone(), self.v.clone(), self.length
-        return new
+    def get_state(self) -> dict:
+        """A copy: ``{"k", "v": [n_layer, H, capacity, dh], "length": int}``."""
+        return {"k": self.k.clone(), "v": self.v.clone(), "length": self.length}
+
+    def set_state(self, state: dict) -> None:
+        """Copy a :meth:`get_state` of a cache of the same shape into this one (in place: the
+        cache stays preallocated)."""
+        with StateReader(state, "KV cache") as s:
+            k, v, length = s.pop("k"), s.pop("v"), s.pop("length")
+        if k.shape != self.k.shape or v.shape != self.v.shape:
+            raise ValueError(f"KV cache state of shape {tuple(k.shape)} does not fit a cache "
+                             f"of shape {tuple(self.k.shape)}")
+        self.k.copy_(k)
+        self.v.copy_(v)
+        self.length = int(length)
 
 
 @dataclass

@@ -8,13 +8,15 @@ A session folder ``<sessions>/<UTC time>-<name>/`` holds
 * ``tokens.npy`` — ``[N, Q]`` int16 delayed rows, one per frame from ``first_frame``;
 * ``controls.jsonl`` — every applied control: frame, sample (24 kHz), wall time, address,
   values (an embedding as ``{"embedding": P, "sha256": …}``; the vector is in ``slots/``);
-* ``session.json`` — checkpoint/codec identity, engine config, seed, window/hop/mode, the
+* ``session.json`` — ``format`` and ``format_version`` (:mod:`engine.session.format`, which
+  reads every version), checkpoint/codec identity, engine config, seed, window/hop/mode, the
   first frame, prompt slots (sources, hashes, ``slots/*.npy``);
 * ``state.pt`` — the generator state at the first frame; ``decoder_state.pt`` — the streaming
-  decoder's state just before that frame.
+  decoder's state just before that frame (both :mod:`engine.live.state` states, readable
+  with ``torch.load(..., weights_only=True)``).
 
 Only the recorder's own thread touches the disk. Start and stop happen at frame boundaries
-(the generator thread snapshots its state there and hands it over). A write error (disk
+(the generator thread takes its state there and hands it over). A write error (disk
 full, folder gone) stops the recording and is reported; what is on disk stays valid.
 """
 
@@ -36,8 +38,8 @@ from engine import HOP_LENGTH, SAMPLE_RATE
 from engine.errors import UserError
 from engine.live.engine import EngineListener, LiveEngine
 from engine.session.files import GrowingNpy, GrowingWav
+from engine.session.format import FORMAT, FORMAT_VERSION
 
-FORMAT = "encodecgpt-live-session"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -257,7 +259,8 @@ class Recorder(EngineListener):
         path.mkdir(parents=True, exist_ok=False)
         (path / "slots").mkdir()
         torch.save(begin["state"], path / "state.pt")
-        info = dict(begin["info"], format=FORMAT, version=1, first_frame=begin["first_frame"],
+        info = dict(begin["info"], format=FORMAT, format_version=FORMAT_VERSION,
+                    first_frame=begin["first_frame"],
                     audio_start_sample_24k=begin["first_frame"] * HOP_LENGTH,
                     created_utc=datetime.now(timezone.utc).isoformat(), end_frame=None)
         for slot in info["prompt_slots"]:

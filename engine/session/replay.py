@@ -23,20 +23,11 @@ from engine.model.checkpoint import load_checkpoint
 from engine.model.patterns import StreamingUndelay
 from engine.model.random_model import random_model
 from engine.session.files import repair_npy, repair_wav
-from engine.session.recorder import FORMAT
-
-
-def read_session(folder: Path) -> dict:
-    path = Path(folder) / "session.json"
-    if not path.is_file():
-        raise UserError(f"{folder}: not a session folder (no session.json)")
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from None
-    if info.get("format") != FORMAT:
-        raise UserError(f"{path}: not an encodecgpt-live session")
-    return info
+from engine.session.format import (
+    load_decoder_state,
+    load_generator_state,
+    read_session,
+)
 
 
 def read_controls(path: Path, slots_dir: Path) -> dict[int, list[ControlEvent]]:
@@ -88,12 +79,11 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
     info = read_session(folder)
     eng = info["engine"]
     model, codec = load_session_model(info, checkpoint, trust)
-    state = torch.load(folder / "state.pt", weights_only=False)
     gen = RollingGenerator(model, ControlState(num_slots=eng["num_slots"]),
                            window=eng["window"], mode=eng["mode"], hop=eng["hop"],
-                           quantize=eng["quantize"], seed=eng["seed"])
-    gen.greedy = bool(eng.get("greedy", False))
-    gen.set_state(state)
+                           quantize=eng["quantize"], greedy=bool(eng.get("greedy", False)),
+                           seed=eng["seed"])
+    gen.set_state(load_generator_state(folder, info))
     first = info["first_frame"]
     log = read_controls(controls or folder / "controls.jsonl", folder / "slots")
     for frame, events in sorted(log.items()):
@@ -102,9 +92,9 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
     if frames is None:
         frames = _recorded_rows(folder)
     decoder = StreamingDecoder(codec.model)
-    dec_state = folder / "decoder_state.pt"
-    if dec_state.is_file():
-        decoder.set_state(torch.load(dec_state, weights_only=False))
+    dec_state = load_decoder_state(folder, info)
+    if dec_state is not None:
+        decoder.set_state(dec_state)
     undelay = StreamingUndelay(gen.num_q)
     rows, audio, chunk = [], [], []
     try:
@@ -176,8 +166,9 @@ def control_curves(folder: Path) -> dict[str, np.ndarray]:
     by replaying the control log on the saved control state (no model needed)."""
     folder = Path(folder)
     info = read_session(folder)
-    state = torch.load(folder / "state.pt", weights_only=False)
-    controls = ControlState.from_snapshot(state["controls"])
+    saved = load_generator_state(folder, info)["controls"]
+    controls = ControlState(num_slots=saved["num_slots"])
+    controls.set_state(saved)
     log = read_controls(folder / "controls.jsonl", folder / "slots")
     n = _recorded_rows(folder)
     weights, temps, topks = [], [], []

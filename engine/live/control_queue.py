@@ -1,0 +1,97 @@
+"""Controls on their way to a frame boundary, and the frame log of those applied.
+
+Events are queued from any thread with :meth:`ControlQueue.submit` (live) or placed at a
+frame with :meth:`ControlQueue.schedule` (replay, automation); the rolling generator takes
+them at the start of each frame (:meth:`ControlQueue.due`) and tries each bundle on a copy of
+its control state (:meth:`ControlQueue.try_bundle`): all events of a bundle take effect at the
+same frame, or none does. Each applied event is appended to :attr:`ControlQueue.log` with its
+frame index, so a run can be replayed by scheduling the log's events at the same frames.
+
+Threading: :meth:`submit` and :meth:`at_boundary` may be called from any thread (lock-free
+``SimpleQueue``); everything else runs on the generator thread (or before it starts).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from engine.live.controls import AppliedControl, ControlError, ControlEvent, ControlState
+
+
+class ControlQueue:
+    """Pending, scheduled and boundary work of one generator, and its frame log.
+
+    Attributes:
+        log: every applied event, in order (:class:`AppliedControl`).
+        errors: ``(frame, message)`` of every refused bundle.
+        on_control: called with each :class:`AppliedControl` (generator thread).
+        on_error: called with ``(frame, event, message)`` for a refused bundle.
+    """
+
+    def __init__(self):
+        self._pending: queue.SimpleQueue = queue.SimpleQueue()  # (events, wall time)
+        self._scheduled: dict[int, list[list[ControlEvent]]] = {}
+        self._boundary: queue.SimpleQueue = queue.SimpleQueue()
+        self.log: list[AppliedControl] = []
+        self.errors: list[tuple[int, str]] = []
+        self.on_control: Callable[[AppliedControl], None] | None = None
+        self.on_error: Callable[[int, ControlEvent, str], None] | None = None
+
+    # -- any thread ----------------------------------------------------------------------
+    def submit(self, events: Sequence[ControlEvent]) -> None:
+        """Queue a bundle for the next frame boundary."""
+        self._pending.put((list(events), time.time()))
+
+    def at_boundary(self, fn: Callable) -> None:
+        """Queue ``fn`` to run at the next frame boundary, before that frame's controls."""
+        self._boundary.put(fn)
+
+    # -- generator thread ----------------------------------------------------------------
+    def schedule(self, frame: int, events: Sequence[ControlEvent]) -> None:
+        """Apply a bundle at the start of ``frame``, before the live bundles queued then."""
+        self._scheduled.setdefault(frame, []).append(list(events))
+
+    def boundary_jobs(self) -> Iterator[Callable]:
+        """The functions queued with :meth:`at_boundary`, oldest first (taken off the queue)."""
+        while not self._boundary.empty():
+            yield self._boundary.get()
+
+    def due(self, frame: int) -> Iterator[tuple[list[ControlEvent], float | None]]:
+        """``(events, wall time)`` of the bundles for ``frame``: scheduled ones (wall time
+        None), then live ones, including those submitted while this runs."""
+        for events in self._scheduled.pop(frame, ()):
+            yield events, None
+        while True:
+            try:
+                yield self._pending.get_nowait()
+            except queue.Empty:
+                return
+
+    def try_bundle(self, frame: int, controls: ControlState, events: Sequence[ControlEvent],
+                   wall: float | None = None) -> tuple[ControlState, list[AppliedControl]] | None:
+        """Apply ``events`` to a copy of ``controls``, all or nothing.
+
+        Returns:
+            ``(new controls, frame-log entries)``, or None if an event was refused (the
+            error is recorded and reported; ``controls`` is unchanged either way).
+        """
+        wall = time.time() if wall is None else wall
+        trial = controls.copy()
+        applied = []
+        for ev in events:
+            try:
+                applied.append(AppliedControl(frame, ev.address, trial.apply(ev), wall))
+            except ControlError as e:
+                self.errors.append((frame, str(e)))
+                if self.on_error is not None:
+                    self.on_error(frame, ev, str(e))
+                return None
+        return trial, applied
+
+    def record(self, entry: AppliedControl) -> None:
+        """Append an applied event to the frame log and tell the listener."""
+        self.log.append(entry)
+        if self.on_control is not None:
+            self.on_control(entry)

@@ -1,0 +1,169 @@
+"""The shadow re-prefill of the rolling generator's ``fast`` mode.
+
+The live cache holds ``[prompt, rows b..]``. Before the context would exceed the window
+``W``, the next window's cache — the **shadow**, ``[prompt, rows b+H..]`` with the start
+triangle re-created at ``b+H`` — must be ready, so the step can switch to it without a long
+prefill. :class:`ShadowPrefill` fills it in jobs submitted at fixed steps: the step the
+shadow starts (its prompt position), every :data:`PREFILL_EVERY` steps, and the step before
+the switch (which needs rows up to ``switch − 2``). Jobs run in a background worker (or
+inline); since *what* each job computes is fixed by the step it was submitted at, the tokens
+never depend on thread timing.
+
+Threading: every method is called from the generator thread; the worker thread only runs
+:meth:`engine.live.kv_step.LeanGPT.forward` on the shadow's own cache, and the generator waits
+for those jobs before it reads the shadow (switch, state, reset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.live.kv_step import KVCache, LeanGPT, RowGroup
+from engine.live.state import StateReader
+
+PREFILL_EVERY = 8  # steps between background re-prefill jobs
+
+#: ``rows(start, stop, win_start) -> [n, Q]``: rows ``start..stop-1`` as seen by a window
+#: starting at ``win_start`` (start triangle re-created).
+WindowRows = Callable[[int, int, int], torch.Tensor]
+
+
+@dataclass
+class Shadow:
+    """The next window's cache while it is being filled.
+
+    Attributes:
+        start: its window start row ``b'`` (the row at cache position 1).
+        cache: its KV cache.
+        next_row: the first row not yet submitted.
+        prompt: ``[P]`` float32, the prompt its rows attend to.
+        last_submit: the step of the last job.
+    """
+
+    start: int
+    cache: KVCache
+    next_row: int
+    prompt: torch.Tensor
+    last_submit: int = -1
+    jobs: list[Future] = field(default_factory=list)
+
+
+class ShadowPrefill:
+    """Plans, submits and hands over the shadow cache of one ``fast`` generator.
+
+    Args:
+        lean: the live step model.
+        window: W frames; caches hold ``W + 1`` positions.
+        hop: H, the window-start jump.
+        background: run jobs in a worker thread (False: inline, for debugging).
+        worker_threads: torch threads of that worker.
+    """
+
+    def __init__(self, lean: LeanGPT, window: int, hop: int, *, background: bool = True,
+                 worker_threads: int = 1):
+        self.lean, self.window, self.hop = lean, window, hop
+        self.shadow: Shadow | None = None
+        self._executor = None
+        if background:
+            self._executor = ThreadPoolExecutor(
+                1, thread_name_prefix="prefill",
+                initializer=lambda: torch.set_num_threads(worker_threads))
+
+    def plan(self, t: int, win_start: int, prompt: torch.Tensor, rows: WindowRows) -> None:
+        """In step ``t``, after its forward (rows ``< t`` are known): start the next window's
+        cache once its first row has been generated, and feed it every
+        :data:`PREFILL_EVERY` steps and at the step before the switch.
+
+        Args:
+            t: the step.
+            win_start: the live cache's window start ``b``.
+            prompt: ``[P]``, the prompt of the live cache (a new shadow attends to it).
+            rows: the generator's rows (see :data:`WindowRows`).
+        """
+        nxt = win_start + self.hop
+        if self.shadow is None and nxt <= t:
+            self._start(nxt, prompt)
+        sh = self.shadow
+        if sh is None:
+            return
+        switch_step = win_start + self.window + 1
+        if t + 1 >= switch_step or t - sh.last_submit >= PREFILL_EVERY:
+            self._submit_rows(t, rows)
+
+    def take(self) -> Shadow:
+        """The filled shadow, for the switch (waits for its jobs); the next one starts later."""
+        sh = self.shadow
+        assert sh is not None, "the shadow starts at the latest one step before the switch"
+        self._wait()
+        self.shadow = None
+        return sh
+
+    def drop(self) -> None:
+        """Forget the shadow (a new sequence); waits for its running jobs first."""
+        self._wait()
+        self.shadow = None
+
+    def close(self) -> None:
+        """Stop the worker (waits for a running job)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # -- state -----------------------------------------------------------------------------
+    def get_state(self) -> dict | None:
+        """``None`` without a shadow, else its start, cache state, next row, prompt ``[P]``
+        and last submit step (after its jobs have finished)."""
+        self._wait()
+        sh = self.shadow
+        if sh is None:
+            return None
+        return {"start": sh.start, "cache": sh.cache.get_state(), "next_row": sh.next_row,
+                "prompt": sh.prompt.clone(), "last_submit": sh.last_submit}
+
+    def set_state(self, state: dict | None) -> None:
+        """Continue from :meth:`get_state` (``None``: no shadow)."""
+        shadow = None
+        if state is not None:
+            with StateReader(state, "shadow") as s:
+                start, cache_state, next_row = s.pop("start"), s.pop("cache"), s.pop("next_row")
+                prompt, last_submit = s.pop("prompt"), s.pop("last_submit")
+            cache = self.lean.new_cache(self.window + 1)
+            cache.set_state(cache_state)
+            shadow = Shadow(start, cache, next_row, prompt.clone(), last_submit)
+        self.drop()
+        self.shadow = shadow
+
+    # -- jobs ------------------------------------------------------------------------------
+    def _start(self, start: int, prompt: torch.Tensor) -> None:
+        cache = self.lean.new_cache(self.window + 1)
+        self.shadow = Shadow(start, cache, next_row=start, prompt=prompt)
+        self._run([RowGroup(cache, 0, self.lean.embed_prompt(prompt))])
+
+    def _submit_rows(self, t: int, rows: WindowRows) -> None:
+        """Queue a job with the known rows (``< t``) the shadow has not been given yet."""
+        sh = self.shadow
+        sh.last_submit = t
+        if t <= sh.next_row:
+            return
+        x = self.lean.embed_tokens(rows(sh.next_row, t, sh.start))
+        group = RowGroup(sh.cache, sh.next_row - sh.start + 1, x)
+        sh.next_row = t
+        self._run([group])
+
+    def _run(self, groups: list[RowGroup]) -> None:
+        if self._executor is None:
+            self.lean.forward(groups, [])
+            return
+        self.shadow.jobs.append(self._executor.submit(self.lean.forward, groups, []))
+
+    def _wait(self) -> None:
+        sh = self.shadow
+        if sh is None:
+            return
+        for job in sh.jobs:
+            job.result()
+        sh.jobs.clear()

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from engine import HOP_LENGTH, SAMPLE_RATE
+from engine.atomic_write import write_json_atomic
 from engine.errors import UserError
 from engine.live.engine import EngineListener, LiveEngine
 from engine.session.files import GrowingNpy, GrowingWav
@@ -264,7 +265,7 @@ class Recorder(EngineListener):
             vec = slot.pop("embedding")
             np.save(path / "slots" / f"{slot['sha256']}.npy", vec)
             slot["file"] = f"slots/{slot['sha256']}.npy"
-        _write_json(path / "session.json", info)
+        write_json_atomic(path / "session.json", info)
         files["controls"] = open(path / "controls.jsonl", "x", encoding="utf-8")  # noqa: SIM115
         files["tokens"] = GrowingNpy(path / "tokens.npy", info["engine"]["num_q"])
         self.notify("started", str(path))
@@ -293,7 +294,7 @@ class Recorder(EngineListener):
         rows = files["tokens"].rows if "tokens" in files else 0
         info["end_frame"] = info["first_frame"] + rows
         info["audio_samples"] = files["audio"].samples if "audio" in files else 0
-        _write_json(path / "session.json", info)
+        write_json_atomic(path / "session.json", info)
 
     def _fail(self, path: Path, error: OSError) -> None:
         self.active = False
@@ -315,10 +316,4 @@ def session_info(engine: LiveEngine) -> dict:
                        "num_q": gen.num_q, "num_slots": gen.controls.num_slots,
                        "device": "device" if engine.is_device else "null"},
             "prompt_slots": slots}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
 

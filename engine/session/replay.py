@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from engine import FRAME_RATE
+from engine.atomic_write import write_json_atomic, write_text_atomic
 from engine.errors import UserError
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
@@ -158,16 +159,12 @@ def recover(folder: Path) -> dict:
             else:
                 dropped += 1
         kept = len(good)
-        tmp = log.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(g + "\n" for g in good))
-        tmp.replace(log)
+        write_text_atomic(log, "".join(g + "\n" for g in good))
     report.update(controls_kept=kept, controls_dropped=dropped)
     info["end_frame"] = info["first_frame"] + rows
     info["audio_samples"] = report.get("audio_samples", 0)
     info["recovered"] = True
-    tmp = folder / "session.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(folder / "session.json")
+    write_json_atomic(folder / "session.json", info)
     return report
 
 

@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_random_model
 from fixtures import golden
 
+from engine.live.control_input import initial_controls
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.generator import RollingGenerator
 from engine.model.config import SamplingConfig
@@ -19,10 +20,7 @@ SAMPLED = SamplingConfig()
 
 
 def _controls(*prompts, **kw) -> ControlState:
-    c = ControlState(**kw)
-    for i, p in enumerate(prompts):
-        c.apply(ControlEvent("/prompt/slot", (i, np.asarray(p, dtype=np.float32))))
-    return c
+    return initial_controls(prompts, **kw)
 
 
 def _run(gen: RollingGenerator, steps: int) -> torch.Tensor:

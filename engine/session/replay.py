@@ -1,9 +1,11 @@
 """``replay``, ``recover`` and ``plot`` for recorded sessions (see :mod:`engine.session.recorder`).
 
 Replay restores the generator state saved at the first recorded frame, applies every logged
-control at its frame (all controls of one frame as one bundle), generates as many frames as
-were recorded, and decodes them from the saved decoder state — offline, as fast as the CPU
-allows. With the same model, device type and dtype the tokens are identical.
+control at its frame (all controls of one frame as one bundle), and runs the live engine's
+:class:`~engine.live.pipeline.Pipeline` (generator thread → undelay → chunked streaming
+decode, from the saved decoder state) into a memory sink for as many frames as were
+recorded — offline, as fast as the CPU allows. With the same model, device type and dtype
+the tokens are identical.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from engine.errors import UserError
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
+from engine.live.pipeline import Pipeline
+from engine.live.sinks import MemorySink
 from engine.model.checkpoint import load_checkpoint
-from engine.model.patterns import StreamingUndelay
 from engine.model.random_model import random_model
 from engine.session.files import repair_npy, repair_wav
 from engine.session.recorder import FORMAT
 
+REPLAY_DECODE_CHUNK = 16  # frames per decoder call; a live decode in other chunks gives the
+# same audio but for float rounding
 
 def read_session(folder: Path) -> dict:
     path = Path(folder) / "session.json"
@@ -106,25 +111,17 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
     dec_state = folder / "decoder_state.pt"
     if dec_state.is_file():
         decoder.set_state(torch.load(dec_state, weights_only=False))
-    undelay = StreamingUndelay(gen.num_q)
-    rows, audio, chunk = [], [], []
+    rows, sink = [], MemorySink()
+    # threads=None: replay leaves torch's thread settings as the caller has them (setting
+    # them, even to the same count, changes MKL's and so the audio's last bits).
+    pipeline = Pipeline(gen, decoder, sink, decode_chunk=REPLAY_DECODE_CHUNK, threads=None,
+                        on_row=lambda frame, row: rows.append(row))
     try:
-        for _ in range(frames):
-            row = gen.step()
-            rows.append(row)
-            frame = undelay.push(row)
-            if frame is not None:
-                chunk.append(frame)
-            if len(chunk) == 16:
-                audio.append(decoder.push(torch.stack(chunk, 1)[None])[0, 0].numpy())
-                chunk = []
-        if chunk:
-            audio.append(decoder.push(torch.stack(chunk, 1)[None])[0, 0].numpy())
+        pipeline.run(frames)
     finally:
         gen.close()
     tokens = torch.stack(rows).numpy().astype(np.int64) if rows else np.zeros((0, gen.num_q))
-    return tokens, (np.concatenate(audio) if audio else np.zeros(0, np.float32))
-
+    return tokens, sink.audio
 
 def _recorded_rows(folder: Path) -> int:
     path = folder / "tokens.npy"

@@ -35,7 +35,8 @@ import torch
 from engine import HOP_LENGTH, SAMPLE_RATE
 from engine.atomic_write import write_json_atomic
 from engine.errors import UserError
-from engine.live.engine import EngineListener, LiveEngine
+from engine.live.engine import LiveEngine
+from engine.live.listeners import EngineListener
 from engine.session.files import GrowingNpy, GrowingWav
 
 FORMAT = "encodecgpt-live-session"
@@ -310,7 +311,7 @@ def session_info(engine: LiveEngine) -> dict:
         if vec is not None:
             slots.append({"slot": i, "source": engine.slot_sources.get(i),
                           "sha256": embedding_digest(vec), "embedding": vec.copy()})
-    return {"model": dict(cfg.identity), "sample_rate": engine.output_rate,
+    return {"model": dict(cfg.identity), "sample_rate": engine.output.rate,
             "engine": {"window": gen.window, "hop": gen.hop, "mode": gen.mode,
                        "quantize": cfg.quantize, "seed": cfg.seed, "greedy": gen.greedy,
                        "num_q": gen.num_q, "num_slots": gen.controls.num_slots,

@@ -320,8 +320,7 @@ class Recorder(EngineListener):
 
     # -- recorder thread -------------------------------------------------------------------
     def _run(self, take: _Take) -> None:
-        files: dict = {}
-        info: dict = {}
+        folder = SessionFolder(take.path)
         failed = False
         while True:
             try:
@@ -332,28 +331,47 @@ class Recorder(EngineListener):
                 continue
             try:
                 if kind == "end":
-                    if files:
-                        self._close_session(take.path, info, files)
+                    if folder.opened:
+                        folder.finish()
                     break
                 if kind == "begin":
-                    info = self._open(take.path, payload[0], files)
+                    folder.open(payload[0])
+                    self.notify("started", str(take.path))
                 else:
-                    self._write(take.path, kind, payload, files)
+                    folder.write(kind, payload)
             except OSError as e:
                 failed = True
                 self._move(take, _TAKING, Phase.FINISHING)
-                self._fail(take.path, e)
+                self.notify("error", f"recording to {take.path} stopped: "
+                            f"{e.strerror or e}; the files written so far are kept "
+                            "(run_engine.py recover DIR fixes them up)")
                 break
-        for f in files.values():
-            try:
-                f.close()
-            except OSError:
-                pass
+        folder.close()
         self._move(take, (Phase.FINISHING,), Phase.IDLE)
         if not failed:
             self.notify("stopped", str(take.path))
 
-    def _open(self, path: Path, begin: dict, files: dict) -> dict:
+
+class SessionFolder:
+    """The files of one session folder (layout in the module docstring); used by the
+    recorder thread only. Every method may raise OSError (disk full, folder gone)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.info: dict = {}  # session.json
+        self._files: dict = {}
+
+    @property
+    def opened(self) -> bool:
+        return bool(self._files)
+
+    def open(self, begin: dict) -> None:
+        """Create the folder: generator state, slots, session.json, empty logs.
+
+        Args:
+            begin: ``first_frame``, ``state`` (the generator's), ``info`` (:func:`session_info`).
+        """
+        path = self.path
         path.mkdir(parents=True, exist_ok=False)
         (path / "slots").mkdir()
         torch.save(begin["state"], path / "state.pt")
@@ -365,18 +383,20 @@ class Recorder(EngineListener):
             np.save(path / "slots" / f"{slot['sha256']}.npy", vec)
             slot["file"] = f"slots/{slot['sha256']}.npy"
         write_json_atomic(path / "session.json", info)
-        files["controls"] = open(path / "controls.jsonl", "x", encoding="utf-8")  # noqa: SIM115
-        files["tokens"] = GrowingNpy(path / "tokens.npy", info["engine"]["num_q"])
-        self.notify("started", str(path))
-        return info
+        self.info = info
+        self._files["controls"] = open(path / "controls.jsonl", "x",  # noqa: SIM115
+                                       encoding="utf-8")
+        self._files["tokens"] = GrowingNpy(path / "tokens.npy", info["engine"]["num_q"])
 
-    def _write(self, path: Path, kind: str, payload: list, files: dict) -> None:
+    def write(self, kind: str, payload: list) -> None:
+        """One item from the recorder's queue: ``row``, ``control``, ``audio`` or ``decoder``."""
+        files = self._files
         if kind == "row":
             files["tokens"].write(payload[0][None])
         elif kind == "control":
             record, vecs = payload
             for v in vecs:
-                target = path / "slots" / f"{embedding_digest(v)}.npy"
+                target = self.path / "slots" / f"{embedding_digest(v)}.npy"
                 if not target.exists():
                     np.save(target, v)
             files["controls"].write(json.dumps(record) + "\n")
@@ -384,20 +404,24 @@ class Recorder(EngineListener):
         elif kind == "audio":
             block, rate = payload
             if "audio" not in files:
-                files["audio"] = GrowingWav(path / "audio.wav", rate)
+                files["audio"] = GrowingWav(self.path / "audio.wav", rate)
             files["audio"].write(block)
         elif kind == "decoder":
-            torch.save(payload[0], path / "decoder_state.pt")
+            torch.save(payload[0], self.path / "decoder_state.pt")
 
-    def _close_session(self, path: Path, info: dict, files: dict) -> None:
-        rows = files["tokens"].rows if "tokens" in files else 0
-        info["end_frame"] = info["first_frame"] + rows
+    def finish(self) -> None:
+        """Complete session.json: the end frame and the audio length."""
+        files, info = self._files, self.info
+        info["end_frame"] = info["first_frame"] + files["tokens"].rows
         info["audio_samples"] = files["audio"].samples if "audio" in files else 0
-        write_json_atomic(path / "session.json", info)
+        write_json_atomic(self.path / "session.json", info)
 
-    def _fail(self, path: Path, error: OSError) -> None:
-        self.notify("error", f"recording to {path} stopped: {error.strerror or error}; the "
-                    "files written so far are kept (run_engine.py recover DIR fixes them up)")
+    def close(self) -> None:
+        for f in self._files.values():
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 def session_info(engine: LiveEngine) -> dict:

@@ -82,7 +82,7 @@ def main() -> None:
 
     def watch_sink():
         while not stop.is_set():
-            consumed.append((engine.output.consumed, time.perf_counter()))
+            consumed.append((engine.output.sink.consumed, time.perf_counter()))
             time.sleep(0.001)
 
     engine.start()

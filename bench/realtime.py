@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.offline import blog_loop  # noqa: E402
 from engine import FRAME_RATE, SAMPLE_RATE  # noqa: E402
+from engine.live.control_input import initial_controls  # noqa: E402
 from engine.live.controls import ControlEvent, ControlState  # noqa: E402
 from engine.live.decoder import StreamingDecoder  # noqa: E402
 from engine.live.generator import RollingGenerator  # noqa: E402
@@ -56,10 +57,7 @@ class _Discard:
 
 def _controls(dim: int) -> ControlState:
     rng = np.random.RandomState(0)
-    c = ControlState(glide=0.5)
-    for slot in range(2):
-        c.apply(ControlEvent("/prompt/slot", (slot, rng.randn(dim).astype(np.float32))))
-    return c
+    return initial_controls([rng.randn(dim).astype(np.float32) for _ in range(2)], glide=0.5)
 
 
 def _morph_automation(gen: RollingGenerator, frames: int) -> None:

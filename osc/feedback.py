@@ -2,6 +2,10 @@
 
 The argument order is the table's (``osc.addresses.REPLIES``); control surfaces read them by
 position.
+
+Threading: :class:`FeedbackSender` has its own ``osc-feedback`` thread, which reads the
+engine's status and sends through the server's socket (UDP ``sendto`` is safe to share with
+the OSC thread); ``start`` / ``close`` on the owner's thread.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ class FeedbackSender:
 
     def __init__(self, server, engine, period: float = 0.1):
         self.server, self.engine, self.period = server, engine, period
-        self.sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="osc-feedback", daemon=True)
 
@@ -46,4 +49,3 @@ class FeedbackSender:
             for address, args in status_messages(self.engine.status()):
                 for t in targets:
                     self.server.send(t, address, args)
-            self.sent += 1

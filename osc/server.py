@@ -7,6 +7,14 @@ wrong — unknown address, wrong types or counts, NaN/inf, out of range, a malfo
 datagram, a refused prompt file — is answered with ``/error s`` and changes nothing.
 Replies go to the sender and to the ``--feedback`` target. Status feedback lives in
 :mod:`osc.feedback`.
+
+Threading: the ``osc`` thread receives and handles every datagram in turn: it validates,
+then calls the engine's thread-safe commands (``submit``, ``play``, ``load_prompt``, the
+recorder's ``start`` / ``stop``, ...); it never touches the model or a file. Replies may
+also be sent from other threads (an engine notice on the generator, recorder or
+prompt-loader thread; the feedback thread): ``sendto`` on one UDP socket needs no lock.
+:attr:`OSCServer.last_sender` is written by the ``osc`` thread and read by those.
+:meth:`~OSCServer.start` / :meth:`~OSCServer.close` on the owner's thread.
 """
 
 from __future__ import annotations

@@ -5,16 +5,14 @@ import math
 import numpy as np
 import pytest
 
+from engine.live.control_input import initial_controls
 from engine.live.controls import ControlError, ControlEvent, ControlState
 
 
 @pytest.fixture
 def state():
     rng = np.random.RandomState(0)
-    s = ControlState()
-    for slot in range(4):
-        s.apply(ControlEvent("/prompt/slot", (slot, rng.randn(6).astype(np.float32))))
-    return s
+    return initial_controls([rng.randn(6).astype(np.float32) for _ in range(4)])
 
 
 @pytest.mark.parametrize("address,values,msg", [

@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_random_model
 from fixtures import golden
 
+from engine.live.control_input import initial_controls
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.generator import RollingGenerator
 from engine.model.patterns import start_triangle_mask
@@ -15,10 +16,7 @@ from engine.model.reference import generate_window, prompt_schedule
 
 
 def _controls(*prompts, **kw) -> ControlState:
-    c = ControlState(**kw)
-    for i, p in enumerate(prompts):
-        c.apply(ControlEvent("/prompt/slot", (i, np.asarray(p, dtype=np.float32))))
-    return c
+    return initial_controls(prompts, **kw)
 
 
 def _run(gen: RollingGenerator, steps: int) -> torch.Tensor:

@@ -8,7 +8,8 @@ import torch
 from conftest import tiny_random_model
 
 from engine import SAMPLE_RATE
-from engine.live.controls import ControlEvent, ControlState
+from engine.live.control_input import initial_controls
+from engine.live.controls import ControlEvent
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
 from engine.live.pipeline import Pipeline
@@ -53,10 +54,8 @@ def test_null_sink_plays_in_real_time_and_counts_underruns():
 def test_pipeline_audio_equals_offline_decode_of_its_tokens(mode, hop, chunk):
     model = tiny_random_model()
     codec = random_codec(0)
-    c = ControlState(glide=0.05)
     rng = np.random.RandomState(1)
-    for slot in range(2):
-        c.apply(ControlEvent("/prompt/slot", (slot, rng.randn(128).astype(np.float32))))
+    c = initial_controls([rng.randn(128).astype(np.float32) for _ in range(2)], glide=0.05)
     gen = RollingGenerator(model, c, window=16, mode=mode, hop=hop, seed=5)
     gen.schedule(20, [ControlEvent("/morph", (1.0,))])
     rows, sink = [], MemorySink()

@@ -1,4 +1,8 @@
-"""The live terminal status: RTF, buffer, underruns, mix, recording (rich when a TTY)."""
+"""The live terminal status: RTF, buffer, underruns, mix, recording (rich when a TTY).
+
+``underruns`` counts periods our ring could not fill (the generator was late); ``xruns``
+counts the device's own output underflows reported by PortAudio (its callback ran late).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ def status_line(s: dict) -> str:
     mix = " ".join(f"{w:.2f}" for w in s["mix"])
     return (f"{'PLAY' if s['playing'] else 'PAUSE'} {s['frame'] / 75:7.1f}s  RTF {s['rtf']:4.2f}  "
             f"step {s['step_ms_p50']:5.1f}/{s['step_ms_p99']:5.1f} ms  buffer "
-            f"{s['buffer_ms']:4.0f} ms  underruns {s['underruns']}  mix [{mix}]  "
+            f"{s['buffer_ms']:4.0f} ms  underruns {s['underruns']}  "
+            f"xruns {s['device_underflows']}  mix [{mix}]  "
             f"T {s['temperature']:.2f} k {s['topk']} p {s['topp']:.2f}"
             f"{'  REC' if s['recording'] else ''}  ({s['device']})")
 

@@ -12,7 +12,8 @@ import torch
 from engine import FRAME_RATE, SAMPLE_RATE
 from engine.cli.models import add_model_source, check_bf16, load_model, save_npy
 from engine.errors import UserError
-from engine.live.controls import ControlEvent, ControlState
+from engine.live.control_input import initial_controls
+from engine.live.controls import ControlEvent
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import DEFAULT_WINDOW, RollingGenerator
 from engine.live.pipeline import Pipeline
@@ -141,11 +142,9 @@ def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray
     """``render`` through the live engine's rolling generator, decoder and a file sink."""
     if args.quantize == "bf16":
         check_bf16()
-    controls = ControlState(temperature=max(sampling.temperature, 0.0), top_k=sampling.top_k,
-                            top_p=sampling.top_p)
-    controls.apply(ControlEvent("/prompt/slot", (0, p0)))
-    if p1 is not None:
-        controls.apply(ControlEvent("/prompt/slot", (1, p1)))
+    controls = initial_controls([p0] if p1 is None else [p0, p1],
+                                temperature=max(sampling.temperature, 0.0),
+                                top_k=sampling.top_k, top_p=sampling.top_p)
     try:
         generator = RollingGenerator(
             model, controls, window=args.window or DEFAULT_WINDOW, mode=args.mode or "exact",

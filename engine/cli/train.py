@@ -17,6 +17,7 @@ from engine.model.checkpoint import load_checkpoint, save_pretrained
 from engine.model.config import PRESETS
 from engine.train.data.cache import read_index
 from engine.train.data.prepare import PrepareOptions, prepare
+from engine.train.data.sources import KINDS
 from engine.train.options import TrainOptions
 
 
@@ -35,7 +36,7 @@ def _add_prepare(sub) -> None:
                    help="folder of wav/flac/ogg/mp3 (recursive), NSynth split folder or its "
                         "examples.json, or a LibriLight-style tree (--kind librilight)")
     p.add_argument("--out", required=True, metavar="CACHE")
-    p.add_argument("--kind", choices=("auto", "folder", "nsynth", "librilight"), default="auto",
+    p.add_argument("--kind", choices=KINDS, default="auto",
                    help="auto: nsynth if SRC has examples.json, else folder")
     p.add_argument("--family", action="append", default=[], metavar="NAME",
                    help="NSynth instrument family to keep (e.g. guitar); repeatable")

@@ -1,19 +1,66 @@
-"""The live engine: model + rolling generator + decoder + sound device, driven by commands.
+"""The live engine: the parts that run while a performer plays, wired together.
 
-:class:`LiveEngine` owns the pipeline and the output (a PortAudio device, or the paced null
-sink), and exposes what the OSC server and the console need: thread-safe control
-submission, transport (play/pause/panic), prompt loading in a worker thread, and a status
-snapshot. A device that fails to open, or stops while playing, is replaced by the null sink
-(said on the console) so generation and control go on.
+:class:`LiveEngine` builds and connects, one file each:
+
+* the rolling generator (:mod:`engine.live.generator`) and its control input
+  (:mod:`engine.live.control_input`: initial slots, bundles validated as a whole);
+* the two-thread pipeline, generator → decoder → sink (:mod:`engine.live.pipeline`);
+* the output: a PortAudio device, or the null sink, with the watchdog that falls back to the
+  null sink when the device fails (:mod:`engine.live.output`);
+* prompt loading for ``/prompt/load`` (:mod:`engine.live.prompt_loading`);
+* transport: play / pause / panic (:mod:`engine.live.transport`);
+* the listeners (recorder, control log, tap) and notices (:mod:`engine.live.listeners`);
+
+and reports their figures in :meth:`LiveEngine.status`. What records sessions is attached
+from above as a listener (:mod:`engine.session.live_session`).
+
+Threading model
+---------------
+Which thread may call what, once :meth:`LiveEngine.start` has run:
+
+* **Owner thread** (``run_engine.py``'s main thread, or a test): builds the engine, adds
+  listeners (before ``start``), :meth:`~LiveEngine.start`, :meth:`~LiveEngine.stop`,
+  :meth:`~LiveEngine.status`.
+* **OSC thread** (:class:`osc.server.OSCServer`): :meth:`~LiveEngine.submit`,
+  :meth:`~LiveEngine.play` / :meth:`~LiveEngine.pause` / :meth:`~LiveEngine.panic`,
+  :meth:`~LiveEngine.load_prompt`, :meth:`~LiveEngine.status`, and the recorder's
+  ``start`` / ``stop``. It validates and queues; it never touches the model, the decoder,
+  the device or a file.
+* **Generator thread** (``generator``, :class:`~engine.live.pipeline.Pipeline`): the only
+  thread that runs the model and owns the :class:`RollingGenerator` (window, caches, RNG,
+  controls). At each frame boundary it runs the boundary hooks (a recording's start and
+  stop), applies the queued controls and logs them (``on_control``), steps, and hands the
+  row to the listeners (``on_row``) and to the decoder's bounded queue. The **re-prefill
+  worker** (``prefill``, ``fast`` mode) fills the shadow cache at frames the generator fixes.
+* **Decoder thread** (``decoder``): owns the undelay and the streaming decoder; decodes
+  chunks, hands each block to the listeners (``on_audio``: tap, recorder) and writes it to
+  the sink, waiting while the ring is full (that back-pressure paces the generator).
+* **Audio callback** (PortAudio's thread, :class:`~engine.live.sound_device.AudioOut`):
+  copies from the ring into the device buffer, zero-fills and counts an underrun, applies
+  the fade gain; no allocation, locks, logging, torch or I/O. On the null sink a
+  ``null-sink`` thread consumes the ring in real time instead.
+* **Prompt loader** (``prompt-load``): reads and embeds a prompt file, then submits it like
+  the OSC thread.
+* **Recorder** (``recorder``, :mod:`engine.session.recorder`): the only thread that writes
+  session files; rows, controls and audio reach it as copies through its own queue. The
+  control log and the tap have their own writer threads.
+* **Watchdog** (``device-watchdog``): checks the device every 0.2 s and swaps in a null sink
+  (``pipeline.sink``) if it failed.
+* **Feedback sender** (``osc-feedback``): reads :meth:`~LiveEngine.status` ten times a second.
+
+Shared state, and what guards it: controls go OSC / loader → :class:`ControlInbox` (a lock) →
+the generator's queue, and are applied on the generator thread only; rows go through a
+bounded ``queue.Queue``; audio through a single-producer single-consumer ring (no lock);
+pause is a ``threading.Event``, the fade a target gain the callback reads; the status
+figures are counters written by one thread each and read without a lock (a stale value is
+harmless).
 """
 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,39 +68,18 @@ import numpy as np
 
 from engine import FRAME_RATE
 from engine.errors import UserError
-from engine.live.controls import ControlError, ControlEvent, ControlState
+from engine.live.control_input import ControlInbox, initial_controls
+from engine.live.controls import ControlEvent
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
+from engine.live.listeners import EngineListener, Listeners
+from engine.live.output import LiveOutput
 from engine.live.pipeline import Pipeline
-from engine.live.sinks import NullSink
-from engine.live.sound_device import open_output
+from engine.live.prompt_loading import PromptLoader
+from engine.live.transport import Transport
 from engine.model.prompt_files import PromptReader
 
-
-class EngineListener:
-    """What the engine tells a listener (recorder, control log, tap); every hook is optional.
-
-    ``on_control`` and ``on_row`` run on the generator thread, ``on_audio`` on the decoder
-    thread (null sink) or the device's output thread (tap of what was played), ``on_pause``
-    on the caller's thread, ``close`` once when the engine stops. A hook must be quick and
-    must not raise.
-    """
-
-    def on_control(self, entry) -> None:
-        """A control took effect (``AppliedControl``)."""
-
-    def on_row(self, frame: int, row) -> None:
-        """Row ``frame`` (``[Q]`` int64) was generated."""
-
-    def on_audio(self, block: np.ndarray, start24: int, rate: int) -> None:
-        """``block`` (float32 at ``rate``) was sent to the output; its first sample is the
-        24 kHz output sample ``start24``."""
-
-    def on_pause(self) -> None:
-        """The engine was paused."""
-
-    def close(self) -> None:
-        """The engine is stopping: finish files."""
+WARM_UP_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -80,7 +106,7 @@ class LiveConfig:
 
 
 class LiveEngine:
-    """Everything that runs while a performer plays.
+    """Everything that runs while a performer plays (see the module's threading model).
 
     Args:
         model, codec: the language model and its codec.
@@ -97,226 +123,138 @@ class LiveEngine:
         if not slots:
             raise UserError("the engine needs at least one prompt")
         self.config, self.log = config, log
-        self.model, self.codec = model, codec
-        controls = ControlState(num_slots=max(config.num_slots, len(slots)))
-        for i, vec in enumerate(slots):
-            controls.apply(ControlEvent("/prompt/slot", (i, vec)))
+        controls = initial_controls(slots, num_slots=config.num_slots)
         self.generator = RollingGenerator(model, controls, window=config.window,
                                           mode=config.mode, hop=config.hop,
                                           quantize=config.quantize, seed=config.seed)
-        self.generator.on_error = self._on_apply_error
-        self._future = controls.copy()
-        self._submit_lock = threading.Lock()
-        self.output = self._open_output()
-        self.pipeline = Pipeline(self.generator, StreamingDecoder(codec.model), self.output,
+        self.inbox = ControlInbox(self.generator, controls)
+        self.output = LiveOutput(config.device, config.hostapi, buffer_s=config.buffer_s,
+                                 blocksize=config.blocksize, latency=config.latency, log=log)
+        self.pipeline = Pipeline(self.generator, StreamingDecoder(codec.model), self.output.sink,
                                  decode_chunk=config.decode_chunk, threads=config.threads)
-        self.prompts = PromptReader(encoder_factory, expected_dim=model.prompt_dim)
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="prompt-load")
-        self.error_listeners: list[Callable[[str], None]] = []
-        self.recorder_listeners: list[Callable[[str, str], None]] = []
-        self.listeners: list[EngineListener] = []
+        self.events = Listeners(log, rate=lambda: self.output.rate)
+        self.prompts = PromptLoader(PromptReader(encoder_factory, expected_dim=model.prompt_dim),
+                                    config.prompt_dirs, controls.num_slots, self.submit,
+                                    sources=config.slot_sources)
+        self.transport = Transport(self.pipeline, self.output, self.generator, self.events)
         self.recorder = None  # set by engine.session.live_session when sessions are recorded
-        self.playing = False
-        self.generator.on_control = self._dispatch_control
-        self.pipeline.on_row = self._dispatch_row
-        if self.is_device:
-            self.output.tap = self._dispatch_audio
+        self._connect()
+
+    def _connect(self) -> None:
+        """Route the generator's, the pipeline's and the output's events to the listeners."""
+        self.generator.on_control = self.events.on_control
+        self.generator.on_error = lambda frame, event, message: self.events.error(message)
+        self.pipeline.on_row = self.events.on_row
+        if self.output.device is not None:  # what was played, at the device rate
+            self.output.device.tap = self.events.on_output
         else:
-            self.pipeline.on_audio = self._dispatch_audio
-        self.slot_sources = {i: str(src) for i, src in enumerate(config.slot_sources)}
-        self._watchdog_stop = threading.Event()
-        self._watchdog = threading.Thread(target=self._watch_device, daemon=True,
-                                          name="device-watchdog")
+            self.pipeline.on_audio = self.events.on_output
 
-    # -- output ----------------------------------------------------------------------------
-    def _open_output(self):
-        cfg = self.config
-        if cfg.device == "null":
-            self.log("audio: null sink (no sound card), paced in real time")
-            return self._null_sink()
-        try:
-            out = open_output(cfg.device, cfg.hostapi, buffer_s=cfg.buffer_s,
-                              blocksize=cfg.blocksize, latency=cfg.latency)
-        except UserError as e:
-            self.log(f"audio: {e}")
-            self.log("audio: going on with the null sink (no sound); fix the device and "
-                     "restart, or pass --device null to silence this")
-            return self._null_sink()
-        resample = "" if out.rate == 24000 else f", resampled 24000 -> {out.rate} Hz"
-        self.log(f"audio: {out.device_name} at {out.rate} Hz, {out.channels} ch{resample}")
-        return out
-
-    def _null_sink(self) -> NullSink:
-        return NullSink(buffer_s=self.config.buffer_s, block=self.config.blocksize,
-                        prefill_s=self.config.buffer_s / 2)
-
-    @property
-    def is_device(self) -> bool:
-        return not isinstance(self.output, NullSink)
-
-    def _watch_device(self) -> None:
-        while not self._watchdog_stop.wait(0.2):
-            failed = getattr(self.output, "failed", None)
-            if failed:
-                self.log(f"audio: {failed}; going on with the null sink")
-                sink = self._null_sink()
-                self.pipeline.sink = sink
-                self.output = sink
-
-    @property
-    def output_rate(self) -> int:
-        return int(getattr(self.output, "rate", 24000))
-
+    # -- wiring for the layers above (before start) -------------------------------------------
     def add_listener(self, listener: EngineListener) -> None:
         """Attach before :meth:`start`."""
-        self.listeners.append(listener)
+        self.events.add(listener)
+
+    @property
+    def error_listeners(self) -> list[Callable[[str], None]]:
+        """Called with the message of a refused control or a failed recording."""
+        return self.events.error_listeners
+
+    @property
+    def recorder_listeners(self) -> list[Callable[[str, str], None]]:
+        """Called with ``(kind, text)`` when a recording starts, stops or fails."""
+        return self.events.recorder_listeners
 
     def notify(self, kind: str, text: str) -> None:
         """A recorder's notice (``started``, ``stopped``, ``error``): console and OSC."""
-        if kind == "error":
-            self.log(f"recording: {text}")
-            for listener in self.error_listeners:
-                listener(text)
-        else:
-            self.log(f"recording {kind}: {text}")
-        for listener in self.recorder_listeners:
-            listener(kind, text)
+        self.events.notify(kind, text)
 
-    def _dispatch_control(self, entry) -> None:
-        for listener in self.listeners:
-            listener.on_control(entry)
+    @property
+    def is_device(self) -> bool:
+        """True while playing to a sound device (not the null sink)."""
+        return self.output.device is not None
 
-    def _dispatch_row(self, frame, row) -> None:
-        for listener in self.listeners:
-            listener.on_row(frame, row)
+    @property
+    def slot_sources(self) -> dict[int, str]:
+        """Where each slot's vector came from (file path, ``random``, ...)."""
+        return self.prompts.sources
 
-    def _dispatch_audio(self, block, start24) -> None:
-        rate = self.output_rate
-        for listener in self.listeners:
-            listener.on_audio(block, start24, rate)
-
-    # -- lifecycle -------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Warm up (generate until the output buffer is half full), then start playing."""
         self.pipeline.start()
         target = 0.5 * self.config.buffer_s
-        deadline = time.monotonic() + 30.0
-        while (getattr(self.output, "buffered_s", target) < target and
-               time.monotonic() < deadline and self.pipeline.error is None):
+        deadline = time.monotonic() + WARM_UP_TIMEOUT_S
+        while (self.output.buffered_s < target and time.monotonic() < deadline
+               and self.pipeline.error is None):
             time.sleep(0.01)
-        if self.is_device:
-            self.output.start()
-        self.playing = True
-        self._watchdog.start()
+        self.output.start(on_fallback=self._use_sink)
+        self.transport.playing = True
+
+    def _use_sink(self, sink) -> None:
+        self.pipeline.sink = sink
 
     def stop(self) -> None:
         """Fade out and stop everything (idempotent); a recording is finished first."""
-        self._watchdog_stop.set()
-        if self.is_device:
-            self.output.fade_out()
+        self.output.fade_out()
         self.pipeline.stop_nowait()
         self.output.close()
         self.pipeline.stop()
-        for listener in self.listeners:
-            listener.close()
+        self.events.close()
         self.generator.close()
-        self._loader.shutdown(wait=False, cancel_futures=True)
-        self.playing = False
+        self.prompts.close()
+        self.transport.playing = False
 
-    # -- commands --------------------------------------------------------------------------
+    # -- commands (OSC thread) -------------------------------------------------------------------
     def submit(self, events: list[ControlEvent]) -> None:
         """Validate a bundle against the current state, then queue it for the next frame.
 
         Raises:
             ControlError: the bundle is refused as a whole.
         """
-        with self._submit_lock:  # validate against the state once everything queued applies
-            trial = self._future.copy()
-            for ev in events:
-                trial.apply(ev)
-            self._future = trial
-            self.generator.submit(events)
+        self.inbox.submit(events)
+
+    @property
+    def playing(self) -> bool:
+        return self.transport.playing
 
     def play(self) -> None:
-        self.pipeline.running.set()
-        if self.is_device:
-            self.output.fade_in()
-        self.playing = True
+        self.transport.play()
 
     def pause(self) -> None:
-        if self.is_device:
-            self.output.fade_out(wait=False)
-        self.pipeline.running.clear()
-        self.playing = False
-        for listener in self.listeners:
-            listener.on_pause()
+        self.transport.pause()
 
     def panic(self) -> None:
         """Silence now: fade out, drop buffered audio, reset the window, pause."""
-        self.pause()
-        if self.is_device:
-            self.output.fade_out(wait=True)
-            self.output.clear()
-        self.generator.submit([ControlEvent("/reset")])
+        self.transport.panic()
 
     def load_prompt(self, slot: int, path: str, done: Callable[[int, str], None],
                     failed: Callable[[str], None]) -> None:
         """Embed ``path`` into ``slot`` in the loader thread; then ``done(slot, path)`` or
         ``failed(message)``. The path must lie inside one of the prompt folders."""
-        try:
-            file = self.check_prompt_path(path)
-            if not 0 <= slot < self.generator.controls.num_slots:
-                raise ControlError(f"slot must be in 0..{self.generator.controls.num_slots - 1}")
-        except UserError as e:
-            failed(str(e))
-            return
-
-        def work():
-            try:
-                vec = self.prompts.read(file)
-                self.submit([ControlEvent("/prompt/slot", (slot, vec))])
-                self.slot_sources[slot] = str(file)
-            except UserError as e:
-                failed(str(e))
-                return
-            except Exception as e:  # an encoder bug must not kill the loader thread
-                failed(f"{path}: could not be embedded ({type(e).__name__}: {e})")
-                return
-            done(slot, path)
-
-        self._loader.submit(work)
+        self.prompts.load(slot, path, done, failed)
 
     def check_prompt_path(self, path: str) -> Path:
-        file = Path(path).expanduser()
-        resolved = file.resolve()
-        dirs = [d.resolve() for d in self.config.prompt_dirs]
-        if not any(resolved.is_relative_to(d) for d in dirs):
-            raise UserError(f"{path}: outside the prompt folders "
-                            f"({', '.join(map(str, dirs)) or 'none'}); see --prompt-dir")
-        if not resolved.is_file():
-            raise UserError(f"{path}: no such file")
-        return resolved
+        """The resolved file, if inside a prompt folder (raises :class:`UserError` if not)."""
+        return self.prompts.check_path(path)
 
-    def _on_apply_error(self, frame: int, event: ControlEvent, message: str) -> None:
-        for listener in self.error_listeners:
-            listener(message)
-
-    # -- status ----------------------------------------------------------------------------
+    # -- status (any thread) ---------------------------------------------------------------
     def status(self) -> dict:
+        """The figures the console and ``/engine/status`` show (a consistent-enough
+        snapshot: each value is read once, without a lock)."""
         stats = self.pipeline.stats
-        p50, p99 = stats.percentile(50), stats.percentile(99)
         mean = float(np.mean(stats.recent)) if stats.recent else 0.0
         c = self.generator.controls
         recording = self.recorder is not None and self.recorder.recording
         return {
             "rtf": (1000.0 / FRAME_RATE) / mean if mean > 0 else 0.0,
-            "step_ms_p50": p50, "step_ms_p99": p99,
-            "buffer_ms": 1000.0 * getattr(self.output, "buffered_s", 0.0),
-            "underruns": int(self.output.underruns),
+            "step_ms_p50": stats.percentile(50), "step_ms_p99": stats.percentile(99),
+            "buffer_ms": 1000.0 * self.output.buffered_s,
+            "underruns": self.output.underruns,
+            "device_underflows": self.output.device_underflows,
             "mix": [float(w) for w in c.weights],
             "morph": float(c.weights[1]) if len(c.weights) > 1 else 0.0,
             "temperature": float(c.temperature), "topk": int(c.top_k), "topp": float(c.top_p),
             "recording": int(recording), "playing": int(self.playing),
             "frame": self.generator.t, "device": "device" if self.is_device else "null",
         }
-

@@ -7,6 +7,15 @@ decodes them in chunks of ``decode_chunk`` frames with the carried-state
 between them plus the sink's own back-pressure keeps the generator at most a buffer ahead
 of playback, which bounds control latency. Both threads share one torch intra-op setting
 (process-wide); ``threads=1`` keeps each op on the core its thread runs on.
+
+Threading: :meth:`Pipeline.start` / :meth:`~Pipeline.stop` / :meth:`~Pipeline.join` on the
+owner's thread. The ``generator`` thread is the only one that calls the generator (and
+``on_row``); the ``decoder`` thread the only one that touches the undelay, the decoder and
+the sink (and ``on_audio`` and the :meth:`~Pipeline.at_frame` hooks). They share only the
+bounded row queue. Any thread may pause (clear :attr:`~Pipeline.running`), request a frame
+hook, or swap :attr:`~Pipeline.sink` (the device watchdog: the next block goes to the new
+sink), and read :attr:`~Pipeline.stats` (written by the generator thread alone, plus
+``samples_out`` by the decoder thread).
 """
 
 from __future__ import annotations
@@ -36,7 +45,6 @@ class StepStats:
         self.all_ms: list[float] | None = None  # every step, when a benchmark asks for it
         self.frames = 0
         self.samples_out = 0
-        self.started = time.perf_counter()
 
     def add(self, ms: float) -> None:
         self.recent.append(ms)
@@ -57,14 +65,14 @@ class Pipeline:
         decoder: the streaming decoder for the generator's codec.
         sink: anything with ``write([n] float32)``.
         decode_chunk: frames per decoder call (larger = cheaper per frame, more latency).
-        threads: torch intra-op threads for the whole process.
+        threads: torch intra-op threads for the whole process (None: leave them as they are).
         on_row: called on the generator thread with ``(frame, row)`` after each step.
         on_audio: called on the decoder thread with each 24 kHz audio block and the output
             sample index it starts at (frame f starts at sample 320·f), before the sink.
     """
 
     def __init__(self, generator: RollingGenerator, decoder: StreamingDecoder, sink, *,
-                 decode_chunk: int = 4, threads: int = 1,
+                 decode_chunk: int = 4, threads: int | None = 1,
                  on_row: Callable[[int, torch.Tensor], None] | None = None,
                  on_audio: Callable[[np.ndarray, int], None] | None = None):
         self.generator, self.decoder, self.sink = generator, decoder, sink
@@ -91,9 +99,9 @@ class Pipeline:
 
     def start(self, frames: int | None = None) -> None:
         """Start both threads; stop by itself after ``frames`` rows if given."""
-        torch.set_num_threads(self.threads)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         self._limit = frames
-        self.stats.started = time.perf_counter()
         self._gen_thread = threading.Thread(target=self._generate, name="generator", daemon=True)
         self._dec_thread = threading.Thread(target=self._decode, name="decoder", daemon=True)
         self._dec_thread.start()

@@ -8,7 +8,12 @@ back-pressure is what keeps the generator from running too far ahead of playback
   every ``block / rate`` seconds (absolute deadlines, so it does not drift) from a bounded
   :class:`~engine.live.ringbuffer.SampleRing`, counts an underrun each time fewer were ready,
   and starts once ``prefill`` samples are buffered. ``paced=False`` consumes immediately.
-* :class:`MemorySink` keeps everything (tests).
+* :class:`MemorySink` keeps everything (tests, replay).
+
+Threading: ``write`` is called by one producer (the pipeline's decoder thread). The null
+sink's ``null-sink`` thread is the ring's only consumer and the only writer of its counters
+(:attr:`~NullSink.underruns`, :attr:`~NullSink.consumed`), which others read without a lock;
+``close`` is called once by the thread that owns the sink.
 """
 
 from __future__ import annotations
@@ -35,12 +40,10 @@ class FileSink:
             self._file = sf.SoundFile(self.path, "w", rate, 1, subtype=default_subtype(self.path))
         except (sf.LibsndfileError, OSError, ValueError) as e:
             raise UserError(f"{self.path}: cannot write audio ({e})") from None
-        self.samples = 0
         self.underruns = 0
 
     def write(self, block: np.ndarray) -> None:
         self._file.write(np.asarray(block, dtype=np.float32))
-        self.samples += len(block)
 
     def close(self) -> None:
         self._file.close()
@@ -81,7 +84,6 @@ class NullSink:
         self.prefill = min(int(prefill_s * rate), self.ring.capacity)
         self.underruns = 0
         self.consumed = 0
-        self.periods = 0
         self._out = np.zeros((block, 1), dtype=np.float32)
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -115,7 +117,6 @@ class NullSink:
                     time.sleep(delay)
             got = self.ring.read_into(self._out)
             self.consumed += got
-            self.periods += 1
             if got < self.block and self.paced:
                 self.underruns += 1
             elif not self.paced and got == 0:

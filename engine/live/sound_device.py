@@ -6,6 +6,15 @@ callback, which copies into the device buffer (every channel gets the mono signa
 zero-fills and counts an underrun if the ring ran dry, and applies the fade gain. The
 callback only does numpy copies/multiplies on preallocated arrays: no locks, no logging,
 no torch, no allocation of buffers.
+
+Threading: :meth:`AudioOut.write` runs on the pipeline's decoder thread (the ring's only
+producer); :meth:`AudioOut._callback` on PortAudio's audio thread (the ring's only
+consumer), which also reads the fade target and writes the counters
+(:attr:`~AudioOut.underruns`, :attr:`~AudioOut.output_underflows`) that status readers read
+without a lock; ``_finished`` on PortAudio's thread when the stream ends (sets
+:attr:`~AudioOut.failed` for the watchdog). :meth:`~AudioOut.start`, the fades,
+:meth:`~AudioOut.clear` and :meth:`~AudioOut.close` run on the engine's owner or OSC
+thread. Device queries (:func:`list_devices`, :func:`resolve_device`) on any thread.
 """
 
 from __future__ import annotations
@@ -19,8 +28,6 @@ from engine.errors import UserError
 from engine.live.ringbuffer import SampleRing
 
 FADE_S = 0.02
-HOSTAPIS = ("JACK", "CoreAudio", "ASIO", "WASAPI", "ALSA", "DirectSound", "MME", "OSS",
-            "PulseAudio")
 
 
 def _sd():
@@ -116,11 +123,9 @@ class AudioOut:
         self._index = np.arange(1, max_block + 1, dtype=np.float32)[:, None]
         self._fade_step = 1.0 / (FADE_S * self.rate)
         self.gain, self.target_gain = 0.0, 1.0
-        self.underruns = 0
-        self.status_flags = 0
-        self.callbacks = 0
+        self.underruns = 0  # callbacks our ring could not fill (the generator was late)
+        self.output_underflows = 0  # callbacks PortAudio ran late (the device ran dry first)
         self.failed: str | None = None
-        self.played = 0
         self.tap = None  # callable(block at device rate, start24) on the writer side
         self._in24 = 0  # 24 kHz samples received so far
         try:
@@ -194,15 +199,13 @@ class AudioOut:
     # -- real-time side --------------------------------------------------------------------
     def _callback(self, outdata: np.ndarray, frames: int, time_info, status) -> None:
         if status.output_underflow:
-            self.status_flags += 1
+            self.output_underflows += 1
         mono = self._mono[:frames]
         got = self.ring.read_into(mono)
         if got < frames and self.target_gain > 0.0:
             self.underruns += 1
-        self.played += got
         self._apply_gain(mono, frames)
         outdata[:] = mono  # broadcast to every channel
-        self.callbacks += 1
 
     def _apply_gain(self, mono: np.ndarray, frames: int) -> None:
         g, target = self.gain, self.target_gain

@@ -31,6 +31,7 @@ from transformers import EncodecConfig
 from transformers.models.encodec.modeling_encodec import EncodecEncoder
 
 from engine import HOP_LENGTH, SAMPLE_RATE
+from engine.atomic_write import atomic_write
 from engine.errors import UserError
 from engine.model.audio_io import read_audio
 from engine.model.codec import convert_encodec_state_dict
@@ -203,10 +204,8 @@ def default_cache_dir() -> Path:
 def _atomic_save(target: Path, vec: np.ndarray) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(target) as f:
             np.save(f, vec)
-        os.replace(tmp, target)
     except OSError:
         pass  # caching is an optimisation; a read-only home must not stop embedding
 

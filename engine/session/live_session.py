@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.live.engine import EngineListener, LiveConfig, LiveEngine
+from engine.live.engine import LiveConfig, LiveEngine
+from engine.live.listeners import EngineListener
 from engine.session.recorder import Recorder, control_record
 from engine.session.writers import AudioFileWriter, JsonLinesWriter
 
@@ -51,6 +52,6 @@ def build_live_engine(model, codec, slots: list[np.ndarray], config: LiveConfig,
     if config.control_log is not None:
         engine.add_listener(_ControlLog(JsonLinesWriter(config.control_log, on_error=log)))
     if config.tap is not None:
-        engine.add_listener(_Tap(AudioFileWriter(config.tap, engine.output_rate,
+        engine.add_listener(_Tap(AudioFileWriter(config.tap, engine.output.rate,
                                                  on_error=log)))
     return engine

@@ -15,9 +15,28 @@ A session folder ``<sessions>/<UTC time>-<name>/`` holds
   decoder's state just before that frame (both :mod:`engine.live.state` states, readable
   with ``torch.load(..., weights_only=True)``).
 
-Only the recorder's own thread touches the disk. Start and stop happen at frame boundaries
-(the generator thread takes its state there and hands it over). A write error (disk
-full, folder gone) stops the recording and is reported; what is on disk stays valid.
+A recording moves through the phases of :class:`Phase` (the moves are listed once, in
+:data:`MOVES`, and made under one lock):
+
+* ``IDLE → STARTING`` (``start``): the folder is planned, the recorder thread waits;
+* ``STARTING → RECORDING`` at the next frame boundary: the generator thread hands over its
+  state; rows and controls are recorded from this frame, audio from the moment the decoder
+  reaches it (the decoder state is saved then);
+* ``RECORDING → STOPPING`` (``stop``): rows and controls end at the next frame boundary,
+  the audio once that frame's last sample has gone to the output, so the audio covers the
+  tokens (or after :data:`AUDIO_WAIT_S` if the output goes quiet, e.g. a lost device);
+* ``→ FINISHING`` when that audio is out, or at once on a pause while stopping or a stop
+  given while paused (no frame and no audio will come), on engine shutdown, and on a write
+  error; a stop before the first frame (``STARTING``) cancels: no folder is made;
+* ``FINISHING → IDLE`` when the recorder thread has closed the files; then ``stopped`` is
+  notified, or only ``error`` if a write failed (disk full, folder gone: what is on disk
+  stays valid, ``recover`` completes it).
+
+Threading: ``start`` / ``stop`` on the OSC (or main) thread; the frame-boundary hooks,
+``on_row`` and ``on_control`` on the generator thread; the decoder mark and ``on_audio`` on
+the decoder thread; ``on_pause`` on the thread that paused; ``close`` on the thread that
+stops the engine. They only move the phase and queue copies; the ``recorder`` thread is the
+only one that touches the disk.
 """
 
 from __future__ import annotations
@@ -27,20 +46,27 @@ import json
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine import HOP_LENGTH, SAMPLE_RATE
+from engine.atomic_write import write_json_atomic
 from engine.errors import UserError
-from engine.live.engine import EngineListener, LiveEngine
+from engine.live.engine import LiveEngine
+from engine.live.listeners import EngineListener
 from engine.session.files import GrowingNpy, GrowingWav
 from engine.session.format import FORMAT, FORMAT_VERSION
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+AUDIO_WAIT_S = 3.0  # a stop waits this long at most for its last frame's audio
+POLL_S = 0.2  # the recorder thread checks that deadline this often
 
 
 def clean_session_name(name: str | None) -> str:
@@ -70,6 +96,52 @@ def control_record(entry, digest: Callable[[np.ndarray], str] = embedding_digest
             "wall_time": entry.wall_time, "address": entry.address, "values": values}
 
 
+class Phase(Enum):
+    """Where a recording is (see the module docstring for what each phase records)."""
+
+    IDLE = "idle"
+    STARTING = "starting"
+    RECORDING = "recording"
+    STOPPING = "stopping"
+    FINISHING = "finishing"
+
+
+# Every move the recorder makes; any other is a bug (RuntimeError).
+MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.IDLE: frozenset({Phase.STARTING}),
+    Phase.STARTING: frozenset({Phase.RECORDING, Phase.FINISHING}),  # begun / cancelled
+    Phase.RECORDING: frozenset({Phase.STOPPING, Phase.FINISHING}),  # stop / close, error
+    Phase.STOPPING: frozenset({Phase.FINISHING}),  # audio done, pause, timeout, close, error
+    Phase.FINISHING: frozenset({Phase.IDLE}),  # files closed
+}
+_TAKING = (Phase.RECORDING, Phase.STOPPING)  # phases in which data is written
+
+
+@dataclass(eq=False)
+class _Take:
+    """One recording: its folder, its queue to the recorder thread, where it starts and ends.
+
+    Rows and controls of frames ``[first_frame, end_frame)`` are kept, and the output audio
+    from sample ``audio_from`` (24 kHz, set when the decoder reaches ``first_frame``) to
+    ``audio_until`` (the first sample of ``end_frame``).
+    """
+
+    path: Path
+    phase: Phase = Phase.IDLE
+    queue: queue.Queue = field(default_factory=queue.Queue)
+    thread: threading.Thread | None = None
+    first_frame: int | None = None
+    end_frame: int | None = None
+    audio_from: int | None = None
+    audio_until: int | None = None
+    deadline: float | None = None  # STOPPING: finish by then even if the audio stalls
+
+    def takes_frame(self, frame: int) -> bool:
+        return (self.phase in _TAKING and self.first_frame is not None
+                and frame >= self.first_frame
+                and (self.end_frame is None or frame < self.end_frame))
+
+
 class Recorder(EngineListener):
     """Records one session at a time for a :class:`~engine.live.engine.LiveEngine`.
 
@@ -81,19 +153,46 @@ class Recorder(EngineListener):
 
     def __init__(self, engine, sessions_dir: Path, notify: Callable[[str, str], None]):
         self.engine, self.sessions_dir, self.notify = engine, Path(sessions_dir), notify
-        self.path: Path | None = None
-        self.active = False  # rows/controls/audio are being recorded
-        self.first_frame: int | None = None
-        self._audio_from: int | None = None  # 24 kHz output sample of first_frame
-        self._audio_until: int | None = None  # ... of the frame after the last one
-        self._audio_on = False
-        self._queue: queue.Queue | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._take: _Take | None = None  # None = IDLE
+        self._lock = threading.Lock()  # guards every phase move and self._take
+
+    @property
+    def phase(self) -> Phase:
+        take = self._take
+        return take.phase if take is not None else Phase.IDLE
 
     @property
     def recording(self) -> bool:
-        return self._thread is not None
+        """A recording is under way (from ``start`` until its files are closed)."""
+        return self._take is not None
+
+    @property
+    def active(self) -> bool:
+        """Rows and controls are being recorded (the first frame has passed, the last not)."""
+        take = self._take
+        return take is not None and take.phase in _TAKING and take.end_frame is None
+
+    # -- phase moves -------------------------------------------------------------------------
+    def _move(self, take: _Take, allowed: tuple[Phase, ...], to: Phase) -> bool:
+        """Move ``take`` to ``to`` if it is in one of the ``allowed`` phases; returns whether
+        it moved (False: another thread moved it first, e.g. a pause during a stop)."""
+        with self._lock:
+            return self._move_locked(take, allowed, to)
+
+    def _move_locked(self, take: _Take, allowed: tuple[Phase, ...], to: Phase) -> bool:
+        if take.phase not in allowed:
+            return False
+        if to not in MOVES[take.phase]:
+            raise RuntimeError(f"recorder: no move {take.phase.name} -> {to.name}")
+        take.phase = to
+        if to is Phase.IDLE and self._take is take:
+            self._take = None
+        return True
+
+    def _finish(self, take: _Take, allowed: tuple[Phase, ...] = (Phase.STOPPING,)) -> None:
+        """End ``take`` now: nothing more is taken; the recorder thread closes the files."""
+        if self._move(take, allowed, Phase.FINISHING):
+            take.queue.put(("end",))
 
     # -- control (any thread) ---------------------------------------------------------------
     def start(self, name: str | None = None) -> Path:
@@ -103,159 +202,178 @@ class Recorder(EngineListener):
             UserError: already recording, or a refused name.
         """
         with self._lock:
-            if self._thread is not None:
-                raise UserError(f"already recording to {self.path}")
-            clean = clean_session_name(name)
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-            path = self.sessions_dir / f"{stamp}-{clean}"
-            n = 2
-            while path.exists():
-                path = self.sessions_dir / f"{stamp}-{clean}-{n}"
-                n += 1
-            self.path = path
-            self._queue = queue.Queue()
-            self._thread = threading.Thread(target=self._run, args=(path, self._queue),
-                                            name="recorder", daemon=True)
-            self._thread.start()
-        self.engine.generator.at_boundary(self._begin)
+            if self._take is not None:
+                raise UserError(f"already recording to {self._take.path}")
+            take = _Take(self._plan_folder(name))
+            self._move_locked(take, (Phase.IDLE,), Phase.STARTING)
+            self._take = take
+            take.thread = threading.Thread(target=self._run, args=(take,), name="recorder",
+                                           daemon=True)
+            take.thread.start()
+        self.engine.generator.at_boundary(lambda gen: self._begin(gen, take))
+        return take.path
+
+    def _plan_folder(self, name: str | None) -> Path:
+        clean = clean_session_name(name)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        path = self.sessions_dir / f"{stamp}-{clean}"
+        n = 2
+        while path.exists():
+            path = self.sessions_dir / f"{stamp}-{clean}-{n}"
+            n += 1
         return path
 
-    def stop(self) -> Path | None:
-        """Stop at the next frame boundary and finish the files (returns the folder)."""
+    def stop(self) -> Path:
+        """Stop at the next frame boundary and finish the files once that frame's audio is
+        out (at once if paused); returns the folder. A stop before the first frame cancels
+        the recording (no folder is made).
+
+        Raises:
+            UserError: not recording.
+        """
         with self._lock:
-            if self._thread is None:
+            take = self._take
+            if take is None:
                 raise UserError("not recording")
-            path, q = self.path, self._queue
-            q.stopping = True  # set before the check below, so a pause in between sees it
-        self.engine.generator.at_boundary(lambda gen: self._end(gen, q))
-        if not self.engine.playing:  # a paused engine reaches no frame boundary
-            self.on_pause()
-        return path
+            cancel = self._move_locked(take, (Phase.STARTING,), Phase.FINISHING)
+            stopping = self._move_locked(take, (Phase.RECORDING,), Phase.STOPPING)
+        if cancel:
+            take.queue.put(("end",))
+        elif stopping:
+            self.engine.generator.at_boundary(lambda gen: self._end(gen, take))
+            if not self.engine.playing:  # no frame boundary and no audio will come
+                self._finish(take)  # (a pause from now on finishes it too: on_pause)
+        return take.path
+
+    def on_pause(self) -> None:
+        """Paused while stopping: no frame boundary and no more audio will come, so end
+        where the rows and audio stopped."""
+        take = self._take
+        if take is not None:
+            self._finish(take)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop now if recording (engine shutdown) and wait for the files."""
-        with self._lock:
-            thread, q = self._thread, self._queue
-        if thread is None:
+        take = self._take
+        if take is None:
             return
-        self.active = False
-        self._finish_once(q)
-        thread.join(timeout)
+        self._finish(take, (Phase.STARTING, Phase.RECORDING, Phase.STOPPING))
+        take.thread.join(timeout)
 
     # -- generator thread ----------------------------------------------------------------
-    def _begin(self, gen) -> None:
-        q = self._queue
-        if q is None:
-            return
-        self.first_frame = gen.t
-        q.put(("begin", {"first_frame": gen.t, "state": gen.get_state(),
-                         "info": session_info(self.engine)}))
-        self.engine.pipeline.at_frame(gen.t, self._decoder_mark)
-        self.active = True
-
-    def _end(self, gen, q) -> None:
-        """Rows stop at this boundary; the audio goes on until that frame has been decoded
-        (the generator keeps running), or 3 s at most (paused engine)."""
-        if q is not self._queue or self._audio_until is not None:
-            return
-        self.active = False
-        self._audio_until = gen.t * HOP_LENGTH
-        timer = threading.Timer(3.0, self._finish_once, args=(q,))
-        timer.daemon = True
-        timer.start()
-
-    def on_pause(self) -> None:
-        """Paused while a stop is pending: no frame boundary and no more audio will come,
-        so end where the rows and audio stopped."""
-        with self._lock:
-            q = self._queue
-        if q is not None and getattr(q, "stopping", False):
-            self.active = False
-            self._finish_once(q)
-
-    def _finish_once(self, q) -> None:
-        with self._lock:
-            if getattr(q, "ended", False):
+    def _begin(self, gen, take: _Take) -> None:
+        """First frame: hand the generator state to the recorder thread, mark the decoder."""
+        if take.phase is not Phase.STARTING:
+            return  # cancelled
+        begin = {"first_frame": gen.t, "state": gen.get_state(),
+                 "info": session_info(self.engine)}
+        with self._lock:  # "begin" is queued before any "end"
+            if not self._move_locked(take, (Phase.STARTING,), Phase.RECORDING):
                 return
-            q.ended = True
-            self._audio_on = False
-        q.put(("end",))
+            take.first_frame = gen.t
+            take.queue.put(("begin", begin))
+        self.engine.pipeline.at_frame(gen.t, lambda state, sample:
+                                      self._decoder_mark(take, state, sample))
 
-    # -- listeners (generator / decoder threads) -----------------------------------------
+    def _end(self, gen, take: _Take) -> None:
+        """Rows stop at this boundary; the audio goes on until this frame has been decoded
+        (the generator keeps running), or :data:`AUDIO_WAIT_S` at most."""
+        with self._lock:
+            if take.phase is not Phase.STOPPING or take.end_frame is not None:
+                return
+            take.end_frame = gen.t
+            take.audio_until = gen.t * HOP_LENGTH
+            take.deadline = time.monotonic() + AUDIO_WAIT_S
+
     def on_row(self, frame: int, row: torch.Tensor) -> None:
-        q = self._queue
-        if self.active and q is not None and frame >= (self.first_frame or 0):
-            q.put(("row", row.numpy().astype(np.int16)))
+        take = self._take
+        if take is not None and take.takes_frame(frame):
+            take.queue.put(("row", row.numpy().astype(np.int16)))
 
     def on_control(self, entry) -> None:
-        q = self._queue
-        if self.active and q is not None:
+        take = self._take
+        if take is not None and take.takes_frame(entry.frame):
             vecs = [v for v in entry.values if isinstance(v, np.ndarray)]
-            q.put(("control", control_record(entry), vecs))
+            take.queue.put(("control", control_record(entry), vecs))
 
-    def _decoder_mark(self, decoder_state: dict, sample_index: int) -> None:
-        self._audio_from = sample_index
-        if self._queue is not None:
-            self._queue.put(("decoder", decoder_state))
-            self._audio_on = True
+    # -- decoder thread ---------------------------------------------------------------------
+    def _decoder_mark(self, take: _Take, decoder_state: dict, sample_index: int) -> None:
+        if take.phase in _TAKING:
+            take.queue.put(("decoder", decoder_state))
+            take.audio_from = sample_index
 
     def on_audio(self, block: np.ndarray, start24: int, rate: int) -> None:
         """A block as sent to the output (at ``rate``) whose first input sample was the 24 kHz
-        output sample ``start24``; audio before the first recorded frame is cut off."""
-        q = self._queue
-        if not self._audio_on or q is None or self._audio_from is None:
+        output sample ``start24``; audio before the first recorded frame is cut off, and
+        the recording finishes with the block that holds the last one."""
+        take = self._take
+        if take is None or take.audio_from is None or take.phase not in _TAKING:
             return
         ratio = rate / SAMPLE_RATE
         stop = len(block)
-        until = self._audio_until
+        until = take.audio_until
         if until is not None:
             stop = min(stop, int(round((until - start24) * ratio)))
-        skip = max(0, int(round((self._audio_from - start24) * ratio)))
+        skip = max(0, int(round((take.audio_from - start24) * ratio)))
         if skip < stop:
-            q.put(("audio", np.array(block[skip:stop], dtype=np.float32), rate))
+            take.queue.put(("audio", np.array(block[skip:stop], dtype=np.float32), rate))
         if until is not None and start24 + len(block) / ratio >= until:
-            self._finish_once(q)
+            self._finish(take)
 
     # -- recorder thread -------------------------------------------------------------------
-    def _run(self, path: Path, q: queue.Queue) -> None:
-        files: dict = {}
+    def _run(self, take: _Take) -> None:
+        folder = SessionFolder(take.path)
         failed = False
-        info: dict = {}
         while True:
-            kind, *payload = q.get()
-            if kind == "end":
-                if not failed and files:
-                    try:
-                        self._finish(path, info, files)
-                    except OSError as e:
-                        self._fail(path, e)
-                break
-            if failed:
+            try:
+                kind, *payload = take.queue.get(timeout=POLL_S)
+            except queue.Empty:
+                if take.deadline is not None and time.monotonic() > take.deadline:
+                    self._finish(take)  # the output went quiet (device lost): end here
                 continue
             try:
+                if kind == "end":
+                    if folder.opened:
+                        folder.finish()
+                    break
                 if kind == "begin":
-                    info = self._open(path, payload[0], files)
+                    folder.open(payload[0])
+                    self.notify("started", str(take.path))
                 else:
-                    self._write(path, kind, payload, files)
+                    folder.write(kind, payload)
             except OSError as e:
                 failed = True
-                self._audio_on = False
-                self._fail(path, e)
+                self._move(take, _TAKING, Phase.FINISHING)
+                self.notify("error", f"recording to {take.path} stopped: "
+                            f"{e.strerror or e}; the files written so far are kept "
+                            "(run_engine.py recover DIR fixes them up)")
                 break
-        for f in files.values():
-            try:
-                f.close()
-            except OSError:
-                pass
-        with self._lock:
-            if self._queue is q:
-                self._thread, self._queue, self.active = None, None, False
-                self._audio_from = self._audio_until = None
-                self._audio_on = False
+        folder.close()
+        self._move(take, (Phase.FINISHING,), Phase.IDLE)
         if not failed:
-            self.notify("stopped", str(path))
+            self.notify("stopped", str(take.path))
 
-    def _open(self, path: Path, begin: dict, files: dict) -> dict:
+
+class SessionFolder:
+    """The files of one session folder (layout in the module docstring); used by the
+    recorder thread only. Every method may raise OSError (disk full, folder gone)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.info: dict = {}  # session.json
+        self._files: dict = {}
+
+    @property
+    def opened(self) -> bool:
+        return bool(self._files)
+
+    def open(self, begin: dict) -> None:
+        """Create the folder: generator state, slots, session.json, empty logs.
+
+        Args:
+            begin: ``first_frame``, ``state`` (the generator's), ``info`` (:func:`session_info`).
+        """
+        path = self.path
         path.mkdir(parents=True, exist_ok=False)
         (path / "slots").mkdir()
         torch.save(begin["state"], path / "state.pt")
@@ -267,19 +385,21 @@ class Recorder(EngineListener):
             vec = slot.pop("embedding")
             np.save(path / "slots" / f"{slot['sha256']}.npy", vec)
             slot["file"] = f"slots/{slot['sha256']}.npy"
-        _write_json(path / "session.json", info)
-        files["controls"] = open(path / "controls.jsonl", "x", encoding="utf-8")  # noqa: SIM115
-        files["tokens"] = GrowingNpy(path / "tokens.npy", info["engine"]["num_q"])
-        self.notify("started", str(path))
-        return info
+        write_json_atomic(path / "session.json", info)
+        self.info = info
+        self._files["controls"] = open(path / "controls.jsonl", "x",  # noqa: SIM115
+                                       encoding="utf-8")
+        self._files["tokens"] = GrowingNpy(path / "tokens.npy", info["engine"]["num_q"])
 
-    def _write(self, path: Path, kind: str, payload: list, files: dict) -> None:
+    def write(self, kind: str, payload: list) -> None:
+        """One item from the recorder's queue: ``row``, ``control``, ``audio`` or ``decoder``."""
+        files = self._files
         if kind == "row":
             files["tokens"].write(payload[0][None])
         elif kind == "control":
             record, vecs = payload
             for v in vecs:
-                target = path / "slots" / f"{embedding_digest(v)}.npy"
+                target = self.path / "slots" / f"{embedding_digest(v)}.npy"
                 if not target.exists():
                     np.save(target, v)
             files["controls"].write(json.dumps(record) + "\n")
@@ -287,21 +407,24 @@ class Recorder(EngineListener):
         elif kind == "audio":
             block, rate = payload
             if "audio" not in files:
-                files["audio"] = GrowingWav(path / "audio.wav", rate)
+                files["audio"] = GrowingWav(self.path / "audio.wav", rate)
             files["audio"].write(block)
         elif kind == "decoder":
-            torch.save(payload[0], path / "decoder_state.pt")
+            torch.save(payload[0], self.path / "decoder_state.pt")
 
-    def _finish(self, path: Path, info: dict, files: dict) -> None:
-        rows = files["tokens"].rows if "tokens" in files else 0
-        info["end_frame"] = info["first_frame"] + rows
+    def finish(self) -> None:
+        """Complete session.json: the end frame and the audio length."""
+        files, info = self._files, self.info
+        info["end_frame"] = info["first_frame"] + files["tokens"].rows
         info["audio_samples"] = files["audio"].samples if "audio" in files else 0
-        _write_json(path / "session.json", info)
+        write_json_atomic(self.path / "session.json", info)
 
-    def _fail(self, path: Path, error: OSError) -> None:
-        self.active = False
-        self.notify("error", f"recording to {path} stopped: {error.strerror or error}; the "
-                    "files written so far are kept (run_engine.py recover DIR fixes them up)")
+    def close(self) -> None:
+        for f in self._files.values():
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 def session_info(engine: LiveEngine) -> dict:
@@ -312,16 +435,10 @@ def session_info(engine: LiveEngine) -> dict:
         if vec is not None:
             slots.append({"slot": i, "source": engine.slot_sources.get(i),
                           "sha256": embedding_digest(vec), "embedding": vec.copy()})
-    return {"model": dict(cfg.identity), "sample_rate": engine.output_rate,
+    return {"model": dict(cfg.identity), "sample_rate": engine.output.rate,
             "engine": {"window": gen.window, "hop": gen.hop, "mode": gen.mode,
                        "quantize": cfg.quantize, "seed": cfg.seed, "greedy": gen.greedy,
                        "num_q": gen.num_q, "num_slots": gen.controls.num_slots,
                        "device": "device" if engine.is_device else "null"},
             "prompt_slots": slots}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
 

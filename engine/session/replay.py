@@ -1,9 +1,11 @@
 """``replay``, ``recover`` and ``plot`` for recorded sessions (see :mod:`engine.session.recorder`).
 
 Replay restores the generator state saved at the first recorded frame, applies every logged
-control at its frame (all controls of one frame as one bundle), generates as many frames as
-were recorded, and decodes them from the saved decoder state — offline, as fast as the CPU
-allows. With the same model, device type and dtype the tokens are identical.
+control at its frame (all controls of one frame as one bundle), and runs the live engine's
+:class:`~engine.live.pipeline.Pipeline` (generator thread → undelay → chunked streaming
+decode, from the saved decoder state) into a memory sink for as many frames as were
+recorded — offline, as fast as the CPU allows. With the same model, device type and dtype
+the tokens are identical.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import numpy as np
 import torch
 
 from engine import FRAME_RATE
+from engine.atomic_write import write_json_atomic, write_text_atomic
 from engine.errors import UserError
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
+from engine.live.pipeline import Pipeline
+from engine.live.sinks import MemorySink
 from engine.model.checkpoint import load_checkpoint
-from engine.model.patterns import StreamingUndelay
 from engine.model.random_model import random_model
 from engine.session.files import repair_npy, repair_wav
 from engine.session.format import (
@@ -28,6 +32,9 @@ from engine.session.format import (
     load_generator_state,
     read_session,
 )
+
+REPLAY_DECODE_CHUNK = 16  # frames per decoder call; a live decode in other chunks gives the
+# same audio but for float rounding
 
 
 def read_controls(path: Path, slots_dir: Path) -> dict[int, list[ControlEvent]]:
@@ -95,25 +102,17 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
     dec_state = load_decoder_state(folder, info)
     if dec_state is not None:
         decoder.set_state(dec_state)
-    undelay = StreamingUndelay(gen.num_q)
-    rows, audio, chunk = [], [], []
+    rows, sink = [], MemorySink()
+    # threads=None: replay leaves torch's thread settings as the caller has them (setting
+    # them, even to the same count, changes MKL's and so the audio's last bits).
+    pipeline = Pipeline(gen, decoder, sink, decode_chunk=REPLAY_DECODE_CHUNK, threads=None,
+                        on_row=lambda frame, row: rows.append(row))
     try:
-        for _ in range(frames):
-            row = gen.step()
-            rows.append(row)
-            frame = undelay.push(row)
-            if frame is not None:
-                chunk.append(frame)
-            if len(chunk) == 16:
-                audio.append(decoder.push(torch.stack(chunk, 1)[None])[0, 0].numpy())
-                chunk = []
-        if chunk:
-            audio.append(decoder.push(torch.stack(chunk, 1)[None])[0, 0].numpy())
+        pipeline.run(frames)
     finally:
         gen.close()
     tokens = torch.stack(rows).numpy().astype(np.int64) if rows else np.zeros((0, gen.num_q))
-    return tokens, (np.concatenate(audio) if audio else np.zeros(0, np.float32))
-
+    return tokens, sink.audio
 
 def _recorded_rows(folder: Path) -> int:
     path = folder / "tokens.npy"
@@ -148,16 +147,12 @@ def recover(folder: Path) -> dict:
             else:
                 dropped += 1
         kept = len(good)
-        tmp = log.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(g + "\n" for g in good))
-        tmp.replace(log)
+        write_text_atomic(log, "".join(g + "\n" for g in good))
     report.update(controls_kept=kept, controls_dropped=dropped)
     info["end_frame"] = info["first_frame"] + rows
     info["audio_samples"] = report.get("audio_samples", 0)
     info["recovered"] = True
-    tmp = folder / "session.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(folder / "session.json")
+    write_json_atomic(folder / "session.json", info)
     return report
 
 

@@ -7,6 +7,11 @@ never wait on a disk.
 ``put`` copies and enqueues (never blocks); a write failure (disk full, folder gone) is
 kept in :attr:`error`, reported once through ``on_error``, and later items are dropped —
 what was written before stays valid.
+
+Threading: ``put`` from any one producer thread (the generator thread for the control log,
+the decoder thread for the tap); each writer's own thread (``jsonl-writer``,
+``audio-writer``) is the only one that touches its file; ``close`` from the thread that
+stops the engine, which waits for the queue to drain.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ class _BackgroundWriter:
     def __init__(self, name: str, on_error: Callable[[str], None] | None = None):
         self.on_error = on_error
         self.error: str | None = None
-        self.items = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -49,7 +53,6 @@ class _BackgroundWriter:
                 continue
             try:
                 self._write(item)
-                self.items += 1
             except Exception as e:  # OSError, LibsndfileError: disk full, unwritable
                 self.error = f"{self._target()}: write failed ({e})"
                 if self.on_error is not None:
@@ -77,7 +80,6 @@ class AudioFileWriter(_BackgroundWriter):
                  on_error: Callable[[str], None] | None = None):
         self.path = Path(path)
         self.file = sf.SoundFile(self.path, "w", rate, 1, subtype=subtype)
-        self.frames = 0
         super().__init__("audio-writer", on_error)
 
     def put(self, block: np.ndarray) -> None:
@@ -85,7 +87,6 @@ class AudioFileWriter(_BackgroundWriter):
 
     def _write(self, block: np.ndarray) -> None:
         self.file.write(block)
-        self.frames += len(block)
 
     def _finish(self) -> None:
         self.file.close()

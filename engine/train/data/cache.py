@@ -16,13 +16,13 @@ Clip ``i`` of a shard is ``codes[offsets[i]:offsets[i + 1]].T`` (``[Q, T]``).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from engine import FRAME_RATE
+from engine.atomic_write import atomic_write, write_json_atomic
 from engine.errors import UserError
 
 CACHE_FORMAT = "encodecgpt-live-token-cache/1"
@@ -63,12 +63,10 @@ def write_shard(folder: Path, index: int, result: ShardResult, prompt_dim: int,
     prompts = (np.stack(result.prompts) if result.prompts
                else np.zeros((0, prompt_dim), np.float32))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    tmp = shards / f".{name}.{os.getpid()}.npz"
-    with open(tmp, "wb") as f:
+    with atomic_write(shards / f"{name}.npz") as f:
         np.savez(f, codes=codes, offsets=offsets, prompts=prompts)
-    os.replace(tmp, shards / f"{name}.npz")
     meta = {"clips": result.clips, "skipped": result.skipped, "frames": int(offsets[-1])}
-    _write_json(shards / f"{name}.json", meta)
+    write_json_atomic(shards / f"{name}.json", meta)
 
 
 def read_shard_meta(folder: Path, index: int) -> dict:
@@ -86,7 +84,7 @@ def check_plan(folder: Path, plan: dict) -> None:
                             f"({', '.join(diff)} differ); use a new --out folder")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(file, plan)
+    write_json_atomic(file, plan)
 
 
 def write_index(folder: Path, plan: dict, num_shards: int) -> dict:
@@ -101,7 +99,7 @@ def write_index(folder: Path, plan: dict, num_shards: int) -> dict:
         frames += meta["frames"]
     index = {"format": CACHE_FORMAT, "plan": plan, "shards": shards, "clips": clips,
              "frames": frames, "hours": frames / FRAME_RATE / 3600, "skipped": skipped}
-    _write_json(folder / "index.json", index)
+    write_json_atomic(folder / "index.json", index)
     return index
 
 
@@ -140,9 +138,3 @@ def load_shards(folder: str | Path, index: dict) -> tuple[np.ndarray, np.ndarray
         raise UserError(f"{folder}: the cache holds no clips")
     offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
     return np.concatenate(codes), offsets, np.concatenate(prompts), ids
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)

@@ -1,0 +1,89 @@
+"""``/prompt/load``: embed an audio or ``.npy`` file into a prompt slot, off the OSC thread.
+
+A path is accepted only inside one of the prompt folders (``--prompt-dir``), so an OSC
+sender cannot make the engine read arbitrary files. The file is embedded by a single loader
+thread (EnCodecMAE on audio takes long; the encoder is built on the first load) and then
+submitted as a ``/prompt/slot`` control, validated like any other bundle, so it takes
+effect at a frame boundary.
+
+Threading: :meth:`PromptLoader.load` and :meth:`~PromptLoader.check_path` may be called
+from any thread (the OSC thread); reading, embedding, ``submit`` and the ``done`` /
+``failed`` callbacks run on the ``prompt-load`` thread. :attr:`PromptLoader.sources` is
+written there and read by the generator thread (a recording's session.json).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.live.controls import ControlError, ControlEvent
+from engine.model.prompt_files import PromptReader
+
+
+class PromptLoader:
+    """Load prompt files into slots, one at a time, in a worker thread.
+
+    Args:
+        reader: turns a file into an embedding ``[P]`` (``.npy`` or audio).
+        prompt_dirs: the folders a path must lie in.
+        num_slots: slots are ``0 .. num_slots - 1``.
+        submit: queues a control bundle (validates it as a whole; raises
+            :class:`ControlError` if refused).
+        sources: where each initial slot's vector came from (file, ``random``...).
+    """
+
+    def __init__(self, reader: PromptReader, prompt_dirs: Sequence[Path], num_slots: int,
+                 submit: Callable[[list[ControlEvent]], None], sources: Sequence = ()):
+        self.reader, self.num_slots, self.submit = reader, num_slots, submit
+        self.prompt_dirs = [Path(d) for d in prompt_dirs]
+        self.sources: dict[int, str] = {i: str(src) for i, src in enumerate(sources)}
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="prompt-load")
+
+    def check_path(self, path: str) -> Path:
+        """The resolved file if ``path`` lies inside a prompt folder and exists.
+
+        Raises:
+            UserError: outside the prompt folders (naming them), or no such file.
+        """
+        resolved = Path(path).expanduser().resolve()
+        dirs = [d.resolve() for d in self.prompt_dirs]
+        if not any(resolved.is_relative_to(d) for d in dirs):
+            raise UserError(f"{path}: outside the prompt folders "
+                            f"({', '.join(map(str, dirs)) or 'none'}); see --prompt-dir")
+        if not resolved.is_file():
+            raise UserError(f"{path}: no such file")
+        return resolved
+
+    def load(self, slot: int, path: str, done: Callable[[int, str], None],
+             failed: Callable[[str], None]) -> None:
+        """Embed ``path`` into ``slot`` in the loader thread; then ``done(slot, path)`` or
+        ``failed(message)`` (at once, on this thread, for a refused path or slot)."""
+        try:
+            file = self.check_path(path)
+            if not 0 <= slot < self.num_slots:
+                raise ControlError(f"slot must be in 0..{self.num_slots - 1}")
+        except UserError as e:
+            failed(str(e))
+            return
+        self._worker.submit(self._load, slot, path, file, done, failed)
+
+    def _load(self, slot: int, path: str, file: Path, done: Callable[[int, str], None],
+              failed: Callable[[str], None]) -> None:
+        try:
+            vec = self.reader.read(file)
+            self.submit([ControlEvent("/prompt/slot", (slot, vec))])
+            self.sources[slot] = str(file)
+        except UserError as e:
+            failed(str(e))
+            return
+        except Exception as e:  # an encoder bug must not kill the loader thread
+            failed(f"{path}: could not be embedded ({type(e).__name__}: {e})")
+            return
+        done(slot, path)
+
+    def close(self) -> None:
+        """Drop loads not started yet; one running finishes in the background."""
+        self._worker.shutdown(wait=False, cancel_futures=True)

@@ -78,6 +78,21 @@ def parse_datagram(data: bytes) -> list[tuple[str, tuple]]:
         raise ControlError(f"malformed OSC datagram ({type(e).__name__})") from None
 
 
+def button_args(spec: Address, params: tuple) -> tuple | None:
+    """Arguments for ``spec`` once a button's state is taken off; None: ignore the message.
+
+    A button on a control surface (TouchOSC, a Max ``toggle``) sends one number: non-zero
+    when pressed, 0 when released. An address that takes no arguments acts on the press and
+    ignores the release; anything else is passed on unchanged (and checked as usual).
+    """
+    if spec.types or len(params) != 1:
+        return params
+    value = params[0]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return params
+    return () if value != 0 else None
+
+
 class OSCDispatcher:
     """Turn datagrams into engine calls and replies.
 
@@ -127,7 +142,7 @@ class OSCDispatcher:
 
     @staticmethod
     def _check(messages: list[tuple[str, tuple]]) -> list[tuple[Address, tuple]]:
-        """Each message's table entry and checked arguments.
+        """Each message's table entry and checked arguments (button releases left out).
 
         Raises:
             ControlError: the first unknown address or bad argument list.
@@ -137,7 +152,9 @@ class OSCDispatcher:
             spec = TABLE.get(address)
             if spec is None:
                 raise ControlError(f"unknown address {address}; send /schema for the list")
-            checked.append((spec, check_args(spec, params)))
+            args = button_args(spec, params)
+            if args is not None:
+                checked.append((spec, check_args(spec, args)))
         return checked
 
     # -- commands (each returns False if it failed and was answered) -------------------------

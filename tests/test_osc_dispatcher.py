@@ -208,6 +208,18 @@ def test_touchosc_fader_and_xy_pad(osc):
     assert replies == []
 
 
+def test_touchosc_button_acts_on_press_and_ignores_release(osc):
+    dispatcher, engine, replies = osc
+    assert dispatcher.handle(TOSC_PLAY_PRESS, SENDER)
+    assert dispatcher.handle(TOSC_PLAY_RELEASE, SENDER)
+    assert dispatcher.handle(TOSC_RESET_PRESS, SENDER)
+    assert engine.calls == [("play",)]  # once: the release did nothing
+    assert engine.bundles == [[("/reset", ())]] and replies == []
+    two_numbers = b"/play\x00\x00\x00,ff\x00\x3f\x80\x00\x00\x3f\x80\x00\x00"
+    assert not dispatcher.handle(two_numbers, SENDER)  # not a button: refused as before
+    assert _errors(replies) == ["/play expects 0 argument(s) (none), got 2"]
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 def test_malformed_datagram(osc):
@@ -293,3 +305,4 @@ def test_every_table_entry_has_a_handler_and_every_handler_an_entry(osc):
         check_handlers(extra_control, dispatcher.commands)
     with pytest.raises(HandlerTableError, match="/rewind"):
         check_handlers(TABLE, {**dispatcher.commands, "/rewind": lambda args, to: True})
+

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 from fixtures import TONE_CODEC as CODEC
-from fixtures import needs_fixtures, run_cli
+from fixtures import needs_fixtures
+from live_helpers import run_cli
 from tone_dataset import tone
 
 from engine.errors import UserError

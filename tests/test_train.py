@@ -6,7 +6,8 @@ Uses the session's tone cache (conftest ``tone_cache``) and the tiny preset.
 import numpy as np
 import pytest
 import torch
-from fixtures import golden, needs_fixtures, run_cli
+from fixtures import golden, needs_fixtures
+from live_helpers import run_cli
 
 from engine.train.data.dataset import IGNORE, StepBatches, collate
 from engine.train.report import loss_curves

@@ -256,7 +256,7 @@ class LiveEngine:
         self.pause()
         if self.is_device:
             self.output.fade_out(wait=True)
-            self.output.clear()
+        self.output.clear()
         self.generator.submit([ControlEvent("/reset")])
 
     def load_prompt(self, slot: int, path: str, done: Callable[[int, str], None],

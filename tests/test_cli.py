@@ -21,6 +21,7 @@ def prompts(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_encode_8_and_32_codebooks(tmp_path, ckpt_path):
     g = golden("encodec_A.npz")
     run("encode", ref("signal_A.wav"), "--checkpoint", ckpt_path, "--out", tmp_path / "c.npy")
@@ -31,6 +32,7 @@ def test_encode_8_and_32_codebooks(tmp_path, ckpt_path):
     assert np.array_equal(np.load(tmp_path / "c32.npy"), g["codes_32"][0])
 
 
+@pytest.mark.slow
 def test_embed_prompt_and_frames(tmp_path, mae_dir):
     g = golden("encodecmae_A.npz")
     run("embed", ref("signal_A.wav"), "--encodecmae", mae_dir, "--out", tmp_path / "p.npy")
@@ -62,6 +64,7 @@ def test_render_kv_from_audio_prompt_golden(tmp_path, ckpt_path, mae_dir):
                           golden("encodecgpt_A.npz")["greedy_kv_maeprompt_delayed"])
 
 
+@pytest.mark.slow
 def test_render_random_weights_says_so_and_seed_repeats(tmp_path, prompts):
     args = ["render", "--random-weights", "--preset", "tiny", "--prompt", prompts / "p0.npy",
             "--seconds", "0.2", "--temperature", "0.9", "--top-k", "40", "--top-p", "0.95",
@@ -82,6 +85,7 @@ def _one_line_error(proc, *needles):
         assert str(needle) in lines[0]
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_2_with_one_line(tmp_path, ckpt_path, mae_dir):
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
@@ -106,6 +110,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, ckpt_path, mae_dir):
                         "--tokens-out", out, ok=False), "lpepino/encodecgpt", "Hugging Face")
 
 
+@pytest.mark.slow
 def test_render_a_minute_of_fast_morph_between_audio_prompts(tmp_path, ckpt_path, mae_dir,
                                                               loaded):
     """The issue's command: 60 s of continuous morph, one WAV, no seams (the streamed audio

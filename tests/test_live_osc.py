@@ -66,6 +66,7 @@ def _status_has(dump, index, value):
     return any(abs(float(r[index]) - value) < 1e-6 for r in dump.lines("/engine/status"))
 
 
+@pytest.mark.slow
 def test_oscsend_changes_mix_and_temperature(engine):
     proc, port, dump, d = engine
     oscsend(port, "/morph", "f", 0.7)
@@ -79,6 +80,7 @@ def test_oscsend_changes_mix_and_temperature(engine):
     assert 0 < morph["frame"] <= temp["frame"] and morph["sample"] == morph["frame"] * 320
 
 
+@pytest.mark.slow
 def test_bad_messages_get_error_replies_and_change_nothing(engine):
     proc, port, dump, d = engine
     before = len(_controls(d))
@@ -104,6 +106,7 @@ def _udp_socket() -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_schema_and_status_queries(engine):
     proc, port, dump, d = engine
     oscsend(port, "/schema")
@@ -133,6 +136,7 @@ def test_schema_and_status_queries(engine):
     assert mix.address == "/engine/mix" and mix.params == pytest.approx([0.65, 0.35, 0, 0])
 
 
+@pytest.mark.slow
 def test_prompt_load_from_allowed_folder(engine):
     import numpy as np
 
@@ -146,6 +150,7 @@ def test_prompt_load_from_allowed_folder(engine):
                              for r in dump.lines("/engine/mix")))
 
 
+@pytest.mark.slow
 def test_pure_data_patch_drives_the_engine(engine, tmp_path):
     pd = need("puredata")
     proc, port, dump, d = engine

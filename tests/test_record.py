@@ -78,6 +78,7 @@ def test_session_folder_holds_everything(session):
     assert (session / "slots" / f"{slot_rec['values'][1]['sha256']}.npy").is_file()
 
 
+@pytest.mark.slow
 def test_replay_gives_identical_tokens_and_matching_audio(session, tmp_path):
     tokens, audio = replay(session)
     recorded = np.load(session / "tokens.npy").astype(np.int64)
@@ -122,6 +123,7 @@ def test_unsafe_session_names_are_refused(tmp_path):
         eng.stop()
 
 
+@pytest.mark.slow
 def test_kill_9_then_recover_keeps_all_but_the_last_second(tmp_path):
     sessions = tmp_path / "sessions"
     proc = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",

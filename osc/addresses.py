@@ -5,7 +5,9 @@ Generator controls (mix, glide, sampling, reset) come from :mod:`engine.live.con
 their ranges; engine commands (transport, prompt loading, queries) are added here. Type
 letters are OSC's: ``f`` float32, ``i`` int32, ``s`` string; ``f…`` = one or more floats;
 ``[s]`` = an optional string. An int is accepted where a float is expected (Max and Pd send
-ints from integer number boxes), a float with no fractional part where an int is.
+ints from integer number boxes), a float with no fractional part where an int is. An address
+that takes no arguments also takes a button's one number: non-zero (pressed) acts, 0
+(released) is ignored (TouchOSC buttons, Max toggles).
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
-"""The OSC control server: UDP datagrams in, engine controls and commands out, replies back.
+"""The OSC server: the UDP socket, the sender allow-list, and sending replies.
 
-One receive thread parses each datagram with python-osc. All control messages of one
-datagram (a bundle, nested bundles flattened) are validated together against the address
-table and submitted as one event list, so they take effect at the same frame. Anything
-wrong — unknown address, wrong types or counts, NaN/inf, out of range, a malformed
-datagram, a refused prompt file — is answered with ``/error s`` and changes nothing.
-Replies go to the sender and to the ``--feedback`` target. Status feedback lives in
+One receive thread (``osc``) reads datagrams, drops those from senders outside ``--allow``
+and hands the rest to :class:`osc.dispatcher.OSCDispatcher`, which turns them into engine
+controls and commands (a bundle whole or not at all; anything wrong answered with
+``/error s``). Replies go to the sender and to the ``--feedback`` target; the engine's own
+errors and recording notices are sent the same way. Status feedback lives in
 :mod:`osc.feedback`.
 
 Threading: the ``osc`` thread receives and handles every datagram in turn: it validates,
@@ -24,14 +23,9 @@ import threading
 from collections.abc import Callable
 
 from pythonosc.osc_message_builder import OscMessageBuilder
-from pythonosc.osc_packet import OscPacket
 
 from engine.errors import UserError
-from engine.live.controls import ControlError, ControlEvent, check_args
-from osc.addresses import TABLE, schema_json
-from osc.feedback import status_messages
-
-Target = tuple[str, int]
+from osc.dispatcher import OSCDispatcher, Target
 
 
 def build_message(address: str, args: list) -> bytes:
@@ -71,12 +65,17 @@ class OSCServer:
         self.address = self.sock.getsockname()
         self.sock.settimeout(0.2)
         self.received = 0
-        self.errors = 0
+        self.dispatcher = OSCDispatcher(engine, reply=self.reply_all, log=log)
         self._denied: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="osc", daemon=True)
         engine.error_listeners.append(lambda msg: self.reply_all("/error", [msg]))
         engine.recorder_listeners.append(self._recording_notice)
+
+    @property
+    def errors(self) -> int:
+        """Datagrams answered with ``/error`` so far."""
+        return self.dispatcher.errors
 
     def start(self) -> None:
         self._thread.start()
@@ -116,11 +115,11 @@ class OSCServer:
             try:
                 self.handle(data, sender)
             except Exception as e:  # last line of defence: never let the server die
-                self.errors += 1
-                self.log(f"osc: internal error on a datagram from {sender[0]}: {e!r}")
+                self.dispatcher.error(sender, f"internal error on this datagram: {e!r}")
 
     def handle(self, data: bytes, sender: Target) -> None:
-        """Parse and act on one datagram (also called directly by tests and the fuzzer)."""
+        """Drop ``data`` unless ``sender`` is allowed, else hand it to the dispatcher (also
+        called directly by tests and benchmarks)."""
         if self.allow is not None and sender[0] not in self.allow:
             if sender[0] not in self._denied:
                 self._denied.add(sender[0])
@@ -128,65 +127,8 @@ class OSCServer:
             return
         self.received += 1
         self.last_sender = sender
-        try:
-            messages = [m.message for m in OscPacket(data).messages]
-        except Exception as e:  # ParseError, and python-osc's own struct/unicode errors
-            self._error(sender, f"malformed OSC datagram ({type(e).__name__})")
-            return
-        events = []
-        for msg in messages:
-            spec = TABLE.get(msg.address)
-            if spec is None:
-                self._error(sender, f"unknown address {msg.address}; send /schema for the list")
-                return
-            try:
-                args = list(check_args(spec, msg.params))
-            except ControlError as e:
-                self._error(sender, str(e))
-                return
-            if spec.kind == "control":
-                events.append(ControlEvent(spec.address, tuple(args)))
-            else:
-                self._command(spec.address, args, sender)
-        if events:
-            try:
-                self.engine.submit(events)
-            except ControlError as e:
-                self._error(sender, str(e))
-
-    def _command(self, address: str, args: list, sender: Target) -> None:
-        eng = self.engine
-        if address == "/play":
-            eng.play()
-        elif address == "/pause":
-            eng.pause()
-        elif address == "/panic":
-            eng.panic()
-        elif address == "/status":
-            for addr, vals in status_messages(eng.status()):
-                self.reply_all(addr, vals, sender)
-        elif address == "/schema":
-            self.reply_all("/schema", [schema_json()], sender)
-        elif address in ("/record/start", "/record/stop"):
-            try:
-                if address == "/record/start":
-                    eng.recorder.start(args[0] if args else None)
-                else:
-                    eng.recorder.stop()
-            except UserError as e:
-                self._error(sender, f"{address}: {e}")
-        elif address == "/prompt/load":
-            slot, path = args
-            eng.load_prompt(
-                slot, path,
-                done=lambda s, p: self.reply_all("/prompt/loaded", [s, p], sender),
-                failed=lambda m: self._error(sender, f"/prompt/load: {m}"))
+        self.dispatcher.handle(data, sender)
 
     def _recording_notice(self, kind: str, text: str) -> None:
         if kind in ("started", "stopped"):
             self.reply_all(f"/record/{kind}", [text])
-
-    def _error(self, sender: Target, message: str) -> None:
-        self.errors += 1
-        self.log(f"osc: {message}")
-        self.reply_all("/error", [message], sender)

@@ -18,8 +18,8 @@ from fixtures import (  # noqa: E402
     TONE_CODEC,
     make_checkpoint_folder,
     make_encodecmae_hub_folder,
-    run_cli,
 )
+from live_helpers import run_cli  # noqa: E402
 from tone_dataset import make_tone_dataset  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -7,16 +7,14 @@ never copied into the repo. Tests that need them skip, saying so, in a clone wit
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from live_helpers import run_cli  # noqa: F401  (its old home; it lives with the other runners)
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "fixtures" / "reference"
@@ -77,12 +75,3 @@ def make_encodecmae_hub_folder(dest: Path) -> Path:
     shutil.copy(ref("encodecmae_tiny_imports.gin"), dest / "imports")
     return dest
 
-
-def run_cli(*args, ok: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python run_engine.py ARGS`` as a user runs it (offline hub, warnings silenced)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(REPO / "run_engine.py"), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
-    if ok:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc

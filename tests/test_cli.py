@@ -1,14 +1,15 @@
-"""The CLI contract, run as a user runs it: ``python run_engine.py ...`` in a subprocess."""
+"""The CLI contract, run as a user runs it (``python run_engine.py ...`` in a subprocess), and
+how a command line is routed to an offline command or to playing live."""
 
-import os
-import subprocess
-import sys
+import json
 
 import numpy as np
 import pytest
 import soundfile as sf
-from fixtures import REPO, golden, ref
-from fixtures import run_cli as run
+from fixtures import golden, ref
+from live_helpers import run_cli as run
+
+from engine.cli.main import command_of
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +21,7 @@ def prompts(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_encode_8_and_32_codebooks(tmp_path, ckpt_path):
     g = golden("encodec_A.npz")
     run("encode", ref("signal_A.wav"), "--checkpoint", ckpt_path, "--out", tmp_path / "c.npy")
@@ -30,6 +32,7 @@ def test_encode_8_and_32_codebooks(tmp_path, ckpt_path):
     assert np.array_equal(np.load(tmp_path / "c32.npy"), g["codes_32"][0])
 
 
+@pytest.mark.slow
 def test_embed_prompt_and_frames(tmp_path, mae_dir):
     g = golden("encodecmae_A.npz")
     run("embed", ref("signal_A.wav"), "--encodecmae", mae_dir, "--out", tmp_path / "p.npy")
@@ -61,6 +64,7 @@ def test_render_kv_from_audio_prompt_golden(tmp_path, ckpt_path, mae_dir):
                           golden("encodecgpt_A.npz")["greedy_kv_maeprompt_delayed"])
 
 
+@pytest.mark.slow
 def test_render_random_weights_says_so_and_seed_repeats(tmp_path, prompts):
     args = ["render", "--random-weights", "--preset", "tiny", "--prompt", prompts / "p0.npy",
             "--seconds", "0.2", "--temperature", "0.9", "--top-k", "40", "--top-p", "0.95",
@@ -81,6 +85,7 @@ def _one_line_error(proc, *needles):
         assert str(needle) in lines[0]
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_2_with_one_line(tmp_path, ckpt_path, mae_dir):
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
@@ -105,6 +110,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, ckpt_path, mae_dir):
                         "--tokens-out", out, ok=False), "lpepino/encodecgpt", "Hugging Face")
 
 
+@pytest.mark.slow
 def test_render_a_minute_of_fast_morph_between_audio_prompts(tmp_path, ckpt_path, mae_dir,
                                                               loaded):
     """The issue's command: 60 s of continuous morph, one WAV, no seams (the streamed audio
@@ -139,11 +145,36 @@ def test_render_rejects_bad_window_and_hop(tmp_path, ckpt_path, prompts, extra, 
 
 
 def test_live_engine_offline_without_options_says_what_it_needs(tmp_path):
-    env_home = tmp_path / "hf"
-    proc = subprocess.run([sys.executable, str(REPO / "run_engine.py"), "--device", "null",
-                           "--seconds", "1"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(env_home)})
+    proc = run("--device", "null", "--seconds", "1", ok=False, timeout=120,
+               env={"HF_HOME": str(tmp_path / "hf")})
     assert proc.returncode == 2, proc.stderr
     for text in ("nsynth-390ksteps-base.ckpt", "lpepino/encodecmae-base", "--checkpoint"):
         assert text in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv,command", [
+    (["--record", "train"], None),
+    (["--prompt-dir", "plot", "--seconds", "1"], None),
+    (["--random-weights", "--record", "render", "--sessions-dir", "export"], None),
+    (["--threads", "2", "render", "--frames", "4"], "render"),
+    (["--threads=2", "train", "cache"], "train"),
+    (["replay", "sessions/x"], "replay"),
+    ([], None),
+])
+def test_a_command_is_the_first_word_after_the_global_options(argv, command):
+    assert command_of(argv) == command
+
+
+def test_live_with_record_train_plays_and_records_a_session_named_train(tmp_path):
+    """``--record train``: a session name, not the train command."""
+    sessions = tmp_path / "sessions"
+    proc = run("--random-weights", "--device", "null", "--seconds", "1", "--no-status",
+               "--osc-port", "0", "--record", "train", "--sessions-dir", sessions, timeout=180)
+    assert "playing; OSC on" in proc.stderr and "stopped after" in proc.stderr
+    (folder,) = sessions.iterdir()
+    assert folder.name.endswith("-train")
+    info = json.loads((folder / "session.json").read_text())
+    tokens = np.load(folder / "tokens.npy")
+    assert tokens.shape[1] == 8 and tokens.shape[0] > 0
+    assert info["end_frame"] - info["first_frame"] == tokens.shape[0]

@@ -56,5 +56,11 @@ def test_quantized_steps_stay_close_to_fp32(model, quantize, tol):
                        list(range(17)))
     err = (out - ref).abs().max() / ref.abs().max()
     assert err < tol, f"{quantize}: relative error {err:.3f}"
-    agree = (out.argmax(-1) == ref.argmax(-1)).float().mean()
-    assert agree > 0.5
+    # The argmax may flip only where the fp32 top-2 margin is within the quantization noise
+    # (per-logit RMS error s; the difference of two logits' errors has std ~1.4 s). Where the
+    # margin exceeds 6 s (> 4 std) the quantized step must pick the same token, and that
+    # must be most positions (int8 ~70 %, bf16 ~93 % here), so the check is not vacuous.
+    rms = (out - ref).pow(2).mean().sqrt()
+    top2 = ref.topk(2, dim=-1).values
+    clear = top2[..., 0] - top2[..., 1] > 6 * rms
+    assert (out.argmax(-1) == ref.argmax(-1))[clear].all() and clear.float().mean() > 0.5

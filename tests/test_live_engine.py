@@ -1,26 +1,63 @@
-"""LiveEngine without a sound card: device fallback, transport, prompt folders, OSC allow-list."""
+"""LiveEngine without a sound card: device fallback, transport, /reset and /panic, prompt
+folders, OSC allow-list and bundles."""
 
+import threading
 import time
 
-import numpy as np
 import pytest
-from conftest import tiny_random_model
+import torch
+from live_helpers import null_engine, wait_until
 from pythonosc.osc_message_builder import OscMessageBuilder
 
+from engine import HOP_LENGTH, SAMPLE_RATE
 from engine.errors import UserError
-from engine.live.engine import LiveConfig
-from engine.model.codec import random_codec
-from engine.session.live_session import build_live_engine
+from engine.live.controls import ControlEvent
+from engine.live.engine import EngineListener
 from osc.server import OSCServer
 
 
 def _engine(tmp_path, **kw):
     logs = []
-    rng = np.random.RandomState(0)
-    slots = [rng.randn(128).astype(np.float32) for _ in range(2)]
-    config = LiveConfig(window=24, prompt_dirs=[tmp_path], sessions_dir=tmp_path / "s", **kw)
-    return build_live_engine(tiny_random_model(), random_codec(0), slots, config,
-                      log=logs.append), logs
+    return null_engine(tmp_path, log=logs.append, **kw), logs
+
+
+class Tap(EngineListener):
+    """Rows by frame, the applied controls, and the audio written after :meth:`mark`."""
+
+    def __init__(self):
+        self.rows: dict[int, torch.Tensor] = {}
+        self.controls = []
+        self.marked = threading.Event()
+        self.samples_after_mark = 0
+
+    def on_row(self, frame, row):
+        self.rows[frame] = row.clone()
+
+    def on_control(self, entry):
+        self.controls.append(entry)
+
+    def on_audio(self, block, start24, rate):
+        if self.marked.is_set():
+            self.samples_after_mark += len(block)
+
+    def frame_of(self, address: str) -> int:
+        return next(e.frame for e in self.controls if e.address == address)
+
+
+def _greedy_engine(tmp_path, **kw):
+    """A started engine sampling greedily from frame 0 (same prompt, same rows)."""
+    engine, _ = _engine(tmp_path, **kw)
+    tap = Tap()
+    engine.add_listener(tap)
+    engine.submit([ControlEvent("/temperature", (0.0,))])
+    engine.start()
+    return engine, tap
+
+
+def _fresh_sequence_after(tap: Tap, frame: int, n: int = 16) -> bool:
+    """Rows ``frame..frame+n-1`` are the first ``n`` rows of the session again: greedy with
+    the same prompt, so equal exactly when nothing before ``frame`` is in the window."""
+    return all(torch.equal(tap.rows[frame + i], tap.rows[i]) for i in range(n))
 
 
 def test_missing_device_falls_back_to_the_null_sink_and_says_so(tmp_path):
@@ -36,8 +73,8 @@ def test_missing_device_falls_back_to_the_null_sink_and_says_so(tmp_path):
         engine.stop()
 
 
-def test_pause_play_and_panic(tmp_path):
-    engine, _ = _engine(tmp_path, device="null")
+def test_pause_and_play(tmp_path):
+    engine, _ = _engine(tmp_path)
     engine.start()
     try:
         engine.pause()
@@ -47,19 +84,55 @@ def test_pause_play_and_panic(tmp_path):
         assert engine.generator.t == frame and engine.status()["playing"] == 0
         engine.play()
         time.sleep(0.4)
-        assert engine.generator.t > frame
+        assert engine.generator.t > frame and engine.status()["playing"] == 1
+    finally:
+        engine.stop()
+
+
+def test_osc_reset_starts_a_fresh_sequence_at_its_frame(tmp_path):
+    engine, tap = _greedy_engine(tmp_path)
+    server = OSCServer(engine, port=0, log=lambda m: None)
+    try:
+        assert wait_until(lambda: engine.generator.t > 40, timeout=30)
+        assert not _fresh_sequence_after(tap, 20)  # the window's history shapes the rows
+        server.handle(OscMessageBuilder(address="/reset").build().dgram, ("127.0.0.1", 9))
+        assert wait_until(lambda: any(e.address == "/reset" for e in tap.controls))
+        reset = tap.frame_of("/reset")
+        assert wait_until(lambda: reset + 16 in tap.rows, timeout=30)
+        assert _fresh_sequence_after(tap, reset)
+    finally:
+        server.close()
+        engine.stop()
+
+
+def test_panic_drops_buffered_audio_pauses_and_resets_the_window(tmp_path):
+    engine, tap = _greedy_engine(tmp_path, buffer_s=0.5)
+    sink = engine.output
+    try:
+        assert wait_until(lambda: sink.buffered_s > 0.35, timeout=30), "the buffer never filled"
+        buffered = int(sink.buffered_s * SAMPLE_RATE)
+        consumed = sink.consumed
+        tap.marked.set()
         engine.panic()
-        time.sleep(0.3)
         assert engine.status()["playing"] == 0
-        engine.play()  # the window reset takes effect before anything new is generated
+        time.sleep(1.0)  # what was buffered would have played by now
+        frame = engine.generator.t
         time.sleep(0.3)
-        assert any(e.address == "/reset" for e in engine.generator.control_log)
+        assert engine.generator.t == frame, "paused: nothing generated"
+        # Played since the panic: what the decoder still wrote (rows already generated) and
+        # at most the rest of one decode chunk and one period; not what was buffered.
+        played = sink.consumed - consumed
+        in_flight = engine.pipeline.decode_chunk * HOP_LENGTH + 2 * sink.block
+        assert played <= tap.samples_after_mark + in_flight < buffered + tap.samples_after_mark
+        engine.play()  # the window reset takes effect before anything new is generated
+        assert wait_until(lambda: frame + 16 in tap.rows, timeout=30)
+        assert tap.frame_of("/reset") == frame and _fresh_sequence_after(tap, frame)
     finally:
         engine.stop()
 
 
 def test_prompt_paths_must_stay_in_the_prompt_folders(tmp_path):
-    engine, _ = _engine(tmp_path, device="null")
+    engine, _ = _engine(tmp_path)
     try:
         (tmp_path / "ok.npy").write_bytes(b"")
         assert engine.check_prompt_path(str(tmp_path / "ok.npy")) == (tmp_path / "ok.npy")
@@ -71,15 +144,18 @@ def test_prompt_paths_must_stay_in_the_prompt_folders(tmp_path):
 
 
 def test_allow_list_drops_other_senders(tmp_path):
-    engine, _ = _engine(tmp_path, device="null")
+    engine, _ = _engine(tmp_path)
     server = OSCServer(engine, port=0, allow=["10.1.2.3"], log=lambda m: None)
     msg = OscMessageBuilder(address="/temperature")
     msg.add_arg(0.3, "f")
     try:
         server.handle(msg.build().dgram, ("127.0.0.1", 9))
-        assert server.received == 0 and engine.generator._pending.empty()
+        engine.generator.step()  # applies whatever was queued
+        assert server.received == 0 and engine.generator.controls.temperature == 1.0
         server.handle(msg.build().dgram, ("10.1.2.3", 9))
-        assert server.received == 1 and not engine.generator._pending.empty()
+        engine.generator.step()
+        assert server.received == 1
+        assert engine.generator.controls.target_temperature == pytest.approx(0.3)
     finally:
         server.close()
         engine.stop()
@@ -96,7 +172,7 @@ def test_an_osc_bundle_applies_at_one_frame_or_not_at_all(tmp_path):
             b.add_content(m.build())
         return b.build().dgram
 
-    engine, _ = _engine(tmp_path, device="null")
+    engine, _ = _engine(tmp_path)
     server = OSCServer(engine, port=0, log=lambda m: None)
     engine.start()
     try:

@@ -73,6 +73,7 @@ def _capture(server: str, seconds: float, out) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
+@pytest.mark.slow
 def test_engine_plays_to_jack_and_the_capture_matches(jack_server, tmp_path):
     jack, server = jack_server
     engine = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",

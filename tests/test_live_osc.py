@@ -1,11 +1,13 @@
 """The live engine driven by real OSC peers: liblo's oscsend/oscdump and Pure Data."""
 
 import json
+import socket
 import subprocess
 import time
 
 import pytest
 from live_helpers import EngineProcess, OscDump, free_udp_port, need, oscsend, wait_until
+from pythonosc.osc_message import OscMessage
 
 PD_DRIVER = """#N canvas 0 0 450 300 12;
 #X obj 10 10 loadbang;
@@ -64,6 +66,7 @@ def _status_has(dump, index, value):
     return any(abs(float(r[index]) - value) < 1e-6 for r in dump.lines("/engine/status"))
 
 
+@pytest.mark.slow
 def test_oscsend_changes_mix_and_temperature(engine):
     proc, port, dump, d = engine
     oscsend(port, "/morph", "f", 0.7)
@@ -77,6 +80,7 @@ def test_oscsend_changes_mix_and_temperature(engine):
     assert 0 < morph["frame"] <= temp["frame"] and morph["sample"] == morph["frame"] * 320
 
 
+@pytest.mark.slow
 def test_bad_messages_get_error_replies_and_change_nothing(engine):
     proc, port, dump, d = engine
     before = len(_controls(d))
@@ -95,15 +99,44 @@ def test_bad_messages_get_error_replies_and_change_nothing(engine):
     assert proc.proc.poll() is None
 
 
+def _udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5.0)
+    return sock
+
+
+@pytest.mark.slow
 def test_schema_and_status_queries(engine):
     proc, port, dump, d = engine
     oscsend(port, "/schema")
     assert wait_until(lambda: dump.raw("/schema"))
     schema = json.loads(dump.raw("/schema")[0])
     accepts = {a["address"] for a in schema["accepts"]}
-    assert {"/morph", "/morph/xy", "/mix", "/glide", "/prompt/load", "/panic"} <= accepts
+    assert {"/morph", "/morph/xy", "/mix", "/glide", "/prompt/load", "/status", "/panic"} <= accepts
+    oscsend(port, "/morph", "f", 0.35)
+    oscsend(port, "/topk", "i", 12)
+    oscsend(port, "/topp", "f", 0.8)
+    oscsend(port, "/temperature", "f", 0.9)
+    assert wait_until(lambda: _status_has(dump, STATUS_TEMPERATURE, 0.9))
+    with _udp_socket() as asker, _udp_socket() as other:
+        asker.sendto(b"/status\x00,\x00\x00\x00", ("127.0.0.1", port))
+        # From now on the periodic status goes to the last sender, ``other``: what reaches
+        # ``asker`` is the reply to its /status.
+        other.sendto(b"/schema\x00,\x00\x00\x00", ("127.0.0.1", port))
+        status = OscMessage(asker.recv(65536))
+        mix = OscMessage(asker.recv(65536))
+    assert status.address == "/engine/status" and status.dgram[16:28] == b",fffffiffiii"
+    (rtf, p50, p99, buffer_ms, morph, underruns, temperature, topp, topk, recording,
+     playing) = status.params
+    assert rtf > 0 and 0 < p50 <= p99 and 0 <= buffer_ms <= 250 and underruns >= 0
+    assert morph == pytest.approx(0.35) and temperature == pytest.approx(0.9)
+    assert topp == pytest.approx(0.8) and topk == 12
+    assert recording == 0 and playing == 1
+    assert mix.address == "/engine/mix" and mix.params == pytest.approx([0.65, 0.35, 0, 0])
 
 
+@pytest.mark.slow
 def test_prompt_load_from_allowed_folder(engine):
     import numpy as np
 
@@ -117,6 +150,7 @@ def test_prompt_load_from_allowed_folder(engine):
                              for r in dump.lines("/engine/mix")))
 
 
+@pytest.mark.slow
 def test_pure_data_patch_drives_the_engine(engine, tmp_path):
     pd = need("puredata")
     proc, port, dump, d = engine

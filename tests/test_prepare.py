@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 from fixtures import TONE_CODEC as CODEC
-from fixtures import needs_fixtures, run_cli
+from fixtures import needs_fixtures
+from live_helpers import run_cli
 from tone_dataset import tone
 
 from engine.errors import UserError
@@ -13,6 +14,7 @@ from engine.train.data.sources import crop_rule, crops_for, list_source
 
 pytestmark = needs_fixtures
 
+@pytest.mark.slow
 def test_prepare_makes_clips_and_lists_skipped_files(tone_cache):
     root, proc = tone_cache
     index = json.loads((root / "cache" / "index.json").read_text())
@@ -25,6 +27,7 @@ def test_prepare_makes_clips_and_lists_skipped_files(tone_cache):
     assert abs(index["hours"] - index["frames"] / 75 / 3600) < 1e-9
 
 
+@pytest.mark.slow
 def test_cached_clip_equals_an_independent_encode(tone_cache, mae_dir):
     """Codes and prompt of a clip equal encoding the file directly (codec + EnCodecMAE)."""
     from engine.model.codec import load_codec
@@ -43,6 +46,7 @@ def test_cached_clip_equals_an_independent_encode(tone_cache, mae_dir):
         np.testing.assert_allclose(prompts[i], mae.frames(path).mean(axis=0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_prepare_resumes_finished_shards(tone_cache, mae_dir):
     root, _ = tone_cache
     cache = root / "cache"
@@ -59,6 +63,7 @@ def test_prepare_resumes_finished_shards(tone_cache, mae_dir):
     assert other.returncode == 2 and "other settings (crop differ)" in other.stderr
 
 
+@pytest.mark.slow
 def test_empty_folder_is_a_clear_error(tmp_path, mae_dir):
     (tmp_path / "empty").mkdir()
     proc = run_cli("prepare", tmp_path / "empty", "--out", tmp_path / "cache", "--codec", CODEC,

@@ -3,25 +3,17 @@
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
-from live_helpers import REPO, EngineProcess, free_udp_port, wait_until
+from live_helpers import EngineProcess, free_udp_port, null_engine, run_cli, wait_until
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from engine.errors import UserError
-from engine.live.engine import LiveConfig
-from engine.model.random_model import random_model
-from engine.session.live_session import build_live_engine
 from engine.session.replay import plot, read_session, replay
 from osc.server import OSCServer
-
-IDENTITY = {"random_weights": True, "weights_seed": 0, "prompt_dim": 128,
-            "size": {"n_layer": 2, "n_head": 2, "n_embd": 128, "n_positions": 256,
-                     "vocab_size": 1}}
 
 
 def _osc(address, *args):
@@ -32,14 +24,8 @@ def _osc(address, *args):
 
 
 def _engine(tmp_path, sessions, **kw):
-    model, codec = random_model(IDENTITY)
-    rng = np.random.RandomState(0)
-    slots = [rng.randn(128).astype(np.float32) for _ in range(3)]
-    cfg = LiveConfig(window=32, hop=8, device="null", prompt_dirs=[tmp_path],
-                     sessions_dir=sessions, identity=IDENTITY,
-                     slot_sources=["a", "b", "c"], **kw)
     logs = []
-    eng = build_live_engine(model, codec, slots, cfg, log=logs.append)
+    eng = null_engine(tmp_path, slots=3, hop=8, sessions_dir=sessions, log=logs.append, **kw)
     return eng, logs
 
 
@@ -92,6 +78,7 @@ def test_session_folder_holds_everything(session):
     assert (session / "slots" / f"{slot_rec['values'][1]['sha256']}.npy").is_file()
 
 
+@pytest.mark.slow
 def test_replay_gives_identical_tokens_and_matching_audio(session, tmp_path):
     tokens, audio = replay(session)
     recorded = np.load(session / "tokens.npy").astype(np.int64)
@@ -101,10 +88,8 @@ def test_replay_gives_identical_tokens_and_matching_audio(session, tmp_path):
     assert n > 100 * 320
     assert np.abs(played[:n] - audio[:n]).max() < 1e-4
     # the same through the command line
-    proc = subprocess.run([sys.executable, str(REPO / "run_engine.py"), "replay", str(session),
-                           "--out", str(tmp_path / "re.wav")], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0 and "tokens identical to the recording" in proc.stderr
+    proc = run_cli("replay", session, "--out", tmp_path / "re.wav")
+    assert "tokens identical to the recording" in proc.stderr
 
 
 def test_edited_control_log_changes_the_render_from_the_edit_on(session, tmp_path):
@@ -138,6 +123,7 @@ def test_unsafe_session_names_are_refused(tmp_path):
         eng.stop()
 
 
+@pytest.mark.slow
 def test_kill_9_then_recover_keeps_all_but_the_last_second(tmp_path):
     sessions = tmp_path / "sessions"
     proc = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",
@@ -154,9 +140,7 @@ def test_kill_9_then_recover_keeps_all_but_the_last_second(tmp_path):
     finally:
         proc.stop()
     folder = next(sessions.iterdir())
-    run = subprocess.run([sys.executable, str(REPO / "run_engine.py"), "recover", str(folder)],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
+    run_cli("recover", folder, timeout=120)
     info = read_session(folder)
     tokens = np.load(folder / "tokens.npy")
     audio, rate = sf.read(folder / "audio.wav", dtype="float32")

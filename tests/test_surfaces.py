@@ -229,6 +229,7 @@ def test_pd_patch_loads_without_errors():
     assert "couldn't create" not in proc.stderr and "error" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_pd_patch_run_headless_drives_a_running_engine(tmp_path):
     pd = need("puredata")
     port, listen = free_udp_port(), free_udp_port()

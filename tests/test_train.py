@@ -6,7 +6,8 @@ Uses the session's tone cache (conftest ``tone_cache``) and the tiny preset.
 import numpy as np
 import pytest
 import torch
-from fixtures import golden, needs_fixtures, run_cli
+from fixtures import golden, needs_fixtures
+from live_helpers import run_cli
 
 from engine.train.data.dataset import IGNORE, StepBatches, collate
 from engine.train.report import loss_curves
@@ -32,6 +33,7 @@ def _mean(curve: dict[int, float], steps) -> float:
     return float(np.mean([curve[s] for s in steps]))
 
 
+@pytest.mark.slow
 def test_training_loss_falls_and_validation_improves(trained_run):
     _, run, proc = trained_run
     curves = loss_curves(run)
@@ -48,6 +50,7 @@ def test_training_loss_falls_and_validation_improves(trained_run):
     assert "done at step 200" in proc.stdout
 
 
+@pytest.mark.slow
 def test_resume_from_a_mid_run_checkpoint_continues_the_same_curve(trained_run, tmp_path):
     cache, run, _ = trained_run
     proc = run_cli("train", cache, "--out", tmp_path / "resumed", "--resume",
@@ -59,6 +62,7 @@ def test_resume_from_a_mid_run_checkpoint_continues_the_same_curve(trained_run, 
     assert "done at step 120" in proc.stdout
 
 
+@pytest.mark.slow
 def test_final_checkpoint_loads_renders_and_exports(trained_run, tmp_path):
     from engine.model.checkpoint import from_pretrained, load_checkpoint
 
@@ -81,6 +85,7 @@ def test_final_checkpoint_loads_renders_and_exports(trained_run, tmp_path):
                                    loaded.model.training_logits(prompt, tokens))
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(tone_cache, tmp_path):
     root, _ = tone_cache
     proc = run_cli("train", root / "cache", "--out", tmp_path / "ddp", *RECIPE,
@@ -133,6 +138,7 @@ def test_collate_pads_and_ignores_the_padding():
     assert batch["tokens"][0, 3, 3] == short[3, 0] + 1  # codebook 3 delayed by 3
 
 
+@pytest.mark.slow
 def test_train_errors_are_one_line(tone_cache, tmp_path):
     proc = run_cli("train", tmp_path, "--out", tmp_path / "run", "--preset", "tiny", ok=False)
     assert proc.returncode == 2 and "not a token cache" in proc.stderr

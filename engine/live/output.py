@@ -119,9 +119,9 @@ class LiveOutput:
             self.device.fade_out(wait=wait)
 
     def clear(self) -> None:
-        """Drop the buffered audio (after a fade-out)."""
-        if self.device is not None:
-            self.device.clear()
+        """Drop the buffered audio (after a fade-out); the null sink drops its own too, so
+        ``/panic`` does on the null device what it does on a sound card."""
+        self.sink.clear()
 
     def close(self) -> None:
         """Stop the watchdog and close the sink (a device fades out first; idempotent)."""

@@ -87,6 +87,7 @@ class NullSink:
         self._out = np.zeros((block, 1), dtype=np.float32)
         self._stop = threading.Event()
         self._started = threading.Event()
+        self._drop = threading.Event()  # set by clear(), done by the consumer thread
         self._thread = threading.Thread(target=self._consume, name="null-sink", daemon=True)
         self._thread.start()
 
@@ -105,6 +106,11 @@ class NullSink:
     def buffered_s(self) -> float:
         return self.ring.available / self.rate
 
+    def clear(self) -> None:
+        """Drop buffered audio, as a device's ``clear`` does (``/panic``). Done by the
+        consumer thread at its next period: the ring's read side is that thread's."""
+        self._drop.set()
+
     def _consume(self) -> None:
         self._started.wait()
         period = self.block / self.rate
@@ -115,6 +121,9 @@ class NullSink:
                 delay = deadline - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
+            if self._drop.is_set():
+                self._drop.clear()
+                self.ring.clear()
             got = self.ring.read_into(self._out)
             self.consumed += got
             if got < self.block and self.paced:

@@ -1,0 +1,207 @@
+"""OSC datagrams → engine controls and commands, with no socket (python-osc's dispatcher idea).
+
+Every address the engine accepts (:data:`osc.addresses.TABLE`) maps to one handler:
+controls (``kind == "control"``) become :class:`~engine.live.controls.ControlEvent` s that the
+generator applies at a frame boundary; commands run an engine method. :func:`check_handlers`
+fails, when a dispatcher is built, if a table entry has no handler or a handler no entry.
+
+A datagram is handled in three steps, so that a bundle takes effect whole or not at all:
+
+1. parse it (python-osc's ``OscPacket``; nested bundles are flattened);
+2. check every message against the table: address, argument types and count, finiteness,
+   range (:func:`~engine.live.controls.check_args`);
+3. submit the control events together (the engine checks them against its state, e.g. a mix
+   that would use an empty slot), then run the commands in order.
+
+The first thing wrong is answered with one ``/error s`` and stops the datagram: nothing of it
+has reached the engine when steps 1–3 refuse it. (A command that fails while it runs, such as
+``/record/start`` when already recording, comes after the controls of its bundle were queued.)
+
+Threading: :meth:`OSCDispatcher.handle` runs on the caller's thread (the OSC server's receive
+thread) and calls only the engine's thread-safe entry points (``submit``, ``play``, ``pause``,
+``panic``, ``load_prompt``, ``status``, ``recorder.start/stop``). ``/prompt/load`` replies
+later, from the engine's prompt-loader thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from pythonosc.osc_packet import OscPacket
+
+from engine.errors import UserError
+from engine.live.controls import SPECS, ControlError, ControlEvent, check_args
+from osc.addresses import TABLE, Address, schema_json
+from osc.feedback import status_messages
+
+Target = tuple[str, int]
+Reply = Callable[[str, list, Target], None]
+"""``reply(address, args, sender)``: send one message back (to the sender and --feedback)."""
+CommandHandler = Callable[[tuple, Target], bool]
+"""``handler(args, sender)`` runs a command; False if it failed (and was answered)."""
+
+
+class HandlerTableError(RuntimeError):
+    """The address table and the dispatcher's handlers disagree (a programming error)."""
+
+
+def check_handlers(table: Mapping[str, Address], commands: Mapping[str, object]) -> None:
+    """Every table entry has a handler and every handler a table entry.
+
+    Args:
+        table: address → :class:`~osc.addresses.Address` (the accepted addresses).
+        commands: address → handler of every command the dispatcher runs. A control's
+            handler is the generator's: its address must be one :mod:`engine.live.controls`
+            applies.
+
+    Raises:
+        HandlerTableError: naming the addresses without a handler or without an entry.
+    """
+    wanted = {a for a, spec in table.items() if spec.kind == "command"}
+    missing = sorted(wanted - set(commands))
+    missing += sorted(a for a, spec in table.items() if spec.kind == "control" and a not in SPECS)
+    extra = sorted(set(commands) - wanted)
+    if missing or extra:
+        raise HandlerTableError(f"OSC table without a handler: {missing or 'none'}; "
+                                f"handlers without a table entry: {extra or 'none'}")
+
+
+def parse_datagram(data: bytes) -> list[tuple[str, tuple]]:
+    """The messages of one datagram, in order, as ``(address, params)``.
+
+    Raises:
+        ControlError: the datagram is not valid OSC.
+    """
+    try:
+        return [(m.message.address, tuple(m.message.params)) for m in OscPacket(data).messages]
+    except Exception as e:  # ParseError, and python-osc's own struct/unicode/index errors
+        raise ControlError(f"malformed OSC datagram ({type(e).__name__})") from None
+
+
+def button_args(spec: Address, params: tuple) -> tuple | None:
+    """Arguments for ``spec`` once a button's state is taken off; None: ignore the message.
+
+    A button on a control surface (TouchOSC, a Max ``toggle``) sends one number: non-zero
+    when pressed, 0 when released. An address that takes no arguments acts on the press and
+    ignores the release; anything else is passed on unchanged (and checked as usual).
+    """
+    if spec.types or len(params) != 1:
+        return params
+    value = params[0]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return params
+    return () if value != 0 else None
+
+
+class OSCDispatcher:
+    """Turn datagrams into engine calls and replies.
+
+    Args:
+        engine: a :class:`~engine.live.engine.LiveEngine` (or anything with its command
+            methods: ``submit``, ``play``, ``pause``, ``panic``, ``status``, ``load_prompt``,
+            ``recorder``).
+        reply: sends one reply (see :data:`Reply`).
+        log: console messages (one line each).
+    """
+
+    def __init__(self, engine, reply: Reply, log: Callable[[str], None] = print):
+        self.engine, self.reply, self.log = engine, reply, log
+        self.errors = 0
+        self.commands: dict[str, CommandHandler] = {
+            "/play": self._play, "/pause": self._pause, "/panic": self._panic,
+            "/status": self._status, "/schema": self._schema,
+            "/record/start": self._record_start, "/record/stop": self._record_stop,
+            "/prompt/load": self._prompt_load,
+        }
+        check_handlers(TABLE, self.commands)
+
+    def handle(self, data: bytes, sender: Target) -> bool:
+        """Act on one datagram from ``sender``; False if it was refused (``/error`` sent)."""
+        try:
+            checked = self._check(parse_datagram(data))
+        except ControlError as e:
+            return self.error(sender, str(e))
+        events = [ControlEvent(spec.address, args) for spec, args in checked
+                  if spec.kind == "control"]
+        if events:
+            try:
+                self.engine.submit(events)
+            except ControlError as e:
+                return self.error(sender, str(e))
+        for spec, args in checked:
+            if spec.kind == "command" and not self.commands[spec.address](args, sender):
+                return False
+        return True
+
+    def error(self, sender: Target, message: str) -> bool:
+        """Count, log and answer an error with ``/error s``; returns False (refused)."""
+        self.errors += 1
+        self.log(f"osc: {message}")
+        self.reply("/error", [message], sender)
+        return False
+
+    @staticmethod
+    def _check(messages: list[tuple[str, tuple]]) -> list[tuple[Address, tuple]]:
+        """Each message's table entry and checked arguments (button releases left out).
+
+        Raises:
+            ControlError: the first unknown address or bad argument list.
+        """
+        checked = []
+        for address, params in messages:
+            spec = TABLE.get(address)
+            if spec is None:
+                raise ControlError(f"unknown address {address}; send /schema for the list")
+            args = button_args(spec, params)
+            if args is not None:
+                checked.append((spec, check_args(spec, args)))
+        return checked
+
+    # -- commands (each returns False if it failed and was answered) -------------------------
+    def _play(self, args: tuple, sender: Target) -> bool:
+        self.engine.play()
+        return True
+
+    def _pause(self, args: tuple, sender: Target) -> bool:
+        self.engine.pause()
+        return True
+
+    def _panic(self, args: tuple, sender: Target) -> bool:
+        self.engine.panic()
+        return True
+
+    def _status(self, args: tuple, sender: Target) -> bool:
+        for address, values in status_messages(self.engine.status()):
+            self.reply(address, values, sender)
+        return True
+
+    def _schema(self, args: tuple, sender: Target) -> bool:
+        self.reply("/schema", [schema_json()], sender)
+        return True
+
+    def _record_start(self, args: tuple, sender: Target) -> bool:
+        try:
+            self.engine.recorder.start(args[0] if args else None)
+        except UserError as e:
+            return self.error(sender, f"/record/start: {e}")
+        return True
+
+    def _record_stop(self, args: tuple, sender: Target) -> bool:
+        try:
+            self.engine.recorder.stop()
+        except UserError as e:
+            return self.error(sender, f"/record/stop: {e}")
+        return True
+
+    def _prompt_load(self, args: tuple, sender: Target) -> bool:
+        slot, path = args
+        refused: list[str] = []
+
+        def failed(message: str) -> None:  # now (bad path or slot) or from the loader thread
+            refused.append(message)
+            self.error(sender, f"/prompt/load: {message}")
+
+        self.engine.load_prompt(slot, path,
+                                done=lambda s, p: self.reply("/prompt/loaded", [s, p], sender),
+                                failed=failed)
+        return not refused

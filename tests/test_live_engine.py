@@ -107,7 +107,7 @@ def test_osc_reset_starts_a_fresh_sequence_at_its_frame(tmp_path):
 
 def test_panic_drops_buffered_audio_pauses_and_resets_the_window(tmp_path):
     engine, tap = _greedy_engine(tmp_path, buffer_s=0.5)
-    sink = engine.output
+    sink = engine.output.sink  # the null sink itself
     try:
         assert wait_until(lambda: sink.buffered_s > 0.35, timeout=30), "the buffer never filled"
         buffered = int(sink.buffered_s * SAMPLE_RATE)

@@ -48,7 +48,8 @@ def new_session(tmp_path_factory) -> Path:
     try:
         path = eng.recorder.start("now")
         assert wait_until(lambda: eng.recorder.active, timeout=20)
-        assert wait_until(lambda: eng.generator.t > eng.recorder.first_frame + 40, timeout=30)
+        started = eng.generator.t
+        assert wait_until(lambda: eng.generator.t > started + 40, timeout=30)
         eng.recorder.stop()
         assert wait_until(lambda: not eng.recorder.recording, timeout=20)
     finally:

@@ -11,16 +11,17 @@ demo. Two modes:
     — the same tokens as :func:`engine.model.reference.generate_window` and so as the original.
 
 ``fast``
-    KV cache (:class:`engine.live.kv_step.LeanGPT`). The cache holds ``[prompt, rows b..t-2]`` and a
-    step feeds row ``t-1``. When the context would exceed ``W``, the window start ``b`` jumps
-    by the hop ``H`` (default ``W // 4``) and the cache is replaced by a **shadow** cache that
-    already holds ``[prompt, rows b+H..]`` with the triangle re-created at ``b+H``. The shadow
-    is filled by a background worker in jobs submitted at fixed steps (every
-    :data:`PREFILL_EVERY` steps and at the step before the switch), so the re-prefill costs
-    no single step its whole time and the result does not depend on thread timing. With
-    ``H = 1`` every step switches to a freshly prefilled window: the same computation as
-    ``exact`` (done directly: the window is prefilled with the step's own prompt, so H = 1
-    equals ``exact`` while the prompt moves too).
+    KV cache (:class:`engine.live.kv_step.LeanGPT`, or :class:`engine.live.ort_step.OrtKVStep`
+    for ``int4``). The cache holds ``[prompt, rows b..t-2]`` and a step feeds row ``t-1``. When
+    the context would exceed ``W``, the window start ``b`` jumps by the hop ``H`` (default
+    ``W // 4``) and the cache is replaced by a **shadow** cache that already holds
+    ``[prompt, rows b+H..]`` with the triangle re-created at ``b+H``. The shadow is filled by a
+    background worker in jobs submitted at fixed steps (every :data:`PREFILL_EVERY` steps and
+    at the step before the switch), so the re-prefill costs no single step its whole time and
+    the result does not depend on thread timing. With ``H = 1`` every step switches to a
+    freshly prefilled window: the same computation as ``exact`` (done directly: the window is
+    prefilled with the step's own prompt, so H = 1 equals ``exact`` while the prompt moves
+    too).
 
     Approximate, and only in ``fast`` mode: a prompt change recomputes the prompt position's
     keys/values before the next step (exact for that position), but rows already in the
@@ -47,7 +48,8 @@ import numpy as np
 import torch
 
 from engine.live.controls import AppliedControl, ControlError, ControlEvent, ControlState
-from engine.live.kv_step import KVCache, LeanGPT, RowGroup
+from engine.live.kv_step import KVCache, KVStepInputs, RowGroup
+from engine.live.weight_formats import build_kv_step
 from engine.model.config import SamplingConfig
 from engine.model.encodecgpt import EnCodecGPT
 from engine.model.patterns import start_triangle_mask
@@ -93,10 +95,12 @@ class RollingGenerator:
         window: W frames, 1..299 (default 200).
         mode: ``"exact"`` or ``"fast"``.
         hop: H for ``fast`` (default ``W // 4``).
-        quantize: ``fast`` weights: ``"none"`` (fp32), ``"int8"`` or ``"bf16"``.
+        quantize: ``fast`` weights: ``"none"`` (fp32), ``"int8"``, ``"bf16"``, ``"int4"`` or
+            ``"auto"`` (see :mod:`engine.live.weight_formats`).
         sampling: greedy flag; the temperature/top-k/top-p come from ``controls``.
         seed: RNG seed of the sampler.
-        lean: an existing :class:`LeanGPT` to share (fast mode); built if omitted.
+        lean: an existing KV step (:class:`~engine.live.kv_step.LeanGPT` or
+            :class:`~engine.live.ort_step.OrtKVStep`) to share (fast mode); built if omitted.
         background: run re-prefill jobs in a worker thread (False: inline, for debugging).
         worker_threads: torch threads of that worker.
     """
@@ -104,7 +108,8 @@ class RollingGenerator:
     def __init__(self, model: EnCodecGPT, controls: ControlState, *, window: int = DEFAULT_WINDOW,
                  mode: str = "fast", hop: int | None = None, quantize: str = "none",
                  sampling: SamplingConfig | None = None, seed: int = 0,
-                 lean: LeanGPT | None = None, background: bool = True, worker_threads: int = 1):
+                 lean: KVStepInputs | None = None, background: bool = True,
+                 worker_threads: int = 1):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.model, self.mode = model, mode
@@ -117,7 +122,7 @@ class RollingGenerator:
         self.seed = seed
         self.lean = None
         if mode == "fast":
-            self.lean = lean or LeanGPT(model, quantize)
+            self.lean = lean or build_kv_step(model, quantize)
         self.triangle = start_triangle_mask(self.num_q, self.num_q)  # [Q, Q] first rows
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
         self._scheduled: dict[int, list[list[ControlEvent]]] = {}

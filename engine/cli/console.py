@@ -12,7 +12,7 @@ def status_line(s: dict) -> str:
             f"step {s['step_ms_p50']:5.1f}/{s['step_ms_p99']:5.1f} ms  buffer "
             f"{s['buffer_ms']:4.0f} ms  underruns {s['underruns']}  mix [{mix}]  "
             f"T {s['temperature']:.2f} k {s['topk']} p {s['topp']:.2f}"
-            f"{'  REC' if s['recording'] else ''}  ({s['device']})")
+            f"{'  REC' if s['recording'] else ''}  ({s['weights']}, {s['device']})")
 
 
 class StatusConsole:

@@ -242,6 +242,12 @@ class RollingGenerator:
                 rows[j].masked_fill_(self.triangle[i - win_start], 0)
         return rows
 
+    @property
+    def weight_format(self) -> str:
+        """The weights the step runs: the fast step's format (``auto`` resolved), or
+        ``"none"`` (fp32) for ``exact`` mode's reference model."""
+        return self.lean.quantize if self.lean is not None else "none"
+
     # -- exact ---------------------------------------------------------------------------
     def _exact_logits(self, prompt: np.ndarray) -> torch.Tensor:
         n = self.t - self.seq_start  # rows so far in this sequence

@@ -248,10 +248,12 @@ class LeanGPT(KVStepInputs):
         for g, (a, b) in zip(groups, spans, strict=True):
             r, end = b - a, g.start + b - a
             keys, values = g.cache.k[li, :, :end], g.cache.v[li, :, :end]
-            mask = None
+            # Two bmm and a softmax: for a few query rows over <= 300 cached positions this
+            # is ~1 ms per gpt2 step cheaper than SDPA's CPU kernel (DEVELOPERS.md).
+            scores = torch.bmm(q[:, a:b], keys.transpose(1, 2)).mul_(1.0 / math.sqrt(dh))
             if r > 1:  # row i sees positions <= start + i
-                mask = torch.arange(end)[None, :] <= torch.arange(g.start, end)[:, None]
-            o = F.scaled_dot_product_attention(q[:, a:b], keys, values, attn_mask=mask,
-                                               scale=1.0 / math.sqrt(dh))
+                future = torch.arange(end)[None, :] > torch.arange(g.start, end)[:, None]
+                scores.masked_fill_(future, float("-inf"))
+            o = torch.bmm(scores.softmax(-1), values)  # [H, r, dh]
             outs.append(o.transpose(0, 1).reshape(r, nh * dh))
         return layer.proj(torch.cat(outs) if len(outs) > 1 else outs[0])

@@ -54,7 +54,7 @@ def weight_format(quantize: str, mode: str) -> str:
     try:
         fmt = resolve(quantize)
     except ValueError as e:
-        raise UserError(f"--quantize {quantize}: {e}") from None
+        raise UserError(f"--quantize: {e}") from None
     if fmt == "bf16":
         check_bf16()
     used = describe(fmt) if mode == "fast" else "fp32 reference (exact mode)"

@@ -22,7 +22,7 @@ Measured: int4 KL 7.6e-6, top-1 0.986; int8 2.3e-5 / 0.974; bf16 1.5e-6 / 0.987.
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 
 from engine.live.kv_step import QUANTIZE_CHOICES, KVStepInputs, LeanGPT
 from engine.model.encodecgpt import EnCodecGPT
@@ -41,12 +41,14 @@ _DESCRIPTION = {
 }
 
 
+@functools.cache
 def onnxruntime_version() -> str | None:
     """The installed onnxruntime's version, or None (the ``cpu`` extra is not installed)."""
-    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+    try:
+        import onnx  # noqa: F401  (builds the graphs)
+        import onnxruntime
+    except ImportError:
         return None
-    import onnxruntime
-
     return onnxruntime.__version__
 
 
@@ -57,8 +59,8 @@ def resolve(quantize: str) -> str:
     if quantize not in WEIGHT_FORMATS:
         raise ValueError(f"quantize must be one of {CHOICES}, got {quantize!r}")
     if quantize == "int4" and not onnxruntime_version():
-        raise ValueError("quantize int4 needs onnxruntime and onnx: pip install "
-                         "'encodecgpt-live[cpu]' (or use int8)")
+        raise ValueError("int4 weights need onnxruntime and onnx (pip install "
+                         "'encodecgpt-live[cpu]'); without them use int8")
     return quantize
 
 

@@ -89,9 +89,12 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
     eng = info["engine"]
     model, codec = load_session_model(info, checkpoint, trust)
     state = torch.load(folder / "state.pt", weights_only=False)
-    gen = RollingGenerator(model, ControlState(num_slots=eng["num_slots"]),
-                           window=eng["window"], mode=eng["mode"], hop=eng["hop"],
-                           quantize=eng["quantize"], seed=eng["seed"])
+    try:  # e.g. int4 weights recorded, onnxruntime not installed here
+        gen = RollingGenerator(model, ControlState(num_slots=eng["num_slots"]),
+                               window=eng["window"], mode=eng["mode"], hop=eng["hop"],
+                               quantize=eng["quantize"], seed=eng["seed"])
+    except ValueError as e:
+        raise UserError(f"{folder}: cannot replay this session here: {e}") from None
     gen.greedy = bool(eng.get("greedy", False))
     gen.set_state(state)
     first = info["first_frame"]

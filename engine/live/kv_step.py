@@ -13,7 +13,9 @@ without its per-call bookkeeping, shaped for the rolling generator:
   static-cache / CUDA-graph path needs later;
 * weights can be fp32 (reference), bf16, or int8 (dynamic per-row activation quantization,
   per-output-channel weights through fbgemm; GPT2's ``Conv1D`` ``[in, out]`` weights are
-  transposed into Linear form first).
+  transposed into Linear form first). 4-bit weights run through onnxruntime instead
+  (:mod:`engine.live.ort_step`, same contract: :class:`KVStepInputs` + ``forward``);
+  :func:`engine.live.weight_formats.build_kv_step` picks the step for a format.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ Weight formats (``quantize``):
 ``ort-fp32``
     fp32 ``MatMul`` everywhere: the same graph without quantization, to test the graph.
 
-A forward runs one graph per *run*: a single row group → ``rows``; the generator's
-``[prompt at 0, rows at p..]`` on one cache → ``prompt_rows``; anything else → one ``rows``
-run per group, groups of a cache in increasing ``start`` (the same result as writing every
+Which graph a forward runs: one row group → ``rows`` once; the generator's step while the
+prompt moves, ``[prompt at 0, rows at p..]`` on one cache → ``prompt_rows`` once; anything
+else → ``rows`` once per group, in increasing ``start`` (the same result as writing every
 group's keys/values first, since a row only sees positions up to its own).
 
 Threads: ``forward`` may run on two threads at once (the step and the re-prefill worker) as

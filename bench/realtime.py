@@ -1,6 +1,6 @@
 """Real-time core benchmark: rolling generator (fast mode) + streaming decoder on this CPU.
 
-    python bench/realtime.py --preset tiny|gpt2 [--quantize int8] [--seconds S]
+    python bench/realtime.py --preset tiny|gpt2 [--quantize auto|int4|int8|...] [--seconds S]
                              [--window 200] [--hop H] [--threads 1] [--decode-chunk 4]
 
 Random weights (the preset's size), a random codec, a prompt morph that keeps moving
@@ -43,6 +43,7 @@ from engine.live.decoder import StreamingDecoder  # noqa: E402
 from engine.live.generator import RollingGenerator  # noqa: E402
 from engine.live.pipeline import Pipeline  # noqa: E402
 from engine.live.sinks import NullSink  # noqa: E402
+from engine.live.weight_formats import CHOICES, resolve  # noqa: E402
 from engine.model.codec import random_codec  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
@@ -145,7 +146,8 @@ def blog_loop_ms(model, frames: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--quantize", choices=("none", "int8", "bf16"), default="none")
+    parser.add_argument("--quantize", choices=CHOICES, default="none",
+                        help="auto: the live engine's default (int4 with onnxruntime, else int8)")
     parser.add_argument("--seconds", type=float, default=600.0,
                         help="length of the paced null-sink run (underruns)")
     parser.add_argument("--rtf-frames", type=int, default=1500)
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--reference-frames", type=int, default=300,
                         help="frames for the blog loop (window loop: 20 steps)")
     args = parser.parse_args()
+    args.quantize = resolve(args.quantize)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = EnCodecGPT(gpt2_config(PRESETS[args.preset])).eval()

@@ -17,7 +17,7 @@ def status_line(s: dict) -> str:
             f"{s['buffer_ms']:4.0f} ms  underruns {s['underruns']}  "
             f"xruns {s['device_underflows']}  mix [{mix}]  "
             f"T {s['temperature']:.2f} k {s['topk']} p {s['topp']:.2f}"
-            f"{'  REC' if s['recording'] else ''}  ({s['device']})")
+            f"{'  REC' if s['recording'] else ''}  ({s['weights']}, {s['device']})")
 
 
 class StatusConsole:

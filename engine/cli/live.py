@@ -15,10 +15,11 @@ import torch
 
 from engine.cli.console import StatusConsole
 from engine.cli.default_prompts import write_default_prompts
-from engine.cli.models import check_bf16
+from engine.cli.models import weight_format
 from engine.errors import UserError
 from engine.live.engine import LiveConfig
 from engine.live.sound_device import list_devices
+from engine.live.weight_formats import CHOICES as QUANTIZE_CHOICES
 from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from engine.model.config import PRESETS
 from engine.model.encodecmae import default_cache_dir, load_encodecmae
@@ -57,7 +58,9 @@ def build_live_parser() -> argparse.ArgumentParser:
     g.add_argument("--window", type=int, default=200, help="token window in frames (< 300)")
     g.add_argument("--mode", choices=("fast", "exact"), default="fast")
     g.add_argument("--hop", type=int, default=None, help="fast-mode hop (default window/4)")
-    g.add_argument("--quantize", choices=("none", "int8", "bf16"), default="none")
+    g.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="auto",
+                   help="fast-mode weights; auto: int4 where onnxruntime is installed (the "
+                        "cpu extra), else int8")
     g.add_argument("--seed", type=int, default=0, help="sampler seed")
     a = p.add_argument_group("audio")
     a.add_argument("--device", metavar="NAME|INDEX|null", default=None,
@@ -105,8 +108,7 @@ def cmd_live(argv: list[str]) -> int:
         print(f"WARNING: OSC listens on {args.osc_host}: anyone on that network can control "
               "the engine and make it read prompt files in the prompt folders. Use --allow "
               "to restrict senders.", file=sys.stderr)
-    if args.quantize == "bf16":
-        check_bf16()
+    args.quantize = weight_format(args.quantize, args.mode)
     model, codec, encoder_factory = _load(args)
     slots = _initial_prompts(args, model, encoder_factory)
     engine = _build_engine(args, model, codec, slots, encoder_factory)

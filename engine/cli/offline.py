@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from engine import FRAME_RATE, SAMPLE_RATE
-from engine.cli.models import add_model_source, check_bf16, load_model, save_npy
+from engine.cli.models import add_model_source, load_model, save_npy, weight_format
 from engine.errors import UserError
 from engine.live.control_input import initial_controls
 from engine.live.controls import ControlEvent
@@ -18,6 +18,7 @@ from engine.live.decoder import StreamingDecoder
 from engine.live.generator import DEFAULT_WINDOW, RollingGenerator
 from engine.live.pipeline import Pipeline
 from engine.live.sinks import FileSink, MemorySink
+from engine.live.weight_formats import CHOICES as QUANTIZE_CHOICES
 from engine.model.audio_io import write_audio
 from engine.model.checkpoint import load_checkpoint
 from engine.model.codec import codebooks_for_bandwidth, load_codec
@@ -69,8 +70,9 @@ def add_parsers(sub) -> None:
                      help="rolling-window mode (default window 200): exact, or fast (KV cache, "
                           "re-prefill every --hop frames)")
     ren.add_argument("--hop", type=int, metavar="H", help="fast mode hop (default W/4)")
-    ren.add_argument("--quantize", choices=("none", "int8", "bf16"), default="none",
-                     help="fast mode weights (fp32 = none is the reference)")
+    ren.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
+                     help="fast mode weights (none = fp32, the reference; int4 needs the cpu "
+                          "extra; auto: int4 if installed, else int8)")
     ren.add_argument("--tokens-out", required=True, metavar="TOK.npy",
                      help="[N, Q] int64 delayed tokens (+1, 0 = empty)")
     ren.add_argument("--out", metavar="OUT.wav", help="decoded audio, 24 kHz")
@@ -140,16 +142,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray,
                     p1: np.ndarray | None, steps: int) -> int:
     """``render`` through the live engine's rolling generator, decoder and a file sink."""
-    if args.quantize == "bf16":
-        check_bf16()
+    fmt = weight_format(args.quantize, args.mode or "exact")
     controls = initial_controls([p0] if p1 is None else [p0, p1],
                                 temperature=max(sampling.temperature, 0.0),
                                 top_k=sampling.top_k, top_p=sampling.top_p)
     try:
         generator = RollingGenerator(
             model, controls, window=args.window or DEFAULT_WINDOW, mode=args.mode or "exact",
-            hop=args.hop, quantize=args.quantize, greedy=sampling.greedy,
-            seed=sampling.seed)
+            hop=args.hop, quantize=fmt, greedy=sampling.greedy, seed=sampling.seed)
     except ValueError as e:
         raise UserError(str(e)) from None
     if p1 is not None:  # step i uses (1 - i/(N-1)) P0 + i/(N-1) P1, as generator (1)/(2)
@@ -170,7 +170,8 @@ def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray
     save_npy(args.tokens_out, torch.stack(rows).numpy().astype(np.int64))
     seconds = steps / FRAME_RATE
     print(f"rendered {steps} frames ({seconds:.2f} s, {generator.mode} window "
-          f"{generator.window}{f' hop {generator.hop}' if generator.mode == 'fast' else ''}) "
+          f"{generator.window}"
+          f"{f' hop {generator.hop}, {fmt} weights' if generator.mode == 'fast' else ''}) "
           f"in {elapsed:.2f} s (x{seconds / max(elapsed, 1e-9):.2f} real time), "
           f"seed {sampling.seed}", file=sys.stderr)
     return 0

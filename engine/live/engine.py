@@ -257,4 +257,5 @@ class LiveEngine:
             "temperature": float(c.temperature), "topk": int(c.top_k), "topp": float(c.top_p),
             "recording": int(recording), "playing": int(self.playing),
             "frame": self.generator.t, "device": "device" if self.is_device else "null",
+            "weights": self.generator.weight_format,
         }

@@ -11,15 +11,16 @@ demo. Two modes:
     — the same tokens as :func:`engine.model.reference.generate_window` and so as the original.
 
 ``fast``
-    KV cache (:class:`engine.live.kv_step.LeanGPT`). The cache holds ``[prompt, rows b..t-2]`` and a
-    step feeds row ``t-1``. When the context would exceed ``W``, the window start ``b`` jumps
-    by the hop ``H`` (default ``W // 4``) and the cache is replaced by a **shadow** cache that
-    already holds ``[prompt, rows b+H..]`` with the triangle re-created at ``b+H``; the
-    shadow is filled in background jobs at fixed steps (:mod:`engine.live.reprefill`), so
-    the re-prefill costs no single step its whole time and the result does not depend on
-    thread timing. With ``H = 1`` every step switches to a freshly prefilled window: the same
-    computation as ``exact`` (done directly: the window is prefilled with the step's own
-    prompt, so H = 1 equals ``exact`` while the prompt moves too).
+    KV cache (:class:`engine.live.kv_step.LeanGPT`, or :class:`engine.live.ort_step.OrtKVStep`
+    for ``int4``). The cache holds ``[prompt, rows b..t-2]`` and a step feeds row ``t-1``. When
+    the context would exceed ``W``, the window start ``b`` jumps by the hop ``H`` (default
+    ``W // 4``) and the cache is replaced by a **shadow** cache that already holds
+    ``[prompt, rows b+H..]`` with the triangle re-created at ``b+H``. The shadow is filled in
+    background jobs at fixed steps (:mod:`engine.live.reprefill`), so the re-prefill costs no
+    single step its whole time and the result does not depend on thread timing. With ``H = 1``
+    every step switches to a freshly prefilled window: the same computation as ``exact``
+    (done directly: the window is prefilled with the step's own prompt, so H = 1 equals
+    ``exact`` while the prompt moves too).
 
     Approximate, and only in ``fast`` mode: a prompt change recomputes the prompt position's
     keys/values before the next step (exact for that position), but rows already in the
@@ -47,9 +48,10 @@ import torch
 
 from engine.live.control_queue import ControlQueue
 from engine.live.controls import AppliedControl, ControlEvent, ControlState
-from engine.live.kv_step import KVCache, LeanGPT, RowGroup
+from engine.live.kv_step import KVCache, KVStepInputs, RowGroup
 from engine.live.reprefill import ShadowPrefill
 from engine.live.state import StateReader
+from engine.live.weight_formats import build_kv_step
 from engine.model.encodecgpt import EnCodecGPT
 from engine.model.patterns import start_triangle_mask
 from engine.model.sampling import sample_frame
@@ -81,18 +83,20 @@ class RollingGenerator:
         window: W frames, 1..299 (default 200).
         mode: ``"exact"`` or ``"fast"``.
         hop: H for ``fast`` (default ``W // 4``).
-        quantize: ``fast`` weights: ``"none"`` (fp32), ``"int8"`` or ``"bf16"``.
+        quantize: ``fast`` weights: ``"none"`` (fp32), ``"int8"``, ``"bf16"``, ``"int4"`` or
+            ``"auto"`` (see :mod:`engine.live.weight_formats`).
         greedy: take the most likely token; otherwise sample with the temperature, top-k and
             top-p of ``controls``.
         seed: RNG seed of the sampler.
-        lean: an existing :class:`LeanGPT` to share (fast mode); built if omitted.
+        lean: an existing KV step (:class:`~engine.live.kv_step.LeanGPT` or
+            :class:`~engine.live.ort_step.OrtKVStep`) to share (fast mode); built if omitted.
         background: run re-prefill jobs in a worker thread (False: inline, for debugging).
         worker_threads: torch threads of that worker.
     """
 
     def __init__(self, model: EnCodecGPT, controls: ControlState, *, window: int = DEFAULT_WINDOW,
                  mode: str = "fast", hop: int | None = None, quantize: str = "none",
-                 greedy: bool = False, seed: int = 0, lean: LeanGPT | None = None,
+                 greedy: bool = False, seed: int = 0, lean: KVStepInputs | None = None,
                  background: bool = True, worker_threads: int = 1):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -105,10 +109,10 @@ class RollingGenerator:
         self.rng = torch.Generator().manual_seed(seed)
         self.seed = seed
         self.queue = ControlQueue()
-        self.lean: LeanGPT | None = None
+        self.lean: KVStepInputs | None = None
         self.reprefill: ShadowPrefill | None = None
         if mode == "fast":
-            self.lean = lean or LeanGPT(model, quantize)
+            self.lean = lean or build_kv_step(model, quantize)
             self.reprefill = ShadowPrefill(self.lean, window, self.hop, background=background,
                                            worker_threads=worker_threads)
         self.triangle = start_triangle_mask(self.num_q, self.num_q)  # [Q, Q] first rows
@@ -227,6 +231,12 @@ class RollingGenerator:
             for j, i in enumerate(range(start, min(stop, win_start + self.num_q))):
                 rows[j].masked_fill_(self.triangle[i - win_start], 0)
         return rows
+
+    @property
+    def weight_format(self) -> str:
+        """The weights the step runs: the fast step's format (``auto`` resolved), or
+        ``"none"`` (fp32) for ``exact`` mode's reference model."""
+        return self.lean.quantize if self.lean is not None else "none"
 
     # -- exact ---------------------------------------------------------------------------
     def _exact_logits(self, prompt: torch.Tensor) -> torch.Tensor:

@@ -86,10 +86,13 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
     info = read_session(folder)
     eng = info["engine"]
     model, codec = load_session_model(info, checkpoint, trust)
-    gen = RollingGenerator(model, ControlState(num_slots=eng["num_slots"]),
-                           window=eng["window"], mode=eng["mode"], hop=eng["hop"],
-                           quantize=eng["quantize"], greedy=bool(eng.get("greedy", False)),
-                           seed=eng["seed"])
+    try:  # e.g. int4 weights recorded, onnxruntime not installed here
+        gen = RollingGenerator(model, ControlState(num_slots=eng["num_slots"]),
+                               window=eng["window"], mode=eng["mode"], hop=eng["hop"],
+                               quantize=eng["quantize"], greedy=bool(eng.get("greedy", False)),
+                               seed=eng["seed"])
+    except ValueError as e:
+        raise UserError(f"{folder}: cannot replay this session here: {e}") from None
     gen.set_state(load_generator_state(folder, info))
     first = info["first_frame"]
     log = read_controls(controls or folder / "controls.jsonl", folder / "slots")

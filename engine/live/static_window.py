@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from engine.live.graph_runner import GraphRunner
+from engine.live.state import StateReader
 from engine.live.window_gpt import WindowGPT
 from engine.model.config import VOCAB_PER_CODEBOOK
 from engine.model.device_sampling import DeviceSampling, draw_noise, sample_on_device
@@ -237,12 +238,18 @@ class StaticWindowStep:
 
     def set_state(self, state: dict) -> None:
         """Continue from :meth:`get_state` of a step with the same model, window and device
-        type (a generator state does not carry across device types)."""
-        saved = torch.device(state["device"]).type
-        if saved != self.device.type:
-            raise ValueError(f"state was made on {state['device']}; this step runs on "
+        type (a generator state does not carry across device types).
+
+        Raises:
+            ValueError: a missing or unused key, or a state made on another device type.
+        """
+        with StateReader(state, "static window step") as s:
+            rows, count, rng, made_on = s.pop("rows"), s.pop("count"), s.pop("rng"), \
+                s.pop("device")
+        if torch.device(made_on).type != self.device.type:
+            raise ValueError(f"state was made on {made_on}; this step runs on "
                              f"{self.device}: its random stream cannot continue here")
         with self._on_stream():
-            self.rows.copy_(state["rows"])
-            self.count.fill_(state["count"])
-            self.generator.set_state(state["rng"])
+            self.rows.copy_(rows)
+            self.count.fill_(count)
+            self.generator.set_state(rng)

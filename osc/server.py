@@ -21,7 +21,7 @@ from pythonosc.osc_packet import OscPacket
 from engine.errors import UserError
 from engine.live.controls import ControlError, ControlEvent, check_args
 from osc.addresses import TABLE, schema_json
-from osc.feedback import status_messages
+from osc.feedback import info_message, status_messages
 
 Target = tuple[str, int]
 
@@ -155,7 +155,7 @@ class OSCServer:
         elif address == "/panic":
             eng.panic()
         elif address == "/status":
-            for addr, vals in status_messages(eng.status()):
+            for addr, vals in [*status_messages(eng.status()), info_message(eng.info())]:
                 self.reply_all(addr, vals, sender)
         elif address == "/schema":
             self.reply_all("/schema", [schema_json()], sender)

@@ -56,13 +56,18 @@ class EngineListener:
         """The engine is stopping: finish files."""
 
 
+MODEL_FAMILY = "encodecgpt"  # what /engine/info names; one family plugs in today
+
+
 @dataclass
 class LiveConfig:
     window: int = 200
     mode: str = "fast"
     hop: int | None = None
-    quantize: str = "none"
+    quantize: str = "none"  # resolved (engine.live.compute.resolve_weights)
     seed: int = 0
+    compute: str = "cpu"  # the model and decoder's device (engine.live.compute.resolve_compute)
+    runner: str | None = None  # exact mode off the CPU: graph (CUDA default), compile, eager
     device: str | None = None  # None = default device, "null" = no sound card
     hostapi: str | None = None
     buffer_s: float = 0.2
@@ -103,12 +108,18 @@ class LiveEngine:
             controls.apply(ControlEvent("/prompt/slot", (i, vec)))
         self.generator = RollingGenerator(model, controls, window=config.window,
                                           mode=config.mode, hop=config.hop,
-                                          quantize=config.quantize, seed=config.seed)
+                                          quantize=config.quantize, seed=config.seed,
+                                          compute=config.compute, runner=config.runner)
         self.generator.on_error = self._on_apply_error
         self._future = controls.copy()
         self._submit_lock = threading.Lock()
+        decoder = StreamingDecoder(codec.model, device=config.compute)
+        self.startup = {"capture_s": self.generator.startup_s, "decoder_warmup_s": 0.0}
+        if decoder.device.type == "cuda":  # before the device opens: no first-second glitch
+            chunks = range(1, max(1, config.decode_chunk) + 1)  # a recording start cuts one
+            self.startup["decoder_warmup_s"] = decoder.warm_up(chunks, model.num_q)
         self.output = self._open_output()
-        self.pipeline = Pipeline(self.generator, StreamingDecoder(codec.model), self.output,
+        self.pipeline = Pipeline(self.generator, decoder, self.output,
                                  decode_chunk=config.decode_chunk, threads=config.threads)
         self.prompts = PromptReader(encoder_factory, expected_dim=model.prompt_dim)
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="prompt-load")
@@ -302,6 +313,14 @@ class LiveEngine:
             listener(message)
 
     # -- status ----------------------------------------------------------------------------
+    def info(self) -> dict:
+        """What runs where (``/engine/info``, the console, session.json): compute device,
+        weight format, model family, window, mode."""
+        gen = self.generator
+        weights = "fp32" if self.config.quantize == "none" else self.config.quantize
+        return {"compute": str(gen.compute), "weights": weights, "family": MODEL_FAMILY,
+                "window": gen.window, "mode": gen.mode}
+
     def status(self) -> dict:
         stats = self.pipeline.stats
         p50, p99 = stats.percentile(50), stats.percentile(99)

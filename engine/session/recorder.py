@@ -314,7 +314,8 @@ def session_info(engine: LiveEngine) -> dict:
                           "sha256": embedding_digest(vec), "embedding": vec.copy()})
     return {"model": dict(cfg.identity), "sample_rate": engine.output_rate,
             "engine": {"window": gen.window, "hop": gen.hop, "mode": gen.mode,
-                       "quantize": cfg.quantize, "seed": cfg.seed, "greedy": gen.greedy,
+                       "quantize": cfg.quantize, "compute": str(gen.compute),
+                       "seed": cfg.seed, "greedy": gen.greedy,
                        "num_q": gen.num_q, "num_slots": gen.controls.num_slots,
                        "device": "device" if engine.is_device else "null"},
             "prompt_slots": slots}

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 
 from engine import FRAME_RATE, SAMPLE_RATE
-from engine.cli.models import add_model_source, check_bf16, load_model, save_npy
+from engine.cli.compute_flags import add_compute, resolve_engine
+from engine.cli.models import add_model_source, load_model, save_npy
 from engine.errors import UserError
+from engine.live.compute import WEIGHT_FORMATS, describe
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import DEFAULT_WINDOW, RollingGenerator
@@ -68,8 +70,11 @@ def add_parsers(sub) -> None:
                      help="rolling-window mode (default window 200): exact, or fast (KV cache, "
                           "re-prefill every --hop frames)")
     ren.add_argument("--hop", type=int, metavar="H", help="fast mode hop (default W/4)")
-    ren.add_argument("--quantize", choices=("none", "int8", "bf16"), default="none",
-                     help="fast mode weights (fp32 = none is the reference)")
+    ren.add_argument("--quantize", choices=("auto", *WEIGHT_FORMATS), default="auto",
+                     help="weights of the rolling modes (auto: fp32 = none on the CPU, the "
+                          "reference; bf16 on a GPU that has it, else fp16)")
+    add_compute(ren, auto_help="the CPU reference loops without --window/--mode, else CUDA "
+                               "when present; an explicit GPU renders in exact mode")
     ren.add_argument("--tokens-out", required=True, metavar="TOK.npy",
                      help="[N, Q] int64 delayed tokens (+1, 0 = empty)")
     ren.add_argument("--out", metavar="OUT.wav", help="decoded audio, 24 kHz")
@@ -113,8 +118,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     gen = torch.Generator().manual_seed(sampling.seed)
     schedule = torch.from_numpy(prompt_schedule(p0, p1, steps))
-    if args.window is not None or args.mode is not None:
+    gpu = args.compute.strip().lower() not in ("auto", "cpu")
+    if args.window is not None or args.mode is not None or gpu:
         return _render_rolling(args, model, codec, sampling, p0, p1, steps)
+    if args.quantize not in ("auto", "none"):
+        raise UserError(f"--quantize {args.quantize} applies to the rolling modes (--window or "
+                        "--mode); the reference loops run the fp32 model")
     start = time.perf_counter()
     try:
         if args.window is not None:
@@ -139,8 +148,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray,
                     p1: np.ndarray | None, steps: int) -> int:
     """``render`` through the live engine's rolling generator, decoder and a file sink."""
-    if args.quantize == "bf16":
-        check_bf16()
+    choice = resolve_engine(args.compute, args.quantize, args.mode or "exact")
+    print(choice.describe(), file=sys.stderr, flush=True)
     controls = ControlState(temperature=max(sampling.temperature, 0.0), top_k=sampling.top_k,
                             top_p=sampling.top_p)
     controls.apply(ControlEvent("/prompt/slot", (0, p0)))
@@ -148,9 +157,9 @@ def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray
         controls.apply(ControlEvent("/prompt/slot", (1, p1)))
     try:
         generator = RollingGenerator(
-            model, controls, window=args.window or DEFAULT_WINDOW, mode=args.mode or "exact",
-            hop=args.hop, quantize=args.quantize, greedy=sampling.greedy,
-            seed=sampling.seed)
+            model, controls, window=args.window or DEFAULT_WINDOW, mode=choice.mode,
+            hop=args.hop, quantize=choice.weights.name, greedy=sampling.greedy,
+            seed=sampling.seed, compute=choice.device, runner=choice.runner)
     except ValueError as e:
         raise UserError(str(e)) from None
     if p1 is not None:  # step i uses (1 - i/(N-1)) P0 + i/(N-1) P1, as generator (1)/(2)
@@ -158,7 +167,8 @@ def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray
             generator.schedule(i, [ControlEvent("/morph", (float(x),))])
     rows: list[torch.Tensor] = []
     sink = FileSink(args.out) if args.out else MemorySink()
-    pipe = Pipeline(generator, StreamingDecoder(codec.model), sink, decode_chunk=16,
+    decoder = StreamingDecoder(codec.model, device=choice.device)
+    pipe = Pipeline(generator, decoder, sink, decode_chunk=16,
                     threads=torch.get_num_threads(),
                     on_row=lambda _, row: rows.append(row))
     start = time.perf_counter()
@@ -171,7 +181,8 @@ def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray
     save_npy(args.tokens_out, torch.stack(rows).numpy().astype(np.int64))
     seconds = steps / FRAME_RATE
     print(f"rendered {steps} frames ({seconds:.2f} s, {generator.mode} window "
-          f"{generator.window}{f' hop {generator.hop}' if generator.mode == 'fast' else ''}) "
+          f"{generator.window}{f' hop {generator.hop}' if generator.mode == 'fast' else ''}, "
+          f"{describe(choice.weights)}) "
           f"in {elapsed:.2f} s (x{seconds / max(elapsed, 1e-9):.2f} real time), "
           f"seed {sampling.seed}", file=sys.stderr)
     return 0

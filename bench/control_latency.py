@@ -1,7 +1,8 @@
 """Control latency: OSC datagram received → first output sample generated under the change.
 
-    python bench/control_latency.py [--preset tiny] [--quantize int8] [--changes 40]
-                                    [--buffer 0.2] [--decode-chunk 8]
+    python bench/control_latency.py [--preset tiny] [--compute auto|cpu|cuda|cuda:N]
+                                    [--mode exact|fast] [--quantize int8] [--changes 40]
+                                    [--buffer 0.2] [--blocksize 512] [--decode-chunk 8]
 
 Runs the live engine in-process on the paced null sink (a sound card's timing without one),
 sends ``/morph`` changes over UDP every 0.4 s, and times for each:
@@ -11,7 +12,8 @@ sends ``/morph`` changes over UDP every 0.4 s, and times for each:
   output sample 320·f; it needs rows up to f + 7 — the delay pattern — and its decode chunk);
 * ``played``: → the null sink consumed that sample (adds the output buffer).
 
-Prints p50/p95 of each in ms, then one JSON line.
+Prints p50/p95 of each in ms, then one JSON line. Off the CPU it also reports the engine's
+startup (step capture, decoder warm-up).
 """
 
 from __future__ import annotations
@@ -32,30 +34,49 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pythonosc.osc_message_builder import OscMessageBuilder  # noqa: E402
 
 from engine import HOP_LENGTH  # noqa: E402
+from engine.cli.compute_flags import (  # noqa: E402
+    add_compute,
+    add_mode_and_runner,
+    add_quantize,
+    resolve_engine,
+)
+from engine.live.compute import resolve_compute  # noqa: E402
 from engine.live.engine import LiveConfig  # noqa: E402
 from engine.model.codec import random_codec  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
-from engine.session.live_session import build_live_engine
+from engine.session.live_session import build_live_engine  # noqa: E402
 from osc.server import OSCServer  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    p.add_argument("--quantize", choices=("none", "int8"), default="int8")
+    add_compute(p)
+    add_mode_and_runner(p)
+    add_quantize(p)
+    p.set_defaults(quantize=None)  # int8 on the CPU (its fastest torch format), else auto
     p.add_argument("--changes", type=int, default=40)
     p.add_argument("--buffer", type=float, default=0.2)
-    p.add_argument("--decode-chunk", type=int, default=8)
+    p.add_argument("--blocksize", type=int, default=512)
+    p.add_argument("--decode-chunk", type=int, default=None,
+                   help="frames per decode (default 8 on the CPU, 2 on a GPU)")
     args = p.parse_args()
+    quantize = args.quantize or ("int8" if resolve_compute(args.compute).type == "cpu"
+                                 else "auto")
+    choice = resolve_engine(args.compute, quantize, args.mode, args.step_runner)
+    print(choice.describe())
+    decode_chunk = choice.decode_chunk(args.decode_chunk)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = EnCodecGPT(gpt2_config(PRESETS[args.preset])).eval()
     rng = np.random.RandomState(0)
     slots = [rng.randn(model.prompt_dim).astype(np.float32) for _ in range(2)]
-    engine = build_live_engine(model, random_codec(0), slots,
-                        LiveConfig(device="null", quantize=args.quantize, buffer_s=args.buffer,
-                                   decode_chunk=args.decode_chunk), log=lambda m: None)
+    config = LiveConfig(device="null", quantize=choice.weights.name, mode=choice.mode,
+                        compute=str(choice.device), runner=choice.runner,
+                        buffer_s=args.buffer, blocksize=args.blocksize,
+                        decode_chunk=decode_chunk)
+    engine = build_live_engine(model, random_codec(0), slots, config, log=lambda m: None)
     received: dict[float, float] = {}  # morph value -> receive time
     applied: dict[float, tuple[int, float]] = {}
     emitted: list[tuple[int, float]] = []  # (samples out so far, time)
@@ -114,8 +135,13 @@ def main() -> None:
             rows["generated"].append(t_gen - t0)
         if t_play is not None:
             rows["played"].append(t_play - t0)
-    out = {"preset": args.preset, "quantize": args.quantize, "buffer_s": args.buffer,
-           "decode_chunk": args.decode_chunk, "changes": len(rows["generated"])}
+    out = {"preset": args.preset, "quantize": choice.weights.name,
+           "compute": str(choice.device), "mode": choice.mode, "buffer_s": args.buffer,
+           "blocksize": args.blocksize, "decode_chunk": decode_chunk,
+           "changes": len(rows["generated"]),
+           "startup_s": {k: round(v, 3) for k, v in engine.startup.items()}}
+    if choice.device.type != "cpu":
+        print("startup: " + ", ".join(f"{k} {v:.2f} s" for k, v in engine.startup.items()))
     for key, vals in rows.items():
         ms = np.array(vals) * 1e3
         out[f"{key}_ms_p50"] = round(float(np.percentile(ms, 50)), 1) if len(ms) else None

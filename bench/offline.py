@@ -1,9 +1,10 @@
 """Offline generation speed: our KV generator vs the blog's loop structure, same model.
 
     python bench/offline.py [--presets tiny gpt2] [--frames 150] [--threads 2]
+                            [--compute auto|cpu|cuda|cuda:N]
 
-Per preset (random weights, fp32, CPU) it prints per-step ms (p50, p90) and the real-time
-factor (audio seconds per wall second; 75 frames = 1 s) of:
+Per preset (random weights, fp32, on ``--compute``; decoding on the CPU) it prints per-step
+ms (p50, p90) and the real-time factor (audio seconds per wall second; 75 frames = 1 s) of:
 
 * ``ours``: :func:`engine.model.reference.generate_kv` (vectorised sampling over codebooks, head on
   the last position only);
@@ -29,6 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import FRAME_RATE  # noqa: E402
+from engine.cli.compute_flags import add_compute  # noqa: E402
+from engine.live.compute import resolve_compute  # noqa: E402
 from engine.model.codec import random_codec  # noqa: E402
 from engine.model.config import PRESETS, SamplingConfig  # noqa: E402
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
@@ -48,7 +51,7 @@ def blog_loop(model: EnCodecGPT, prompt: torch.Tensor, steps: int, gen: torch.Ge
         sampled = torch.cat([torch.multinomial(torch.softmax(preds[0, q], dim=-1), 1, generator=gen)
                              for q in range(model.num_q)])
         rows.append(sampled)
-        nxt = sum(model.vocab_embed(torch.tensor(q * (model.num_codes + 1)) + sampled[q])
+        nxt = sum(model.vocab_embed(q * (model.num_codes + 1) + sampled[q])
                   for q in range(model.num_q))
         out = model.gpt(inputs_embeds=nxt[None, None], past_key_values=past, use_cache=True)
         past = out.past_key_values
@@ -75,10 +78,11 @@ def ours_loop(model: EnCodecGPT, prompt: torch.Tensor, steps: int, gen: torch.Ge
 
 
 def measure(name, loop, model, prompt, steps) -> dict:
-    loop(model, prompt, 8, torch.Generator().manual_seed(0), [])  # warm-up
+    device = prompt.device
+    loop(model, prompt, 8, torch.Generator(device).manual_seed(0), [])  # warm-up
     stamps = [time.perf_counter()]
     start = stamps[0]
-    loop(model, prompt, steps, torch.Generator().manual_seed(0), stamps)
+    loop(model, prompt, steps, torch.Generator(device).manual_seed(0), stamps)
     wall = time.perf_counter() - start
     step_ms = np.diff(stamps) * 1e3
     return {"name": name, "wall_s": wall, "step_ms_p50": float(np.percentile(step_ms, 50)),
@@ -86,10 +90,10 @@ def measure(name, loop, model, prompt, steps) -> dict:
             "rtf": steps / FRAME_RATE / wall}
 
 
-def bench_preset(preset: str, steps: int) -> dict:
+def bench_preset(preset: str, steps: int, device: torch.device) -> dict:
     torch.manual_seed(0)
-    model = EnCodecGPT(gpt2_config(PRESETS[preset])).eval()
-    prompt = torch.randn(model.d_model)
+    model = EnCodecGPT(gpt2_config(PRESETS[preset])).eval().to(device)
+    prompt = torch.randn(model.d_model).to(device)
     ours = measure("ours", ours_loop, model, prompt, steps)
     blog = measure("blog", blog_loop, model, prompt, steps)
     codec = random_codec(0)
@@ -105,6 +109,7 @@ def bench_preset(preset: str, steps: int) -> dict:
           f"ours incl. decode RTF {rtf_with_decode:.2f}; speed-up vs blog loop "
           f"x{blog['wall_s'] / ours['wall_s']:.2f}")
     return {"preset": preset, "frames": steps, "threads": torch.get_num_threads(),
+            "compute": str(device),
             "ours_step_ms_p50": ours["step_ms_p50"], "ours_step_ms_p90": ours["step_ms_p90"],
             "ours_rtf": ours["rtf"], "ours_rtf_with_decode": rtf_with_decode,
             "blog_step_ms_p50": blog["step_ms_p50"], "blog_rtf": blog["rtf"],
@@ -116,10 +121,12 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["tiny", "gpt2"], choices=sorted(PRESETS))
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--threads", type=int, default=None)
+    add_compute(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = [bench_preset(p, args.frames) for p in args.presets]
+    device = resolve_compute(args.compute)
+    results = [bench_preset(p, args.frames, device) for p in args.presets]
     for r in results:
         print(json.dumps(r))
 

@@ -1,7 +1,15 @@
-"""Real-time core benchmark: rolling generator (fast mode) + streaming decoder on this CPU.
+"""Real-time core benchmark: rolling generator + streaming decoder on this CPU or GPU.
 
-    python bench/realtime.py --preset tiny|gpt2 [--quantize auto|int4|int8|...] [--seconds S]
-                             [--window 200] [--hop H] [--threads 1] [--decode-chunk 4]
+    python bench/realtime.py --preset tiny|gpt2|gpt2-medium [--compute auto|cpu|cuda|cuda:N]
+                             [--mode exact|fast] [--quantize auto|int4|int8|none|bf16|fp16]
+                             [--seconds S] [--window 200] [--hop H] [--threads 1] [--decode-chunk 4]
+                             [--step-runner graph|compile|eager]
+
+The defaults follow the device (``engine.cli.compute_flags``): on the CPU fast mode with the
+live engine's default weights (int4 with onnxruntime, else int8); on
+a GPU exact mode, bf16 (fp16 without bf16), the step replayed from a CUDA graph, decode
+chunks of 2. Where CUDA runs, the startup (weights to the device, warm-up and graph capture
+of the step, decoder warm-up) is reported too.
 
 Random weights (the preset's size), a random codec, a prompt morph that keeps moving
 (glide towards alternating targets, so the prompt position is recomputed nearly every step).
@@ -13,7 +21,8 @@ It measures, in one run:
    longest step: a re-prefill or switch that blocked);
 3. ``underruns``: a paced run of ``--seconds`` on the null sink (block 512 samples, 0.5 s
    buffer), like a sound card;
-4. the same model through re-implementations of the two reference loops, generation only:
+4. (CPU only) the same model through re-implementations of the two reference loops,
+   generation only:
    the blog's KV loop (``bench/offline.py``) and the original demo's whole-window recompute
    (every step runs ``[prompt, last W rows]``), as per-frame time ratios
    (``ratio_vs_blog_loop`` = blog ms/frame ÷ ours, generation only; likewise for the window).
@@ -37,13 +46,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.offline import blog_loop  # noqa: E402
 from engine import FRAME_RATE, SAMPLE_RATE  # noqa: E402
+from engine.cli.compute_flags import (  # noqa: E402
+    add_compute,
+    add_mode_and_runner,
+    add_quantize,
+    resolve_engine,
+)
 from engine.live.control_input import initial_controls  # noqa: E402
 from engine.live.controls import ControlEvent, ControlState  # noqa: E402
 from engine.live.decoder import StreamingDecoder  # noqa: E402
 from engine.live.generator import RollingGenerator  # noqa: E402
 from engine.live.pipeline import Pipeline  # noqa: E402
 from engine.live.sinks import NullSink  # noqa: E402
-from engine.live.weight_formats import CHOICES, resolve  # noqa: E402
 from engine.model.codec import random_codec  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
@@ -68,14 +82,27 @@ def _morph_automation(gen: RollingGenerator, frames: int) -> None:
 
 
 def _generator(model, args) -> RollingGenerator:
-    return RollingGenerator(model, _controls(model.prompt_dim), window=args.window, mode="fast",
-                            hop=args.hop, quantize=args.quantize, seed=0)
+    c = args.choice
+    return RollingGenerator(model, _controls(model.prompt_dim), window=args.window,
+                            mode=c.mode, hop=args.hop, quantize=c.weights.name, seed=0,
+                            compute=c.device, runner=c.runner)
+
+
+def _decoder(codec, args) -> StreamingDecoder:
+    decoder = StreamingDecoder(codec.model, device=args.choice.device)
+    if decoder.device.type == "cuda":
+        args.startup["decoder_warmup_s"] = decoder.warm_up(range(1, args.decode_chunk + 1),
+                                                           8)
+    return decoder
 
 
 def run_fast(model, codec, args) -> dict:
+    start = time.perf_counter()
     gen = _generator(model, args)
+    args.startup["generator_s"] = time.perf_counter() - start
+    args.startup["capture_s"] = gen.startup_s
     _morph_automation(gen, args.rtf_frames)
-    pipe = Pipeline(gen, StreamingDecoder(codec.model), _Discard(),
+    pipe = Pipeline(gen, _decoder(codec, args), _Discard(),
                     decode_chunk=args.decode_chunk, threads=args.threads)
     pipe.stats.all_ms = []
     start = time.perf_counter()
@@ -84,6 +111,7 @@ def run_fast(model, codec, args) -> dict:
     gen.close()
     steps = np.array(pipe.stats.all_ms)
     return {"rtf": args.rtf_frames / FRAME_RATE / wall,
+            "steps_per_s": float(1e3 / steps.mean()),
             "step_ms_p50": float(np.percentile(steps, 50)),
             "step_ms_p99": float(np.percentile(steps, 99)),
             "stall_ms_max": float(steps.max()),
@@ -95,7 +123,7 @@ def run_paced(model, codec, args) -> dict:
     gen = _generator(model, args)
     _morph_automation(gen, frames + 10 * FRAME_RATE)
     sink = NullSink(buffer_s=0.5, block=512, prefill_s=0.25)
-    pipe = Pipeline(gen, StreamingDecoder(codec.model), sink, decode_chunk=args.decode_chunk,
+    pipe = Pipeline(gen, _decoder(codec, args), sink, decode_chunk=args.decode_chunk,
                     threads=args.threads)
     pipe.start()
     time.sleep(args.seconds)
@@ -146,46 +174,63 @@ def blog_loop_ms(model, frames: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--quantize", choices=CHOICES, default="none",
-                        help="auto: the live engine's default (int4 with onnxruntime, else int8)")
+    add_compute(parser)
+    add_mode_and_runner(parser)
+    add_quantize(parser)
     parser.add_argument("--seconds", type=float, default=600.0,
                         help="length of the paced null-sink run (underruns)")
     parser.add_argument("--rtf-frames", type=int, default=1500)
     parser.add_argument("--window", type=int, default=200)
     parser.add_argument("--hop", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--decode-chunk", type=int, default=8)
+    parser.add_argument("--decode-chunk", type=int, default=None,
+                        help="frames per decode (default 8 on the CPU, 2 on a GPU)")
     parser.add_argument("--reference-frames", type=int, default=300,
                         help="frames for the blog loop (window loop: 20 steps)")
     args = parser.parse_args()
-    args.quantize = resolve(args.quantize)
+    args.choice = resolve_engine(args.compute, args.quantize, args.mode, args.step_runner)
+    args.decode_chunk = args.choice.decode_chunk(args.decode_chunk)
+    args.startup = {}
+    print(args.choice.describe(), flush=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = EnCodecGPT(gpt2_config(PRESETS[args.preset])).eval()
     codec = random_codec(0)
+    weights = args.choice.weights.label
 
     fast = run_fast(model, codec, args)
-    print(f"{args.preset} {args.quantize}: RTF {fast['rtf']:.2f} (generate + decode), step "
-          f"p50 {fast['step_ms_p50']:.2f} ms p99 {fast['step_ms_p99']:.2f} ms, longest "
-          f"{fast['stall_ms_max']:.1f} ms", flush=True)
-    ours_ms = generation_only_ms(model, args, args.reference_frames)
-    blog_ms = blog_loop_ms(model, args.reference_frames)
-    window_ms = window_loop_ms(model, args.window, 20)
-    print(f"generation only, ms/frame: ours {ours_ms:.2f}, blog KV loop {blog_ms:.2f}, "
-          f"whole-window loop {window_ms:.2f}", flush=True)
+    print(f"{args.preset} {args.choice.mode} {weights}: RTF {fast['rtf']:.2f} (generate + "
+          f"decode), {fast['steps_per_s']:.0f} steps/s, step p50 {fast['step_ms_p50']:.2f} ms "
+          f"p99 {fast['step_ms_p99']:.2f} ms, longest {fast['stall_ms_max']:.1f} ms",
+          flush=True)
+    if args.choice.device.type != "cpu":
+        print("startup: " + ", ".join(f"{k} {v:.2f} s" for k, v in args.startup.items()),
+              flush=True)
+    ours_ms = blog_ms = window_ms = None
+    if args.choice.device.type == "cpu":  # the reference loops run the CPU model
+        ours_ms = generation_only_ms(model, args, args.reference_frames)
+        blog_ms = blog_loop_ms(model, args.reference_frames)
+        window_ms = window_loop_ms(model, args.window, 20)
+        print(f"generation only, ms/frame: ours {ours_ms:.2f}, blog KV loop {blog_ms:.2f}, "
+              f"whole-window loop {window_ms:.2f}", flush=True)
     paced = run_paced(model, codec, args) if args.seconds > 0 else {"underruns": None,
                                                                      "paced_played_s": 0.0}
     print(f"paced null sink: {paced['paced_played_s']:.1f} s played, "
           f"{paced['underruns']} underruns", flush=True)
+    cpu = ours_ms is not None
     print(json.dumps({
-        "preset": args.preset, "quantize": args.quantize, "seconds": args.seconds,
-        "rtf": round(fast["rtf"], 3), "step_ms_p50": round(fast["step_ms_p50"], 3),
+        "preset": args.preset, "quantize": args.choice.weights.name,
+        "compute": str(args.choice.device), "mode": args.choice.mode,
+        "runner": args.choice.runner, "seconds": args.seconds,
+        "rtf": round(fast["rtf"], 3), "steps_per_s": round(fast["steps_per_s"], 1),
+        "step_ms_p50": round(fast["step_ms_p50"], 3),
         "step_ms_p99": round(fast["step_ms_p99"], 3),
         "stall_ms_max": round(fast["stall_ms_max"], 2), "underruns": paced["underruns"],
-        "ratio_vs_blog_loop": round(blog_ms / ours_ms, 3),
-        "ratio_vs_window_loop": round(window_ms / ours_ms, 3),
+        "startup_s": {k: round(v, 3) for k, v in args.startup.items()},
+        "ratio_vs_blog_loop": round(blog_ms / ours_ms, 3) if cpu else None,
+        "ratio_vs_window_loop": round(window_ms / ours_ms, 3) if cpu else None,
         "ms_per_frame": {"ours": round(ours_ms, 3), "blog": round(blog_ms, 3),
-                         "window": round(window_ms, 3)},
+                         "window": round(window_ms, 3)} if cpu else None,
         "window": args.window, "hop": args.hop or args.window // 4, "threads": args.threads,
         "decode_chunk": args.decode_chunk, "paced_played_s": round(paced["paced_played_s"], 1),
         "cpu_count": os.cpu_count(),

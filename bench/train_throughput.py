@@ -2,8 +2,9 @@
 
     python bench/train_throughput.py [--presets tiny gpt2] [--batch 4] [--seconds 4]
                                      [--steps 5] [--threads 2] [--precision 32-true]
+                                     [--compute auto|cpu|cuda|cuda:N]
 
-Per preset (random init, CPU unless a GPU is there and ``--device cuda``) it runs the
+Per preset (random init, on ``--compute``: CUDA when present, else the CPU) it runs the
 training step the trainer runs (:func:`engine.train.task.lm_loss`, backward, gradient clipping
 1.0, AdamW with the recipe's settings) on random delayed tokens shaped like 4 s clips, and
 prints the median step time, frames/s (75 frames = 1 s of audio) and the hours of audio
@@ -25,6 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import FRAME_RATE  # noqa: E402
+from engine.cli.compute_flags import add_compute  # noqa: E402
+from engine.live.compute import resolve_compute  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
 from engine.train.data.dataset import collate  # noqa: E402
@@ -32,7 +35,7 @@ from engine.train.options import TrainOptions, adamw  # noqa: E402
 from engine.train.task import lm_loss  # noqa: E402
 
 
-def bench(preset: str, batch: int, seconds: float, steps: int, device: str,
+def bench(preset: str, batch: int, seconds: float, steps: int, device: torch.device,
           autocast: torch.dtype | None) -> dict:
     torch.manual_seed(0)
     model = EnCodecGPT(gpt2_config(PRESETS[preset]), prompt_dim=768).to(device).train()
@@ -44,22 +47,22 @@ def bench(preset: str, batch: int, seconds: float, steps: int, device: str,
     data = {k: v.to(device) for k, v in collate(items).items()}
     times = []
     for step in range(steps + 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             loss = lm_loss(model, data, mask_empty=False)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         if step:
             times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
     fps = batch * frames / step_s
-    return {"preset": preset, "device": device, "batch": batch, "clip_s": seconds,
+    return {"preset": preset, "compute": str(device), "batch": batch, "clip_s": seconds,
             "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
             "step_s": round(step_s, 3), "frames_per_s": round(fps, 1),
             "tokens_per_s": round(fps * 8, 1),
@@ -73,14 +76,15 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_compute(p, auto_help="CUDA when present, else the CPU")
     p.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed",
                                                               "16-mixed"))
     args = p.parse_args()
+    device = resolve_compute(args.compute)
     torch.set_num_threads(args.threads)
     autocast = {"32-true": None, "bf16-mixed": torch.bfloat16,
                 "16-mixed": torch.float16}[args.precision]
-    rows = [bench(pr, args.batch, args.seconds, args.steps, args.device, autocast)
+    rows = [bench(pr, args.batch, args.seconds, args.steps, device, autocast)
             for pr in args.presets]
     print(f"{'preset':8} {'params':>8} {'step':>8} {'frames/s':>10} {'audio h/day':>12}")
     for r in rows:

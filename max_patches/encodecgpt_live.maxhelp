@@ -572,7 +572,7 @@
       480,
       20
      ],
-     "text": "reply once with /engine/status"
+     "text": "reply once with /engine/status and /engine/info"
     }
    },
    {

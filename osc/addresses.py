@@ -53,7 +53,7 @@ COMMANDS = (
             "replies /record/started s:folder", kind="command", widget="toggle"),
     Address("/record/stop", "", "finish the recording; replies /record/stopped s:folder",
             kind="command", widget="toggle"),
-    Address("/status", "", "reply once with /engine/status", kind="command"),
+    Address("/status", "", "reply once with /engine/status and /engine/info", kind="command"),
     Address("/schema", "", "reply /schema s: this table as JSON", kind="command"),
 )
 
@@ -62,6 +62,10 @@ REPLIES = (
             "~10 Hz: rtf, step_ms_p50, step_ms_p99, buffer_ms, morph (weight of slot 1), "
             "underruns, temperature, topp, topk, recording (0/1), playing (0/1)", kind="reply",
             widget="label"),
+    Address("/engine/info", "sssis",
+            "on /status and to each new feedback target: compute (cpu, cuda:0, mps), weights "
+            "(fp32, bf16, fp16, int8, int4), model family (encodecgpt), window (frames), "
+            "mode (exact, fast)", kind="reply", widget="label"),
     Address("/engine/mix", "f…", "~10 Hz: the current weight of every slot", kind="reply",
             widget="label"),
     Address("/prompt/loaded", "is", "a /prompt/load finished: slot, file", kind="reply",

@@ -1,4 +1,5 @@
-"""``/engine/status`` and ``/engine/mix`` at ~10 Hz to the last sender and ``--feedback``.
+"""``/engine/status`` and ``/engine/mix`` at ~10 Hz to the last sender and ``--feedback``;
+``/engine/info`` (what runs where) once to each target before its first status.
 
 The argument order is the table's (``osc.addresses.REPLIES``); control surfaces read them by
 position.
@@ -25,11 +26,19 @@ def status_messages(status: dict) -> list[tuple[str, list]]:
     ]
 
 
+def info_message(info: dict) -> tuple[str, list]:
+    """The engine's :meth:`info` dict → ``/engine/info`` (compute, weights, family, window,
+    mode)."""
+    return ("/engine/info", [str(info["compute"]), str(info["weights"]), str(info["family"]),
+                             int(info["window"]), str(info["mode"])])
+
+
 class FeedbackSender:
     """Send the status every ``period`` seconds through ``server`` while it has a target."""
 
     def __init__(self, server, engine, period: float = 0.1):
         self.server, self.engine, self.period = server, engine, period
+        self._told: set = set()  # targets that got /engine/info
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="osc-feedback", daemon=True)
 
@@ -46,6 +55,10 @@ class FeedbackSender:
             targets = self.server.targets()
             if not targets:
                 continue
+            for t in targets:
+                if t not in self._told:
+                    self.server.send(t, *info_message(self.engine.info()))
+                    self._told.add(t)
             for address, args in status_messages(self.engine.status()):
                 for t in targets:
                     self.server.send(t, address, args)

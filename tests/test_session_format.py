@@ -57,10 +57,10 @@ def new_session(tmp_path_factory) -> Path:
     return path
 
 
-def test_new_session_is_version_2_with_weights_only_state_files(new_session):
+def test_new_session_is_version_3_with_weights_only_state_files(new_session):
     info = read_session(new_session)
     assert info["format"] == "encodecgpt-live-session"
-    assert info["format_version"] == FORMAT_VERSION == 2 and "version" not in info
+    assert info["format_version"] == FORMAT_VERSION == 3 and "version" not in info
     for name in ("state.pt", "decoder_state.pt"):
         assert torch.serialization.get_unsafe_globals_in_checkpoint(new_session / name) == []
         assert isinstance(torch.load(new_session / name, weights_only=True), dict)

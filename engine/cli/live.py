@@ -13,13 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.cli.compute_flags import (
+    add_compute,
+    add_mode_and_runner,
+    add_quantize,
+    resolve_engine,
+)
 from engine.cli.console import StatusConsole
 from engine.cli.default_prompts import write_default_prompts
-from engine.cli.models import weight_format
 from engine.errors import UserError
+from engine.live.compute import out_of_memory_as_user_error
 from engine.live.engine import LiveConfig
 from engine.live.sound_device import list_devices
-from engine.live.weight_formats import CHOICES as QUANTIZE_CHOICES
 from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from engine.model.config import PRESETS
 from engine.model.encodecmae import default_cache_dir, load_encodecmae
@@ -48,6 +53,7 @@ def build_live_parser() -> argparse.ArgumentParser:
     m.add_argument("--encodecmae", default="base", metavar="SRC",
                    help="EnCodecMAE for audio prompts: small|base|large|..., hub id or folder")
     m.add_argument("--threads", type=int, default=1, help="torch threads per op (default 1)")
+    add_compute(m)
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", nargs="+", metavar="FILE", default=[],
                    help="prompt slots in order: audio files or .npy vectors (default: a "
@@ -56,11 +62,9 @@ def build_live_parser() -> argparse.ArgumentParser:
                    help="folder /prompt/load may read from (repeatable; default: the current "
                         "folder and the folders of --prompt files)")
     g.add_argument("--window", type=int, default=200, help="token window in frames (< 300)")
-    g.add_argument("--mode", choices=("fast", "exact"), default="fast")
+    add_mode_and_runner(g)
     g.add_argument("--hop", type=int, default=None, help="fast-mode hop (default window/4)")
-    g.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="auto",
-                   help="fast-mode weights; auto: int4 where onnxruntime is installed (the "
-                        "cpu extra), else int8")
+    add_quantize(g)
     g.add_argument("--seed", type=int, default=0, help="sampler seed")
     a = p.add_argument_group("audio")
     a.add_argument("--device", metavar="NAME|INDEX|null", default=None,
@@ -72,8 +76,9 @@ def build_live_parser() -> argparse.ArgumentParser:
     a.add_argument("--latency", default="low", help="PortAudio latency: low, high or seconds")
     a.add_argument("--buffer", type=float, default=0.2, metavar="SECONDS",
                    help="audio buffered ahead of the device (control latency vs. safety)")
-    a.add_argument("--decode-chunk", type=int, default=8, metavar="FRAMES",
-                   help="frames decoded per call (smaller: lower latency, more CPU)")
+    a.add_argument("--decode-chunk", type=int, default=None, metavar="FRAMES",
+                   help="frames decoded per call (smaller: lower latency, more work; default "
+                        "8 on the CPU, 2 on a GPU)")
     o = p.add_argument_group("OSC")
     o.add_argument("--osc-host", default="127.0.0.1",
                    help="address to listen on (default loopback; a LAN address lets phones in)")
@@ -108,11 +113,26 @@ def cmd_live(argv: list[str]) -> int:
         print(f"WARNING: OSC listens on {args.osc_host}: anyone on that network can control "
               "the engine and make it read prompt files in the prompt folders. Use --allow "
               "to restrict senders.", file=sys.stderr)
-    args.quantize = weight_format(args.quantize, args.mode)
+    choice = resolve_engine(args.compute, args.quantize, args.mode, args.step_runner)
+    print(choice.describe(), file=sys.stderr, flush=True)
+    start = time.perf_counter()
     model, codec, encoder_factory = _load(args)
     slots = _initial_prompts(args, model, encoder_factory)
-    engine = _build_engine(args, model, codec, slots, encoder_factory)
+    loaded = time.perf_counter() - start
+    engine = _build_engine(args, choice, model, codec, slots, encoder_factory)
+    print(_startup_line(loaded, engine.startup, time.perf_counter() - start), file=sys.stderr,
+          flush=True)
     return _run(args, engine, feedback)
+
+
+def _startup_line(load_s: float, startup: dict, total_s: float) -> str:
+    """Startup time: load (model, codec, prompts), then capture and warm-up where a GPU runs."""
+    parts = [f"load {load_s:.1f} s"]
+    if startup["capture_s"]:
+        parts.append(f"step capture {startup['capture_s']:.2f} s")
+    if startup["decoder_warmup_s"]:
+        parts.append(f"decoder warm-up {startup['decoder_warmup_s']:.2f} s")
+    return f"startup {total_s:.1f} s ({', '.join(parts)})"
 
 
 def _parse_target(text: str) -> tuple[str, int]:
@@ -181,7 +201,7 @@ def _initial_prompts(args, model, encoder_factory) -> list[np.ndarray]:
     return [reader.read(f) for f in files]
 
 
-def _build_engine(args, model, codec, slots, encoder_factory):
+def _build_engine(args, choice, model, codec, slots, encoder_factory):
     dirs = [Path(d) for d in args.prompt_dir] or [Path.cwd(), *{Path(p).resolve().parent
                                                                 for p in args.prompt}]
     for d in dirs:
@@ -193,17 +213,22 @@ def _build_engine(args, model, codec, slots, encoder_factory):
     except ValueError:
         if latency not in ("low", "high"):
             raise UserError(f"--latency must be low, high or seconds, got {latency!r}") from None
-    config = LiveConfig(window=args.window, mode=args.mode, hop=args.hop,
-                        quantize=args.quantize, seed=args.seed, device=args.device,
+    config = LiveConfig(window=args.window, mode=choice.mode, hop=args.hop,
+                        quantize=choice.weights.name, seed=args.seed,
+                        compute=str(choice.device), runner=choice.runner, device=args.device,
                         hostapi=args.hostapi, buffer_s=args.buffer, blocksize=args.blocksize,
                         latency=latency, threads=args.threads, prompt_dirs=dirs,
-                        decode_chunk=args.decode_chunk,
+                        decode_chunk=choice.decode_chunk(args.decode_chunk),
                         num_slots=max(4, len(slots)), control_log=args.control_log,
                         tap=args.tap, sessions_dir=args.sessions_dir,
                         identity=dict(args.identity, prompt_dim=model.prompt_dim),
                         slot_sources=list(args.slot_sources))
+    size = f"a {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M-parameter model " \
+           f"({choice.weights.label})"
     try:
-        return build_live_engine(model, codec, slots, config, encoder_factory=encoder_factory)
+        with out_of_memory_as_user_error(size, args.window):
+            return build_live_engine(model, codec, slots, config,
+                                     encoder_factory=encoder_factory)
     except ValueError as e:
         raise UserError(str(e)) from None
 

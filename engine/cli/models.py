@@ -9,7 +9,6 @@ import numpy as np
 
 from engine.errors import UserError
 from engine.live.kv_step import bf16_is_native
-from engine.live.weight_formats import describe, resolve
 from engine.model.checkpoint import load_checkpoint
 from engine.model.codec import Codec
 from engine.model.config import PRESETS
@@ -46,20 +45,6 @@ def check_bf16() -> None:
     if not bf16_is_native():
         raise UserError("--quantize bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); "
                         "it would run slower than fp32. Use --quantize int8 or none.")
-
-
-def weight_format(quantize: str, mode: str) -> str:
-    """``--quantize`` resolved (``auto``: int4 with onnxruntime, else int8) and checked; says
-    on stderr which weights the step uses."""
-    try:
-        fmt = resolve(quantize)
-    except ValueError as e:
-        raise UserError(f"--quantize: {e}") from None
-    if fmt == "bf16":
-        check_bf16()
-    used = describe(fmt) if mode == "fast" else "fp32 reference (exact mode)"
-    print(f"weights: {used}", file=sys.stderr, flush=True)
-    return fmt
 
 
 def save_npy(path: str, array: np.ndarray) -> None:

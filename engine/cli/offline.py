@@ -10,15 +10,16 @@ import numpy as np
 import torch
 
 from engine import FRAME_RATE, SAMPLE_RATE
-from engine.cli.models import add_model_source, load_model, save_npy, weight_format
+from engine.cli.compute_flags import add_compute, resolve_engine
+from engine.cli.models import add_model_source, load_model, save_npy
 from engine.errors import UserError
+from engine.live.compute import WEIGHT_FORMATS, describe, resolve_compute
 from engine.live.control_input import initial_controls
 from engine.live.controls import ControlEvent
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import DEFAULT_WINDOW, RollingGenerator
 from engine.live.pipeline import Pipeline
 from engine.live.sinks import FileSink, MemorySink
-from engine.live.weight_formats import CHOICES as QUANTIZE_CHOICES
 from engine.model.audio_io import write_audio
 from engine.model.checkpoint import load_checkpoint
 from engine.model.codec import codebooks_for_bandwidth, load_codec
@@ -70,9 +71,11 @@ def add_parsers(sub) -> None:
                      help="rolling-window mode (default window 200): exact, or fast (KV cache, "
                           "re-prefill every --hop frames)")
     ren.add_argument("--hop", type=int, metavar="H", help="fast mode hop (default W/4)")
-    ren.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
-                     help="fast mode weights (none = fp32, the reference; int4 needs the cpu "
-                          "extra; auto: int4 if installed, else int8)")
+    ren.add_argument("--quantize", choices=("auto", *WEIGHT_FORMATS), default="auto",
+                     help="weights of the rolling modes (auto: fp32 = none on the CPU, the "
+                          "reference; bf16 on a GPU that has it, else fp16)")
+    add_compute(ren, auto_help="the CPU reference loops without --window/--mode, else CUDA "
+                               "when present; an explicit GPU renders in exact mode")
     ren.add_argument("--tokens-out", required=True, metavar="TOK.npy",
                      help="[N, Q] int64 delayed tokens (+1, 0 = empty)")
     ren.add_argument("--out", metavar="OUT.wav", help="decoded audio, 24 kHz")
@@ -116,8 +119,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     gen = torch.Generator().manual_seed(sampling.seed)
     schedule = torch.from_numpy(prompt_schedule(p0, p1, steps))
-    if args.window is not None or args.mode is not None:
+    gpu = args.compute.strip().lower() not in ("auto", "cpu")
+    if args.window is not None or args.mode is not None or gpu:
         return _render_rolling(args, model, codec, sampling, p0, p1, steps)
+    if args.quantize not in ("auto", "none"):
+        raise UserError(f"--quantize {args.quantize} applies to the rolling modes (--window or "
+                        "--mode); the reference loops run the fp32 model")
     start = time.perf_counter()
     try:
         if args.window is not None:
@@ -142,14 +149,19 @@ def cmd_render(args: argparse.Namespace) -> int:
 def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray,
                     p1: np.ndarray | None, steps: int) -> int:
     """``render`` through the live engine's rolling generator, decoder and a file sink."""
-    fmt = weight_format(args.quantize, args.mode or "exact")
+    quantize = args.quantize
+    if quantize == "auto" and resolve_compute(args.compute).type == "cpu":
+        quantize = "none"  # offline on the CPU the fp32 reference, unless a format is named
+    choice = resolve_engine(args.compute, quantize, args.mode or "exact")
+    print(choice.describe(), file=sys.stderr, flush=True)
     controls = initial_controls([p0] if p1 is None else [p0, p1],
                                 temperature=max(sampling.temperature, 0.0),
                                 top_k=sampling.top_k, top_p=sampling.top_p)
     try:
         generator = RollingGenerator(
-            model, controls, window=args.window or DEFAULT_WINDOW, mode=args.mode or "exact",
-            hop=args.hop, quantize=fmt, greedy=sampling.greedy, seed=sampling.seed)
+            model, controls, window=args.window or DEFAULT_WINDOW, mode=choice.mode,
+            hop=args.hop, quantize=choice.weights.name, greedy=sampling.greedy,
+            seed=sampling.seed, compute=choice.device, runner=choice.runner)
     except ValueError as e:
         raise UserError(str(e)) from None
     if p1 is not None:  # step i uses (1 - i/(N-1)) P0 + i/(N-1) P1, as generator (1)/(2)
@@ -157,7 +169,8 @@ def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray
             generator.schedule(i, [ControlEvent("/morph", (float(x),))])
     rows: list[torch.Tensor] = []
     sink = FileSink(args.out) if args.out else MemorySink()
-    pipe = Pipeline(generator, StreamingDecoder(codec.model), sink, decode_chunk=16,
+    decoder = StreamingDecoder(codec.model, device=choice.device)
+    pipe = Pipeline(generator, decoder, sink, decode_chunk=16,
                     threads=torch.get_num_threads(),
                     on_row=lambda _, row: rows.append(row))
     start = time.perf_counter()
@@ -170,8 +183,8 @@ def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray
     save_npy(args.tokens_out, torch.stack(rows).numpy().astype(np.int64))
     seconds = steps / FRAME_RATE
     print(f"rendered {steps} frames ({seconds:.2f} s, {generator.mode} window "
-          f"{generator.window}"
-          f"{f' hop {generator.hop}, {fmt} weights' if generator.mode == 'fast' else ''}) "
+          f"{generator.window}{f' hop {generator.hop}' if generator.mode == 'fast' else ''}, "
+          f"{describe(choice.weights)}) "
           f"in {elapsed:.2f} s (x{seconds / max(elapsed, 1e-9):.2f} real time), "
           f"seed {sampling.seed}", file=sys.stderr)
     return 0

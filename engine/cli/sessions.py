@@ -9,11 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import soxr
+import torch
 
 from engine import FRAME_RATE, SAMPLE_RATE
+from engine.cli.compute_flags import add_compute
 from engine.cli.models import save_npy
+from engine.errors import UserError
+from engine.live.compute import resolve_compute
 from engine.model.audio_io import write_audio
-from engine.session.replay import plot, read_session, recover, replay
+from engine.session.replay import plot, read_session, recorded_compute, recover, replay
 
 
 def add_parsers(sub) -> None:
@@ -27,6 +31,8 @@ def add_parsers(sub) -> None:
     rep.add_argument("--checkpoint", metavar="CKPT",
                      help="replay with this checkpoint instead of the recorded one")
     rep.add_argument("--trust-checkpoint", action="store_true")
+    add_compute(rep, auto_help="the device type the session was recorded on where this "
+                               "machine has it, else the CPU")
     rec = sub.add_parser("recover", help="fix up a session after a crash or kill")
     rec.add_argument("session", metavar="DIR")
     plo = sub.add_parser("plot", help="PNG: spectrogram above morph weights, temperature, top-k")
@@ -37,9 +43,14 @@ def add_parsers(sub) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     folder = Path(args.session)
     info = read_session(folder)
+    compute = _replay_compute(args.compute, recorded_compute(info))
     start = time.perf_counter()
-    tokens, audio = replay(folder, Path(args.controls) if args.controls else None,
-                           args.checkpoint, args.trust_checkpoint)
+    try:
+        tokens, audio = replay(folder, Path(args.controls) if args.controls else None,
+                               args.checkpoint, args.trust_checkpoint, compute=compute,
+                               notice=lambda m: print(m, file=sys.stderr, flush=True))
+    except ValueError as e:
+        raise UserError(f"{folder}: {e}") from None
     elapsed = time.perf_counter() - start
     rate = int(info.get("sample_rate", SAMPLE_RATE))
     if rate != SAMPLE_RATE:
@@ -55,6 +66,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
           f"{'identical to' if same else 'differ from'} the recording -> {args.out}",
           file=sys.stderr)
     return 0
+
+
+def _replay_compute(flag: str, recorded: torch.device) -> torch.device:
+    """``--compute`` for a replay: ``auto`` keeps the recorded device type where there is one
+    (token-identical), else falls back to the CPU (replay then says it is not)."""
+    if flag.strip().lower() != "auto":
+        return resolve_compute(flag)
+    if recorded.type == "cpu":
+        return recorded
+    for name in (str(recorded), recorded.type):  # cuda:1 → cuda:1, else cuda:0
+        try:
+            return resolve_compute(name)
+        except UserError:
+            pass
+    return torch.device("cpu")
 
 
 def cmd_recover(args: argparse.Namespace) -> int:

@@ -21,6 +21,10 @@ rounding (see ``tests/test_decoder.py``).
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -130,16 +134,17 @@ def _states(layers):
 
 
 def _to_state(value):
-    """A carried value as plain state: a tensor copy, an LSTM ``(h, c)`` as a list, or None."""
+    """A carried value as plain state: a CPU tensor copy, an LSTM ``(h, c)`` as a list, or
+    None."""
     if isinstance(value, tuple):
-        return [v.clone() for v in value]
-    return None if value is None else value.clone()
+        return [v.to("cpu", copy=True) for v in value]
+    return None if value is None else value.to("cpu", copy=True)
 
 
-def _from_state(value):
+def _from_state(value, device: torch.device):
     if isinstance(value, list):
-        return tuple(v.clone() for v in value)
-    return None if value is None else value.clone()
+        return tuple(v.to(device, copy=True) for v in value)
+    return None if value is None else value.to(device, copy=True)
 
 
 def folded_decoder(model: EncodecModel) -> nn.Module:
@@ -164,15 +169,25 @@ class StreamingDecoder:
 
     Args:
         model: the transformers EnCodec model whose decoder and quantizer are used.
+        device: where the decoder runs (a private copy of its weights is placed there; the
+            carried state stays there too). Codes come in and audio goes out on the CPU:
+            one device→host copy per decoded chunk. On CUDA the decoder has its own stream.
 
     Call :meth:`push` with ``[B, Q, n]`` codes (any ``n >= 0``); it returns the audio that is
     now final, ``[B, 1, 320·m]``. The first call(s) return nothing until
     :data:`FIRST_CHUNK_FRAMES` frames have arrived. :meth:`reset` starts a new stream.
     """
 
-    def __init__(self, model: EncodecModel):
+    def __init__(self, model: EncodecModel, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
         self.quantizer = model.quantizer
-        self.decoder = folded_decoder(model)
+        if self.device.type != "cpu":  # a copy: the codec's own quantizer encodes on the CPU
+            self.quantizer = copy.deepcopy(model.quantizer).to(self.device)
+        self.decoder = folded_decoder(model).to(self.device)
+        self.stream = None
+        if self.device.type == "cuda":
+            self.stream = torch.cuda.Stream(self.device)
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))  # the weights' copy
         self.reset()
 
     def reset(self) -> None:
@@ -202,12 +217,31 @@ class StreamingDecoder:
                              f"carries {carried}")
         self.reset()
         for (obj, attr), value in zip(_holders(self.layers), layers, strict=True):
-            setattr(obj, attr, _from_state(value))
-        self.pending, self.started = _from_state(pending), bool(started)
+            setattr(obj, attr, _from_state(value, self.device))
+        cpu = torch.device("cpu")
+        self.pending, self.started = _from_state(pending, cpu), bool(started)
+
+    def warm_up(self, chunk_frames: Iterable[int], num_q: int) -> float:
+        """Decode every chunk size once (lazy CUDA/cuDNN initialisation, kernel selection),
+        then put the stream back as it was; returns the seconds it took. Run it before the
+        sound device opens so the first chunks of a show cost what the others do."""
+        start = time.perf_counter()
+        saved = self.get_state()
+        self.push(torch.zeros(1, num_q, FIRST_CHUNK_FRAMES, dtype=torch.long))
+        for n in sorted(set(chunk_frames)):
+            self.push(torch.zeros(1, num_q, n, dtype=torch.long))
+        self.set_state(saved)
+        return time.perf_counter() - start
 
     @torch.inference_mode()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
-        """``[B, Q, n]`` codes → ``[B, 1, 320·m]`` newly final audio (m may be 0)."""
+        """``[B, Q, n]`` codes → ``[B, 1, 320·m]`` newly final audio on the CPU (m may be 0)."""
+        if self.stream is None:
+            return self._push(codes)
+        with torch.cuda.stream(self.stream):
+            return self._push(codes)
+
+    def _push(self, codes: torch.Tensor) -> torch.Tensor:
         if not self.started:
             codes = codes if self.pending is None else torch.cat([self.pending, codes], dim=-1)
             if codes.shape[-1] < FIRST_CHUNK_FRAMES:
@@ -217,8 +251,8 @@ class StreamingDecoder:
                 self.pending, self.started = None, True
         if codes.shape[-1] == 0:
             return torch.zeros(codes.shape[0], 1, 0)
-        x = self.quantizer.decode(codes.transpose(0, 1))  # [B, 128, n]
+        x = self.quantizer.decode(codes.transpose(0, 1).to(self.device))  # [B, 128, n]
         for layer in self.layers:
             x = layer(x)
         assert x.shape[-1] == codes.shape[-1] * HOP_LENGTH
-        return x
+        return x.cpu()  # the chunk's one device→host copy (a no-op on the CPU)

@@ -82,13 +82,18 @@ from engine.model.prompt_files import PromptReader
 WARM_UP_TIMEOUT_S = 30.0
 
 
+MODEL_FAMILY = "encodecgpt"  # what /engine/info names; one family plugs in today
+
+
 @dataclass
 class LiveConfig:
     window: int = 200
     mode: str = "fast"
     hop: int | None = None
-    quantize: str = "none"
+    quantize: str = "none"  # resolved (engine.live.compute.resolve_weights)
     seed: int = 0
+    compute: str = "cpu"  # the model and decoder's device (engine.live.compute.resolve_compute)
+    runner: str | None = None  # exact mode off the CPU: graph (CUDA default), compile, eager
     device: str | None = None  # None = default device, "null" = no sound card
     hostapi: str | None = None
     buffer_s: float = 0.2
@@ -126,11 +131,17 @@ class LiveEngine:
         controls = initial_controls(slots, num_slots=config.num_slots)
         self.generator = RollingGenerator(model, controls, window=config.window,
                                           mode=config.mode, hop=config.hop,
-                                          quantize=config.quantize, seed=config.seed)
+                                          quantize=config.quantize, seed=config.seed,
+                                          compute=config.compute, runner=config.runner)
         self.inbox = ControlInbox(self.generator, controls)
+        decoder = StreamingDecoder(codec.model, device=config.compute)
+        self.startup = {"capture_s": self.generator.startup_s, "decoder_warmup_s": 0.0}
+        if decoder.device.type == "cuda":  # before the device opens: no first-second glitch
+            chunks = range(1, max(1, config.decode_chunk) + 1)  # a recording start cuts one
+            self.startup["decoder_warmup_s"] = decoder.warm_up(chunks, model.num_q)
         self.output = LiveOutput(config.device, config.hostapi, buffer_s=config.buffer_s,
                                  blocksize=config.blocksize, latency=config.latency, log=log)
-        self.pipeline = Pipeline(self.generator, StreamingDecoder(codec.model), self.output.sink,
+        self.pipeline = Pipeline(self.generator, decoder, self.output.sink,
                                  decode_chunk=config.decode_chunk, threads=config.threads)
         self.events = Listeners(log, rate=lambda: self.output.rate)
         self.prompts = PromptLoader(PromptReader(encoder_factory, expected_dim=model.prompt_dim),
@@ -239,6 +250,14 @@ class LiveEngine:
         return self.prompts.check_path(path)
 
     # -- status (any thread) ---------------------------------------------------------------
+    def info(self) -> dict:
+        """What runs where (``/engine/info``, the console, session.json): compute device,
+        weight format, model family, window, mode."""
+        gen = self.generator
+        weights = "fp32" if gen.weight_format == "none" else gen.weight_format
+        return {"compute": str(gen.compute), "weights": weights, "family": MODEL_FAMILY,
+                "window": gen.window, "mode": gen.mode}
+
     def status(self) -> dict:
         """The figures the console and ``/engine/status`` show (a consistent-enough
         snapshot: each value is read once, without a lock)."""

@@ -9,6 +9,10 @@ demo. Two modes:
 ``exact``
     The whole ``[prompt, last W rows]`` is recomputed every step through the reference model
     — the same tokens as :func:`engine.model.reference.generate_window` and so as the original.
+    On a GPU (``compute`` not the CPU) the step is :class:`engine.live.static_window.
+    StaticWindowStep`: the same window as one padded fixed-shape forward, sampled on the device
+    (:mod:`engine.model.device_sampling`) and replayed from a CUDA graph; the tokens follow the
+    same distribution, not the CPU sampler's random stream.
 
 ``fast``
     KV cache (:class:`engine.live.kv_step.LeanGPT`, or :class:`engine.live.ort_step.OrtKVStep`
@@ -51,6 +55,7 @@ from engine.live.controls import AppliedControl, ControlEvent, ControlState
 from engine.live.kv_step import KVCache, KVStepInputs, RowGroup
 from engine.live.reprefill import ShadowPrefill
 from engine.live.state import StateReader
+from engine.live.static_window import StaticWindowStep
 from engine.live.weight_formats import build_kv_step
 from engine.model.encodecgpt import EnCodecGPT
 from engine.model.patterns import start_triangle_mask
@@ -59,6 +64,7 @@ from engine.model.sampling import sample_frame
 MAX_WINDOW = 299  # < 300 frames = 4 s at 75 Hz
 DEFAULT_WINDOW = 200  # 2.67 s, the original demo's buffer
 MODES = ("exact", "fast")
+_STATIC_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_window(window: int, hop: int | None, max_positions: int) -> int:
@@ -92,14 +98,24 @@ class RollingGenerator:
             :class:`~engine.live.ort_step.OrtKVStep`) to share (fast mode); built if omitted.
         background: run re-prefill jobs in a worker thread (False: inline, for debugging).
         worker_threads: torch threads of that worker.
+        compute: the device the model runs on. Not the CPU: ``exact`` mode only, through
+            :class:`StaticWindowStep` with ``quantize`` ``none`` (fp32), ``bf16`` or ``fp16``.
+        runner: the static step's runner (``graph``, ``compile``, ``eager``); default
+            ``graph`` on CUDA, ``eager`` elsewhere. Given on the CPU, exact mode runs the
+            static step there too (tests; the CPU default is the reference model).
+
+    Attributes:
+        startup_s: seconds spent building and capturing the step (0 for the CPU paths).
     """
 
     def __init__(self, model: EnCodecGPT, controls: ControlState, *, window: int = DEFAULT_WINDOW,
                  mode: str = "fast", hop: int | None = None, quantize: str = "none",
                  greedy: bool = False, seed: int = 0, lean: KVStepInputs | None = None,
-                 background: bool = True, worker_threads: int = 1):
+                 background: bool = True, worker_threads: int = 1,
+                 compute: torch.device | str = "cpu", runner: str | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.compute = torch.device(compute)
         self.model, self.mode = model, mode
         self.num_q = model.num_q
         self.window = window
@@ -115,14 +131,33 @@ class RollingGenerator:
             self.lean = lean or build_kv_step(model, quantize)
             self.reprefill = ShadowPrefill(self.lean, window, self.hop, background=background,
                                            worker_threads=worker_threads)
+        self.static = self._static_step(quantize, runner, seed)
+        self.startup_s = 0.0 if self.static is None else self.static.startup_s
         self.triangle = start_triangle_mask(self.num_q, self.num_q)  # [Q, Q] first rows
         self._clear_sequence(start=0)
         self.t = 0
+
+    def _static_step(self, quantize: str, runner: str | None,
+                     seed: int) -> StaticWindowStep | None:
+        on_cpu = self.compute.type == "cpu"
+        if on_cpu and runner is None:
+            return None
+        if self.mode != "exact":
+            raise ValueError(f"fast mode runs on the CPU only; on {self.compute} use exact "
+                             "mode (the default there)")
+        if quantize not in _STATIC_DTYPES:
+            raise ValueError(f"exact mode on {self.compute} runs fp32, bf16 or fp16 weights, "
+                             f"not {quantize!r}")
+        runner = runner or ("graph" if self.compute.type == "cuda" else "eager")
+        return StaticWindowStep(self.model, window=self.window, device=self.compute,
+                                dtype=_STATIC_DTYPES[quantize], seed=seed, runner=runner)
 
     # -- public API ----------------------------------------------------------------------
     def step(self) -> torch.Tensor:
         """Generate the next row; returns ``[Q]`` int64 delayed tokens."""
         self._apply_pending()
+        if self.static is not None:
+            return self._finish_step(self._static_row())
         prompt = torch.from_numpy(self.controls.prompt())  # [P] float32
         if self.mode == "exact":
             logits = self._exact_logits(prompt)
@@ -132,6 +167,19 @@ class RollingGenerator:
         c = self.controls
         row = sample_frame(logits[None], temperature=c.temperature, top_k=c.top_k,
                            top_p=c.top_p, greedy=self.greedy, generator=self.rng)[0]
+        return self._finish_step(row)
+
+    def _static_row(self) -> torch.Tensor:
+        """The static step: the window, its advance and the draw live on the device; only
+        the controls go in and the ``[Q]`` row comes out."""
+        c, static = self.controls, self.static
+        static.set_prompt(c.prompt())
+        static.set_sampling(c.temperature, c.top_k, c.top_p, self.greedy)
+        row = static.step()
+        self.last_logits = static.logits  # on the device; copied only if someone reads it
+        return row
+
+    def _finish_step(self, row: torch.Tensor) -> torch.Tensor:
         self._history.append(row)
         if len(self._history) > 2 * self.window + 1:
             del self._history[: len(self._history) - (2 * self.window + 1)]
@@ -170,6 +218,8 @@ class RollingGenerator:
         for entry in applied:
             if entry.address == "/seed":
                 self.rng.manual_seed(entry.values[0])
+                if self.static is not None:
+                    self.static.reseed(entry.values[0])
             elif entry.address == "/reset":
                 self._clear_sequence(start=self.t)
             self.queue.record(entry)
@@ -218,6 +268,8 @@ class RollingGenerator:
         self.win_start = start  # fast: b, the row at cache position 1
         self.cache: KVCache | None = None
         self.cache_prompt: torch.Tensor | None = None  # [P], the prompt the cache holds
+        if self.static is not None:
+            self.static.load(torch.zeros(0, self.num_q, dtype=torch.long), 0)
 
     def _row(self, i: int) -> torch.Tensor:
         """Row ``i`` (absolute index) of the current sequence."""
@@ -296,34 +348,50 @@ class RollingGenerator:
         Returns:
             ``mode``, ``window``, ``hop`` (checked on restore); ``t``, ``seq_start``,
             ``win_start``; ``history`` ``[n, Q]`` int64 (the rows kept, the last is row
-            ``t − 1``); ``rng`` (the sampler's generator state); ``controls``; ``cache``
-            (KV cache state or None), ``cache_prompt`` ``[P]`` or None; ``shadow``
-            (:meth:`ShadowPrefill.get_state`, None in ``exact`` mode).
+            ``t − 1``); ``rng`` (the sampler's generator state) and ``compute`` (the device
+            that generator and the model ran on, e.g. ``"cpu"``, ``"cuda:0"``);
+            ``controls``; ``cache`` (KV cache state or None), ``cache_prompt`` ``[P]`` or
+            None; ``shadow`` (:meth:`ShadowPrefill.get_state`, None in ``exact`` mode).
         """
         history = (torch.stack(self._history) if self._history
                    else torch.zeros(0, self.num_q, dtype=torch.long))
         return {
             "mode": self.mode, "window": self.window, "hop": self.hop,
             "t": self.t, "seq_start": self.seq_start, "win_start": self.win_start,
-            "history": history, "rng": self.rng.get_state(),
+            "history": history, "compute": str(self.compute),
+            "rng": (self.rng if self.static is None else self.static.generator).get_state(),
             "controls": self.controls.get_state(),
             "cache": None if self.cache is None else self.cache.get_state(),
             "cache_prompt": None if self.cache_prompt is None else self.cache_prompt.clone(),
             "shadow": None if self.reprefill is None else self.reprefill.get_state(),
         }
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: dict, *, other_device: bool = False) -> None:
         """Continue from :meth:`get_state`.
 
+        Args:
+            state: a generator state.
+            other_device: accept a state made on another device type (a GPU session
+                replayed on the CPU, or the reverse). Rows, window and controls carry over;
+                the sampler's random stream cannot (each device has its own generator and
+                sampler), so it goes on from this generator's seed: the tokens are not
+                bit-identical to the recording's.
+
         Raises:
-            ValueError: a missing or unused key (here or in a nested state), or a state of
-                a generator with another mode, window or hop.
+            ValueError: a missing or unused key (here or in a nested state), a state of a
+                generator with another mode, window or hop, or (without ``other_device``)
+                one made on another device type.
         """
         with StateReader(state, "generator") as s:
             config = (s.pop("mode"), s.pop("window"), s.pop("hop"))
             t, seq_start, win_start = s.pop("t"), s.pop("seq_start"), s.pop("win_start")
             history, rng, controls = s.pop("history"), s.pop("rng"), s.pop("controls")
             cache, prompt, shadow = s.pop("cache"), s.pop("cache_prompt"), s.pop("shadow")
+            made_on = torch.device(s.pop("compute"))
+        same_device = made_on.type == self.compute.type
+        if not (same_device or other_device):
+            raise ValueError(f"state was made on {made_on}, this generator runs on "
+                             f"{self.compute}: its random stream cannot continue here")
         if config != (self.mode, self.window, self.hop):
             raise ValueError(f"state was saved by a generator with mode/window/hop {config}, "
                              f"this one has {(self.mode, self.window, self.hop)}")
@@ -339,6 +407,10 @@ class RollingGenerator:
             self.reprefill.set_state(shadow)
         self.t, self.seq_start, self.win_start = t, seq_start, win_start
         self._history = list(history.clone())
-        self.rng.set_state(rng)
+        if same_device:
+            (self.rng if self.static is None else self.static.generator).set_state(rng)
         self.controls, self.cache = new_controls, new_cache
         self.cache_prompt = None if prompt is None else prompt.clone()
+        if self.static is not None:  # the device window: the sequence's last rows
+            n = t - seq_start
+            self.static.load(history[len(history) - min(n, self.window):], n)

@@ -11,6 +11,9 @@ format version:
 2. Key ``"format_version": 2``. ``state.pt`` and ``decoder_state.pt`` are protocol states
    (:mod:`engine.live.state`: tensors, scalars, lists, dicts) and load with
    ``torch.load(..., weights_only=True)``.
+3. The generator state gains ``compute``: the device its model and sampler ran on
+   (``"cpu"``, ``"cuda:0"``; session.json's ``engine`` section says it too). Versions 1 and 2
+   were always made on the CPU, and read as such.
 
 Every later change to the folder's files bumps :data:`FORMAT_VERSION` and adds the reading
 (and conversion) of the previous version here, so old sessions keep replaying
@@ -28,7 +31,7 @@ import torch
 from engine.errors import UserError
 
 FORMAT = "encodecgpt-live-session"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def read_session(folder: Path) -> dict:
@@ -70,9 +73,14 @@ def session_version(info: dict, path: Path | str = "session.json") -> int:
 def load_generator_state(folder: Path, info: dict) -> dict:
     """``state.pt`` as a generator state (:meth:`RollingGenerator.set_state`)."""
     path = Path(folder) / "state.pt"
-    if session_version(info) == 1:
-        return _generator_state_v1(_load_v1(path), info["engine"]["num_q"])
-    return _load(path)
+    version = session_version(info)
+    if version == 1:
+        state = _generator_state_v1(_load_v1(path), info["engine"]["num_q"])
+    else:
+        state = _load(path)
+    if version < 3:
+        state["compute"] = "cpu"
+    return state
 
 
 def load_decoder_state(folder: Path, info: dict) -> dict | None:

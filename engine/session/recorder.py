@@ -437,7 +437,8 @@ def session_info(engine: LiveEngine) -> dict:
                           "sha256": embedding_digest(vec), "embedding": vec.copy()})
     return {"model": dict(cfg.identity), "sample_rate": engine.output.rate,
             "engine": {"window": gen.window, "hop": gen.hop, "mode": gen.mode,
-                       "quantize": gen.weight_format, "seed": cfg.seed, "greedy": gen.greedy,
+                       "quantize": gen.weight_format, "compute": str(gen.compute),
+                       "seed": cfg.seed, "greedy": gen.greedy,
                        "num_q": gen.num_q, "num_slots": gen.controls.num_slots,
                        "device": "device" if engine.is_device else "null"},
             "prompt_slots": slots}

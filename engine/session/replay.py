@@ -4,13 +4,16 @@ Replay restores the generator state saved at the first recorded frame, applies e
 control at its frame (all controls of one frame as one bundle), and runs the live engine's
 :class:`~engine.live.pipeline.Pipeline` (generator thread → undelay → chunked streaming
 decode, from the saved decoder state) into a memory sink for as many frames as were
-recorded — offline, as fast as the CPU allows. With the same model, device type and dtype
-the tokens are identical.
+recorded — offline, as fast as the machine allows. With the same model, device type and
+dtype the tokens are identical; a session replayed on another device type (recorded on a
+GPU, replayed on the CPU, or the reverse) continues the same rows and controls with that
+device's sampler and float rounding, and says that its tokens are not bit-identical.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ import torch
 from engine import FRAME_RATE
 from engine.atomic_write import write_json_atomic, write_text_atomic
 from engine.errors import UserError
+from engine.live.compute import resolve_weights
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
@@ -79,21 +83,42 @@ def load_session_model(info: dict, checkpoint: str | None, trust: bool):
     return loaded.model, loaded.codec
 
 
+def recorded_compute(info: dict) -> torch.device:
+    """The device a session was recorded on (sessions before format version 3: the CPU)."""
+    return torch.device(info["engine"].get("compute", "cpu"))
+
+
 def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = None,
-           trust: bool = False, frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Re-render a session: returns ``(tokens [N, Q] int64, audio [n] float32 at 24 kHz)``."""
+           trust: bool = False, frames: int | None = None,
+           compute: torch.device | None = None,
+           notice: Callable[[str], None] = lambda m: None) -> tuple[np.ndarray, np.ndarray]:
+    """Re-render a session: returns ``(tokens [N, Q] int64, audio [n] float32 at 24 kHz)``.
+
+    Args:
+        compute: the device to replay on (default: the one it was recorded on).
+        notice: told, in one line, when the replay cannot be bit-identical (another device
+            type than the recording's).
+    """
     folder = Path(folder)
     info = read_session(folder)
     eng = info["engine"]
+    recorded = recorded_compute(info)
+    compute = recorded if compute is None else torch.device(compute)
+    quantize = eng["quantize"]
+    if compute.type != recorded.type:
+        quantize = resolve_weights(None, compute, eng["mode"]).name
+        notice(f"notice: this session was recorded on {recorded} and replays on {compute}: "
+               "not bit-identical (another sampler and float rounding; same rows, controls "
+               "and window)")
     model, codec = load_session_model(info, checkpoint, trust)
     try:  # e.g. int4 weights recorded, onnxruntime not installed here
         gen = RollingGenerator(model, ControlState(num_slots=eng["num_slots"]),
                                window=eng["window"], mode=eng["mode"], hop=eng["hop"],
-                               quantize=eng["quantize"], greedy=bool(eng.get("greedy", False)),
-                               seed=eng["seed"])
+                               quantize=quantize, greedy=bool(eng.get("greedy", False)),
+                               seed=eng["seed"], compute=compute)
     except ValueError as e:
         raise UserError(f"{folder}: cannot replay this session here: {e}") from None
-    gen.set_state(load_generator_state(folder, info))
+    gen.set_state(load_generator_state(folder, info), other_device=compute.type != recorded.type)
     first = info["first_frame"]
     log = read_controls(controls or folder / "controls.jsonl", folder / "slots")
     for frame, events in sorted(log.items()):
@@ -101,7 +126,7 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
             gen.schedule(frame, events)
     if frames is None:
         frames = _recorded_rows(folder)
-    decoder = StreamingDecoder(codec.model)
+    decoder = StreamingDecoder(codec.model, device=compute)
     dec_state = load_decoder_state(folder, info)
     if dec_state is not None:
         decoder.set_state(dec_state)

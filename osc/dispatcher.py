@@ -32,7 +32,7 @@ from pythonosc.osc_packet import OscPacket
 from engine.errors import UserError
 from engine.live.controls import SPECS, ControlError, ControlEvent, check_args
 from osc.addresses import TABLE, Address, schema_json
-from osc.feedback import status_messages
+from osc.feedback import info_message, status_messages
 
 Target = tuple[str, int]
 Reply = Callable[[str, list, Target], None]
@@ -171,7 +171,8 @@ class OSCDispatcher:
         return True
 
     def _status(self, args: tuple, sender: Target) -> bool:
-        for address, values in status_messages(self.engine.status()):
+        for address, values in [*status_messages(self.engine.status()),
+                                 info_message(self.engine.info())]:
             self.reply(address, values, sender)
         return True
 

@@ -118,6 +118,10 @@ class FakeEngine:
                 "temperature": 0.9, "topk": 40, "topp": 0.95, "recording": 1, "playing": 1,
                 "frame": 750, "device": "null"}
 
+    def info(self):
+        return {"compute": "cpu", "weights": "int4", "family": "encodecgpt", "window": 200,
+                "mode": "fast"}
+
 
 @pytest.fixture
 def osc():
@@ -274,13 +278,15 @@ def test_status_replies_with_the_eleven_fields_in_table_order(osc):
     dispatcher, engine, replies = osc
     assert dispatcher.handle(STATUS, SENDER)
     assert [(a, to) for a, _, to in replies] == [("/engine/status", SENDER),
-                                                   ("/engine/mix", SENDER)]
+                                                   ("/engine/mix", SENDER),
+                                                   ("/engine/info", SENDER)]
     status = replies[0][1]
     assert status == [1.5, 4.0, 9.0, 180.0, 0.75, 2, 0.9, 0.95, 40, 1, 1]
     # the type tags on the wire are the table's
     wire = build_message("/engine/status", status)
     assert wire[16:28] == b"," + REPLIES_BY_ADDRESS["/engine/status"].types.encode()
     assert replies[1][1] == [0.25, 0.75, 0.0, 0.0, 0.0]
+    assert replies[2][1] == ["cpu", "int4", "encodecgpt", 200, "fast"]
 
 
 

@@ -154,7 +154,7 @@ def quality(model: EnCodecGPT, steps: dict, positions: int, seed: int = 1) -> di
     clear = (top2[..., 0] - top2[..., 1]) > CLEAR_GAP
     out = {}
     for f, s in steps.items():
-        lq = logits(s).log_softmax(-1)
+        lq = lp if f == "none" else logits(s).log_softmax(-1)
         agree = lp.argmax(-1) == lq.argmax(-1)
         out[f] = {"kl": float((lp.exp() * (lp - lq)).sum(-1).mean()),
                   "top1": float(agree.float().mean()),

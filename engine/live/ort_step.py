@@ -111,19 +111,21 @@ class OrtKVStep(KVStepInputs):
             ``[len(out_rows), Q, 1025]`` float32 logits.
         """
         self.check_groups(groups)
-        starts = np.cumsum([0] + [g.x.shape[0] for g in groups])
+        starts = [0]
+        for g in groups:
+            starts.append(starts[-1] + g.x.shape[0])
         x = torch.cat([g.x for g in groups]) + self.wpe[
             torch.cat([torch.arange(g.start, g.start + g.x.shape[0]) for g in groups])]
-        h = torch.empty(int(starts[-1]), self.d)
-        for prompt_row, idx in self._plan(groups):
-            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in idx])
+        h = torch.empty(starts[-1], self.d)
+        for prompt_row, idx in self._plan(groups):  # a run's groups are consecutive
+            a, e = starts[idx[0]], starts[idx[-1] + 1]
             last = groups[idx[-1]]
-            b = self._binding(last.cache, prompt_row, len(rows))
-            b.x[0] = x[rows].numpy()
+            b = self._binding(last.cache, prompt_row, e - a)
+            b.x[0] = x[a:e].numpy()
             b.seqlens_k[0] = last.start + last.x.shape[0] - 1
             b.total[...] = last.start + last.x.shape[0]
             (self._prompt_rows if prompt_row else self._rows).run_with_iobinding(b.io)
-            h[rows] = torch.from_numpy(b.h[0])
+            h[a:e] = torch.from_numpy(b.h[0])
         for g in groups:
             g.cache.length = max(g.cache.length, g.start + g.x.shape[0])
         if not out_rows:  # a prefill: only the caches were wanted

@@ -116,6 +116,8 @@ class RollingGenerator:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.compute = torch.device(compute)
+        if self.compute.type == "cuda" and self.compute.index is None:  # say which GPU
+            self.compute = torch.device("cuda", torch.cuda.current_device())
         self.model, self.mode = model, mode
         self.num_q = model.num_q
         self.window = window

@@ -139,13 +139,13 @@ def resolve_weights(quantize: str | None, device: torch.device,
 
 
 def _check_cpu(name: str, mode: str) -> None:
+    if name == "fp16":
+        raise UserError("--quantize fp16 runs on CUDA only (CPU fp16 matmuls are emulated, "
+                        "slower than fp32); on the CPU use none, int8, int4 or bf16")
     try:  # int4 needs onnxruntime (the cpu extra)
         resolve_cpu_format(name)
     except ValueError as e:
         raise UserError(f"--quantize {name}: {e}") from None
-    if name == "fp16":
-        raise UserError("--quantize fp16 runs on CUDA only (CPU fp16 matmuls are emulated, "
-                        "slower than fp32); on the CPU use none, int8, int4 or bf16")
     if mode == "exact" and name != "none":
         raise UserError(f"--quantize {name}: exact mode on the CPU runs the reference model "
                         "in fp32; use --quantize none, or --mode fast for quantized weights")

@@ -13,6 +13,7 @@ from device_helpers import HAS_CUDA, gpu
 from fixtures import golden, run_cli
 from live_helpers import wait_until
 
+from engine.live.compute import WeightFormat, apply_precision
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
 from engine.live.engine import LiveConfig
@@ -272,8 +273,6 @@ def _flat(values):
 
 @gpu
 def test_generator_on_cuda_fp32_reproduces_the_goldens(loaded):
-    from engine.live.compute import WeightFormat, apply_precision
-
     apply_precision(WeightFormat("none", torch.float32, torch.device("cuda")))
     g = golden("encodecgpt_A.npz")
     gen = RollingGenerator(loaded.model, _controls(g["prompt_p0"], g["prompt_p1"]), window=20,

@@ -177,8 +177,8 @@ def test_render_fast_int4_end_to_end(tmp_path, ckpt_path):
                    "--prompt-to", tmp_path / "p1.npy", "--window", 20, "--mode", "fast",
                    "--quantize", "int4", "--frames", 60, "--seed", 1,
                    "--tokens-out", tmp_path / "tok.npy", "--out", tmp_path / "out.wav")
-    assert "weights: int4 (onnxruntime" in proc.stderr
-    assert "fast window 20 hop 5, int4 weights" in proc.stderr
+    assert "cpu, int4 (onnxruntime" in proc.stderr  # the startup line says which weights
+    assert "fast window 20 hop 5, cpu, int4 (onnxruntime" in proc.stderr
     tokens = np.load(tmp_path / "tok.npy")
     assert tokens.shape == (60, 8) and tokens.min() >= 0 and tokens.max() <= 1024
     assert (tmp_path / "out.wav").stat().st_size > 0

@@ -29,7 +29,8 @@ class FakeEngine:
         controls = SimpleNamespace(slots=[np.ones(4, np.float32)], num_slots=1)
         self.generator = SimpleNamespace(
             t=0, at_boundary=self._boundary.append, get_state=lambda: {"t": self.generator.t},
-            controls=controls, window=8, hop=2, mode="fast", greedy=False, num_q=2)
+            controls=controls, window=8, hop=2, mode="fast", greedy=False, num_q=2,
+            weight_format="none", compute="cpu")
         self.pipeline = SimpleNamespace(at_frame=lambda f, hook: self._marks.append((f, hook)))
         self.config = SimpleNamespace(identity={}, quantize="none", seed=0)
         self.output = SimpleNamespace(rate=24000)

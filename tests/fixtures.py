@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from live_helpers import run_cli  # noqa: F401  (its old home; it lives with the other runners)
+from live_helpers import (
+    REPO,
+    run_cli,  # noqa: F401  (its old home; it lives with the other runners)
+)
 
-REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "fixtures" / "reference"
 
 # The fixtures' seeded EnCodec weights: a random codec whose codes vary (random_codec's do not).

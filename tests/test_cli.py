@@ -56,6 +56,7 @@ def test_render_window_morph_greedy_golden(tmp_path, ckpt_path, prompts):
     assert np.abs(audio[: 32 * 320 - 640] - g["interp_lerp_buf20_audio"][0, :-640]).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_render_kv_from_audio_prompt_golden(tmp_path, ckpt_path, mae_dir):
     """End to end: the audio file is embedded by EnCodecMAE, then generator (1) runs."""
     run("render", "--checkpoint", ckpt_path, "--prompt", ref("signal_A.wav"),
@@ -134,6 +135,7 @@ def test_render_a_minute_of_fast_morph_between_audio_prompts(tmp_path, ckpt_path
     assert np.abs(audio - offline).max() < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra,msg", [
     (["--window", "300"], "window must be 1..299"),
     (["--mode", "fast", "--hop", "0"], "hop must be in 1..200"),

@@ -40,8 +40,8 @@ from engine.cli.compute_flags import (  # noqa: E402
     add_quantize,
     resolve_engine,
 )
-from engine.live.compute import resolve_compute  # noqa: E402
 from engine.live.engine import LiveConfig  # noqa: E402
+from engine.live.step.compute import resolve_compute  # noqa: E402
 from engine.model.codec import random_codec  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402

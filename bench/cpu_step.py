@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import FRAME_RATE  # noqa: E402
 from engine.live.decoder import StreamingDecoder  # noqa: E402
 from engine.live.generator import PREFILL_EVERY  # noqa: E402
-from engine.live.kv_step import RowGroup  # noqa: E402
-from engine.live.weight_formats import (  # noqa: E402
+from engine.live.step.kv_step import RowGroup  # noqa: E402
+from engine.live.step.weight_formats import (  # noqa: E402
     CLEAR_GAP,
     build_kv_step,
     onnxruntime_version,
@@ -178,7 +178,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if args.checkpoint:
-        from engine.model.checkpoint import load_checkpoint
+        from engine.model.loading.checkpoint import load_checkpoint
 
         model = load_checkpoint(args.checkpoint).model
     else:

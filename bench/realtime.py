@@ -52,12 +52,12 @@ from engine.cli.compute_flags import (  # noqa: E402
     add_quantize,
     resolve_engine,
 )
+from engine.live.audio.sinks import NullSink  # noqa: E402
 from engine.live.control_input import initial_controls  # noqa: E402
 from engine.live.controls import ControlEvent, ControlState  # noqa: E402
 from engine.live.decoder import StreamingDecoder  # noqa: E402
 from engine.live.generator import RollingGenerator  # noqa: E402
 from engine.live.pipeline import Pipeline  # noqa: E402
-from engine.live.sinks import NullSink  # noqa: E402
 from engine.model.codec import random_codec  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402

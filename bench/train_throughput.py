@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import FRAME_RATE  # noqa: E402
 from engine.cli.compute_flags import add_compute  # noqa: E402
-from engine.live.compute import resolve_compute  # noqa: E402
+from engine.live.step.compute import resolve_compute  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
 from engine.train.data.dataset import collate  # noqa: E402

@@ -22,7 +22,7 @@ Where things happen, and on which thread:
   called by the *OSC* thread of :class:`osc.server.OSCServer`: the datagram is checked
   against the address table (:mod:`osc.addresses`), and a bundle of control events is
   validated as a whole and queued with :meth:`engine.live.engine.LiveEngine.submit`.
-* **Audio reaches the device** in :class:`engine.live.sound_device.AudioOut`: the *decoder*
+* **Audio reaches the device** in :class:`engine.live.audio.sound_device.AudioOut`: the *decoder*
   thread of the pipeline turns rows into frames and 24 kHz blocks and writes them into a
   preallocated ring; PortAudio's *audio callback* only copies from that ring.
 

@@ -47,7 +47,7 @@ def ckpt_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def loaded(ckpt_path):
-    from engine.model.checkpoint import load_checkpoint
+    from engine.model.loading.checkpoint import load_checkpoint
 
     return load_checkpoint(ckpt_path)
 

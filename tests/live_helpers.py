@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from engine.live.engine import LiveConfig, LiveEngine
-from engine.model.random_model import random_model
+from engine.model.loading.random_model import random_model
 from engine.session.live_session import build_live_engine
 
 REPO = Path(__file__).resolve().parents[1]

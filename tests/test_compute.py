@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from engine.errors import UserError
-from engine.live import compute
-from engine.live.compute import (
+from engine.live.step import compute
+from engine.live.step.compute import (
     WeightFormat,
     apply_precision,
     out_of_memory_as_user_error,

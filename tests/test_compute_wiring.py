@@ -13,13 +13,13 @@ from device_helpers import HAS_CUDA, gpu
 from fixtures import golden, run_cli
 from live_helpers import wait_until
 
-from engine.live.compute import WeightFormat, apply_precision
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
 from engine.live.engine import LiveConfig
 from engine.live.generator import RollingGenerator
+from engine.live.step.compute import WeightFormat, apply_precision
 from engine.model.codec import random_codec
-from engine.model.random_model import random_model
+from engine.model.loading.random_model import random_model
 from engine.session.live_session import build_live_engine
 from engine.session.replay import replay
 from osc.feedback import FeedbackSender

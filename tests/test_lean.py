@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import tiny_random_model
 
-from engine.live.kv_step import LeanGPT, RowGroup
+from engine.live.step.kv_step import LeanGPT, RowGroup
 
 
 @pytest.fixture(scope="module")

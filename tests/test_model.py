@@ -7,8 +7,8 @@ from conftest import tiny_random_model
 from fixtures import golden
 
 from engine.errors import UserError
-from engine.model.checkpoint import from_pretrained, load_checkpoint, save_pretrained
 from engine.model.codec import random_codec
+from engine.model.loading.checkpoint import from_pretrained, load_checkpoint, save_pretrained
 
 
 def test_checkpoint_loads_strictly_with_config_beside(loaded):

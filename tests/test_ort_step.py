@@ -7,11 +7,11 @@ import torch
 from conftest import tiny_random_model
 from fixtures import golden, run_cli
 
-from engine.live.block_quant import block_size_for, quantize
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.generator import RollingGenerator
-from engine.live.kv_step import LeanGPT, RowGroup
-from engine.live.weight_formats import onnxruntime_version
+from engine.live.step.block_quant import block_size_for, quantize
+from engine.live.step.kv_step import LeanGPT, RowGroup
+from engine.live.step.weight_formats import onnxruntime_version
 
 needs_ort = pytest.mark.skipif(
     onnxruntime_version() is None,
@@ -41,7 +41,7 @@ def model():
 def _steps(model, quantize):
     if quantize in ("none", "int8", "bf16"):
         return LeanGPT(model, quantize)
-    from engine.live.ort_step import OrtKVStep
+    from engine.live.step.ort_step import OrtKVStep
 
     return OrtKVStep(model, quantize)
 
@@ -82,8 +82,8 @@ def test_ort_graph_in_fp32_equals_the_torch_step(model):
 def test_int4_layout_matches_the_dequantized_weights(model):
     """A wrong nibble order or scale layout would be O(1) off; int8 activations (accuracy
     level 4) leave ~1 % relative error."""
-    from engine.live.ort_graph import LinearFormat, StepWeights, head_graph
-    from engine.live.ort_step import _session
+    from engine.live.step.ort_graph import LinearFormat, StepWeights, head_graph
+    from engine.live.step.ort_step import _session
 
     cfg = model.gpt.config
     w = StepWeights.from_state_dict(model.state_dict(), cfg.n_layer, cfg.n_head,

@@ -6,7 +6,7 @@ from fixtures import golden, ref
 from engine.errors import UserError
 from engine.model.audio_io import read_audio
 from engine.model.encodecmae import load_encodecmae
-from engine.model.gin_sizes import find_binding, parse_gin
+from engine.model.loading.gin_sizes import find_binding, parse_gin
 
 
 @pytest.fixture(scope="module")

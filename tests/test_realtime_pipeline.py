@@ -8,13 +8,13 @@ import torch
 from conftest import tiny_random_model
 
 from engine import FRAME_RATE, SAMPLE_RATE
+from engine.live.audio.ringbuffer import SampleRing
+from engine.live.audio.sinks import MemorySink, NullSink
 from engine.live.control_input import initial_controls
 from engine.live.controls import ControlEvent
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
 from engine.live.pipeline import Pipeline
-from engine.live.ringbuffer import SampleRing
-from engine.live.sinks import MemorySink, NullSink
 from engine.model.codec import random_codec
 from engine.model.reference import tokens_to_audio
 

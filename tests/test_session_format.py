@@ -15,7 +15,7 @@ from live_helpers import wait_until
 
 from engine.errors import UserError
 from engine.live.engine import LiveConfig
-from engine.model.random_model import random_model
+from engine.model.loading.random_model import random_model
 from engine.session.format import FORMAT_VERSION, load_generator_state, read_session
 from engine.session.live_session import build_live_engine
 from engine.session.replay import replay

@@ -13,7 +13,7 @@ from conftest import tiny_random_model
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
-from engine.live.kv_step import LeanGPT, RowGroup
+from engine.live.step.kv_step import LeanGPT, RowGroup
 from engine.model.codec import random_codec
 
 

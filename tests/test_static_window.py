@@ -11,10 +11,10 @@ from conftest import tiny_random_model
 from device_helpers import CUDA, DEVICES, gpu
 from fixtures import golden
 
-from engine.live.compute import WeightFormat, apply_precision
-from engine.live.graph_runner import GraphRunner
-from engine.live.static_window import StaticWindowStep
-from engine.live.window_gpt import WindowGPT
+from engine.live.step.compute import WeightFormat, apply_precision
+from engine.live.step.graph_runner import GraphRunner
+from engine.live.step.static_window import StaticWindowStep
+from engine.live.step.window_gpt import WindowGPT
 from engine.model.patterns import start_triangle_mask
 
 W = 12

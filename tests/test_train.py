@@ -64,7 +64,7 @@ def test_resume_from_a_mid_run_checkpoint_continues_the_same_curve(trained_run, 
 
 @pytest.mark.slow
 def test_final_checkpoint_loads_renders_and_exports(trained_run, tmp_path):
-    from engine.model.checkpoint import from_pretrained, load_checkpoint
+    from engine.model.loading.checkpoint import from_pretrained, load_checkpoint
 
     cache, run, _ = trained_run
     last = run / "checkpoints" / "last.ckpt"

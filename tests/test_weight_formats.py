@@ -1,5 +1,5 @@
 """Each fast-mode weight format against fp32 on the golden checkpoint, and the default's
-quality bound (``engine.live.weight_formats``)."""
+quality bound (``engine.live.step.weight_formats``)."""
 
 import contextlib
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from fixtures import golden
 
-from engine.live.kv_step import RowGroup
-from engine.live.weight_formats import (
+from engine.live.step.kv_step import RowGroup
+from engine.live.step.weight_formats import (
     CLEAR_GAP,
     MAX_MEAN_KL,
     MIN_TOP1,
@@ -98,7 +98,7 @@ def test_auto_is_int4_with_onnxruntime_else_int8():
 
 def test_the_default_meets_the_quality_bound(golden_run):
     """Whatever ``auto`` picks on this machine is within the bound stated in
-    engine.live.weight_formats."""
+    engine.live.step.weight_formats."""
     model, x, preds = golden_run
     q = _quality(preds, _teacher_forced_stepwise(model, "auto", x))
     assert q["kl"] <= MAX_MEAN_KL and q["top1"] >= MIN_TOP1 and q["top1_clear"] == 1.0, q

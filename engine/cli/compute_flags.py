@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import UserError
-from engine.live.compute import (
+from engine.live.step.compute import (
     COMPUTE_CHOICES,
     WEIGHT_FORMATS,
     WeightFormat,
@@ -23,7 +23,7 @@ from engine.live.compute import (
     resolve_compute,
     resolve_weights,
 )
-from engine.live.static_window import RUNNERS
+from engine.live.step.static_window import RUNNERS
 
 CPU_DECODE_CHUNK = 8
 # Not measured yet (no GPU was available to this release): the issue asks to compare 1, 2

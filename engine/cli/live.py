@@ -22,14 +22,14 @@ from engine.cli.compute_flags import (
 from engine.cli.console import StatusConsole
 from engine.cli.default_prompts import write_default_prompts
 from engine.errors import UserError
-from engine.live.compute import out_of_memory_as_user_error
+from engine.live.audio.sound_device import list_devices
 from engine.live.engine import LiveConfig
-from engine.live.sound_device import list_devices
-from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from engine.live.step.compute import out_of_memory_as_user_error
 from engine.model.config import PRESETS
 from engine.model.encodecmae import default_cache_dir, load_encodecmae
+from engine.model.loading.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from engine.model.loading.random_model import random_model
 from engine.model.prompt_files import PromptReader, load_prompt_npy
-from engine.model.random_model import random_model
 from engine.session.live_session import build_live_engine
 from osc.feedback import FeedbackSender
 from osc.server import OSCServer

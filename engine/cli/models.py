@@ -8,12 +8,12 @@ import sys
 import numpy as np
 
 from engine.errors import UserError
-from engine.live.kv_step import bf16_is_native
-from engine.model.checkpoint import load_checkpoint
+from engine.live.step.kv_step import bf16_is_native
 from engine.model.codec import Codec
 from engine.model.config import PRESETS
 from engine.model.encodecgpt import EnCodecGPT
-from engine.model.random_model import random_model
+from engine.model.loading.checkpoint import load_checkpoint
+from engine.model.loading.random_model import random_model
 
 
 def add_model_source(p: argparse.ArgumentParser) -> None:

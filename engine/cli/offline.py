@@ -13,18 +13,18 @@ from engine import FRAME_RATE, SAMPLE_RATE
 from engine.cli.compute_flags import add_compute, resolve_engine
 from engine.cli.models import add_model_source, load_model, save_npy
 from engine.errors import UserError
-from engine.live.compute import WEIGHT_FORMATS, describe, resolve_compute
+from engine.live.audio.sinks import FileSink, MemorySink
 from engine.live.control_input import initial_controls
 from engine.live.controls import ControlEvent
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import DEFAULT_WINDOW, RollingGenerator
 from engine.live.pipeline import Pipeline
-from engine.live.sinks import FileSink, MemorySink
+from engine.live.step.compute import WEIGHT_FORMATS, describe, resolve_compute
 from engine.model.audio_io import write_audio
-from engine.model.checkpoint import load_checkpoint
 from engine.model.codec import codebooks_for_bandwidth, load_codec
 from engine.model.config import SamplingConfig
 from engine.model.encodecmae import load_encodecmae
+from engine.model.loading.checkpoint import load_checkpoint
 from engine.model.prompt_files import PromptReader
 from engine.model.reference import generate_kv, generate_window, prompt_schedule, tokens_to_audio
 

@@ -15,7 +15,7 @@ from engine import FRAME_RATE, SAMPLE_RATE
 from engine.cli.compute_flags import add_compute
 from engine.cli.models import save_npy
 from engine.errors import UserError
-from engine.live.compute import resolve_compute
+from engine.live.step.compute import resolve_compute
 from engine.model.audio_io import write_audio
 from engine.session.replay import plot, read_session, recorded_compute, recover, replay
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.model.checkpoint import load_checkpoint, save_pretrained
 from engine.model.config import PRESETS
+from engine.model.loading.checkpoint import load_checkpoint, save_pretrained
 from engine.train.data.cache import read_index
 from engine.train.data.prepare import PrepareOptions, prepare
 from engine.train.data.sources import KINDS

@@ -6,7 +6,7 @@
   (:mod:`engine.live.control_input`: initial slots, bundles validated as a whole);
 * the two-thread pipeline, generator → decoder → sink (:mod:`engine.live.pipeline`);
 * the output: a PortAudio device, or the null sink, with the watchdog that falls back to the
-  null sink when the device fails (:mod:`engine.live.output`);
+  null sink when the device fails (:mod:`engine.live.audio.output`);
 * prompt loading for ``/prompt/load`` (:mod:`engine.live.prompt_loading`);
 * transport: play / pause / panic (:mod:`engine.live.transport`);
 * the listeners (recorder, control log, tap) and notices (:mod:`engine.live.listeners`);
@@ -35,7 +35,7 @@ Which thread may call what, once :meth:`LiveEngine.start` has run:
 * **Decoder thread** (``decoder``): owns the undelay and the streaming decoder; decodes
   chunks, hands each block to the listeners (``on_audio``: tap, recorder) and writes it to
   the sink, waiting while the ring is full (that back-pressure paces the generator).
-* **Audio callback** (PortAudio's thread, :class:`~engine.live.sound_device.AudioOut`):
+* **Audio callback** (PortAudio's thread, :class:`~engine.live.audio.sound_device.AudioOut`):
   copies from the ring into the device buffer, zero-fills and counts an underrun, applies
   the fade gain; no allocation, locks, logging, torch or I/O. On the null sink a
   ``null-sink`` thread consumes the ring in real time instead.
@@ -68,12 +68,12 @@ import numpy as np
 
 from engine import FRAME_RATE
 from engine.errors import UserError
+from engine.live.audio.output import LiveOutput
 from engine.live.control_input import ControlInbox, initial_controls
 from engine.live.controls import ControlEvent
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
 from engine.live.listeners import EngineListener, Listeners
-from engine.live.output import LiveOutput
 from engine.live.pipeline import Pipeline
 from engine.live.prompt_loading import PromptLoader
 from engine.live.transport import Transport
@@ -90,9 +90,9 @@ class LiveConfig:
     window: int = 200
     mode: str = "fast"
     hop: int | None = None
-    quantize: str = "none"  # resolved (engine.live.compute.resolve_weights)
+    quantize: str = "none"  # resolved (engine.live.step.compute.resolve_weights)
     seed: int = 0
-    compute: str = "cpu"  # the model and decoder's device (engine.live.compute.resolve_compute)
+    compute: str = "cpu"  # model and decoder device (engine.live.step.compute.resolve_compute)
     runner: str | None = None  # exact mode off the CPU: graph (CUDA default), compile, eager
     device: str | None = None  # None = default device, "null" = no sound card
     hostapi: str | None = None

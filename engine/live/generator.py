@@ -9,18 +9,18 @@ demo. Two modes:
 ``exact``
     The whole ``[prompt, last W rows]`` is recomputed every step through the reference model
     — the same tokens as :func:`engine.model.reference.generate_window` and so as the original.
-    On a GPU (``compute`` not the CPU) the step is :class:`engine.live.static_window.
+    On a GPU (``compute`` not the CPU) the step is :class:`engine.live.step.static_window.
     StaticWindowStep`: the same window as one padded fixed-shape forward, sampled on the device
     (:mod:`engine.model.device_sampling`) and replayed from a CUDA graph; the tokens follow the
     same distribution, not the CPU sampler's random stream.
 
 ``fast``
-    KV cache (:class:`engine.live.kv_step.LeanGPT`, or :class:`engine.live.ort_step.OrtKVStep`
-    for ``int4``). The cache holds ``[prompt, rows b..t-2]`` and a step feeds row ``t-1``. When
-    the context would exceed ``W``, the window start ``b`` jumps by the hop ``H`` (default
-    ``W // 4``) and the cache is replaced by a **shadow** cache that already holds
+    KV cache (:class:`engine.live.step.kv_step.LeanGPT`, or
+    :class:`engine.live.step.ort_step.OrtKVStep` for ``int4``). The cache holds
+    ``[prompt, rows b..t-2]`` and a step feeds row ``t-1``. When the context would exceed
+    ``W``, the window start ``b`` jumps by the hop ``H`` (default ``W // 4``) and the cache is replaced by a **shadow** cache that already holds
     ``[prompt, rows b+H..]`` with the triangle re-created at ``b+H``. The shadow is filled in
-    background jobs at fixed steps (:mod:`engine.live.reprefill`), so the re-prefill costs no
+    background jobs at fixed steps (:mod:`engine.live.step.reprefill`), so the re-prefill costs no
     single step its whole time and the result does not depend on thread timing. With ``H = 1``
     every step switches to a freshly prefilled window: the same computation as ``exact``
     (done directly: the window is prefilled with the step's own prompt, so H = 1 equals
@@ -52,11 +52,11 @@ import torch
 
 from engine.live.control_queue import ControlQueue
 from engine.live.controls import AppliedControl, ControlEvent, ControlState
-from engine.live.kv_step import KVCache, KVStepInputs, RowGroup
-from engine.live.reprefill import ShadowPrefill
 from engine.live.state import StateReader
-from engine.live.static_window import StaticWindowStep
-from engine.live.weight_formats import build_kv_step
+from engine.live.step.kv_step import KVCache, KVStepInputs, RowGroup
+from engine.live.step.reprefill import ShadowPrefill
+from engine.live.step.static_window import StaticWindowStep
+from engine.live.step.weight_formats import build_kv_step
 from engine.model.encodecgpt import EnCodecGPT
 from engine.model.patterns import start_triangle_mask
 from engine.model.sampling import sample_frame
@@ -90,12 +90,12 @@ class RollingGenerator:
         mode: ``"exact"`` or ``"fast"``.
         hop: H for ``fast`` (default ``W // 4``).
         quantize: ``fast`` weights: ``"none"`` (fp32), ``"int8"``, ``"bf16"``, ``"int4"`` or
-            ``"auto"`` (see :mod:`engine.live.weight_formats`).
+            ``"auto"`` (see :mod:`engine.live.step.weight_formats`).
         greedy: take the most likely token; otherwise sample with the temperature, top-k and
             top-p of ``controls``.
         seed: RNG seed of the sampler.
-        lean: an existing KV step (:class:`~engine.live.kv_step.LeanGPT` or
-            :class:`~engine.live.ort_step.OrtKVStep`) to share (fast mode); built if omitted.
+        lean: an existing KV step (:class:`~engine.live.step.kv_step.LeanGPT` or
+            :class:`~engine.live.step.ort_step.OrtKVStep`) to share (fast mode); built if omitted.
         background: run re-prefill jobs in a worker thread (False: inline, for debugging).
         worker_threads: torch threads of that worker.
         compute: the device the model runs on. Not the CPU: ``exact`` mode only, through

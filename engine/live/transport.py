@@ -12,10 +12,10 @@ events and flags that the generator thread and the audio callback read.
 
 from __future__ import annotations
 
+from engine.live.audio.output import LiveOutput
 from engine.live.controls import ControlEvent
 from engine.live.generator import RollingGenerator
 from engine.live.listeners import Listeners
-from engine.live.output import LiveOutput
 from engine.live.pipeline import Pipeline
 
 

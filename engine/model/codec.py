@@ -24,7 +24,7 @@ from transformers import EncodecConfig, EncodecModel
 from engine import FRAME_RATE, SAMPLE_RATE
 from engine.errors import UserError
 from engine.model.audio_io import read_audio
-from engine.model.hub import load_torch_file, resolve_file
+from engine.model.loading.hub import load_torch_file, resolve_file
 
 DEFAULT_CODEC = "facebook/encodec_24khz"
 BANDWIDTHS_KBPS = (1.5, 3.0, 6.0, 12.0, 24.0)

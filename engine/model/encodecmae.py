@@ -35,8 +35,8 @@ from engine.atomic_write import atomic_write
 from engine.errors import UserError
 from engine.model.audio_io import read_audio
 from engine.model.codec import convert_encodec_state_dict
-from engine.model.gin_sizes import find_binding, parse_gin
-from engine.model.hub import file_sha256, hub_download, load_torch_file
+from engine.model.loading.gin_sizes import find_binding, parse_gin
+from engine.model.loading.hub import file_sha256, hub_download, load_torch_file
 
 HUB_MODELS = ("small", "base", "large", "base-st", "large-st")
 DEFAULT_ENCODECMAE = "base"

@@ -22,14 +22,14 @@ import torch
 from engine import FRAME_RATE
 from engine.atomic_write import write_json_atomic, write_text_atomic
 from engine.errors import UserError
-from engine.live.compute import resolve_weights
+from engine.live.audio.sinks import MemorySink
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
 from engine.live.pipeline import Pipeline
-from engine.live.sinks import MemorySink
-from engine.model.checkpoint import load_checkpoint
-from engine.model.random_model import random_model
+from engine.live.step.compute import resolve_weights
+from engine.model.loading.checkpoint import load_checkpoint
+from engine.model.loading.random_model import random_model
 from engine.session.files import repair_npy, repair_wav
 from engine.session.format import (
     load_decoder_state,

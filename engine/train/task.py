@@ -32,7 +32,7 @@ from engine.errors import UserError
 from engine.model.codec import codec_digest, codec_from_spec, encodec_package_state_dict
 from engine.model.config import PRESETS
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config
-from engine.model.hub import load_torch_file
+from engine.model.loading.hub import load_torch_file
 from engine.train.data.dataset import (
     IGNORE,
     CropDataset,

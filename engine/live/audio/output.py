@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from engine import SAMPLE_RATE
 from engine.errors import UserError
-from engine.live.sinks import NullSink
-from engine.live.sound_device import AudioOut, open_output
+from engine.live.audio.sinks import NullSink
+from engine.live.audio.sound_device import AudioOut, open_output
 
 WATCH_PERIOD_S = 0.2
 
@@ -29,7 +29,7 @@ class LiveOutput:
     """Open ``device`` (None = the default, ``"null"`` = no sound card) or the null sink.
 
     Args:
-        device, hostapi: what to open (see :func:`engine.live.sound_device.resolve_device`).
+        device, hostapi: what to open (see :func:`engine.live.audio.sound_device.resolve_device`).
         buffer_s: output ring size in seconds (generator run-ahead); the null sink starts
             once half of it is buffered.
         blocksize, latency: PortAudio's block size and suggested latency.

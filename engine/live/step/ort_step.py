@@ -1,6 +1,6 @@
 """The live step through onnxruntime: 4-bit weights, the whole body in one graph run.
 
-Same contract as :class:`engine.live.kv_step.LeanGPT` (``new_cache``, ``embed_tokens``,
+Same contract as :class:`engine.live.step.kv_step.LeanGPT` (``new_cache``, ``embed_tokens``,
 ``embed_prompt``, ``forward(groups, out_rows)``, the same :class:`KVCache` objects, so the
 rolling generator, its background re-prefill and its saved state are unchanged).
 
@@ -40,8 +40,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from engine.live.kv_step import KVCache, KVStepInputs, RowGroup
-from engine.live.ort_graph import FP32, LinearFormat, StepWeights, body_graph, head_graph
+from engine.live.step.kv_step import KVCache, KVStepInputs, RowGroup
+from engine.live.step.ort_graph import FP32, LinearFormat, StepWeights, body_graph, head_graph
 from engine.model.encodecgpt import EnCodecGPT
 
 # format -> (body linears, head)

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import UserError
-from engine.live.kv_step import bf16_is_native
-from engine.live.weight_formats import describe as describe_cpu_format
-from engine.live.weight_formats import resolve as resolve_cpu_format
+from engine.live.step.kv_step import bf16_is_native
+from engine.live.step.weight_formats import describe as describe_cpu_format
+from engine.live.step.weight_formats import resolve as resolve_cpu_format
 
 COMPUTE_CHOICES = "auto|cpu|cuda|cuda:N|mps"
 WEIGHT_FORMATS = ("none", "int8", "int4", "bf16", "fp16")
@@ -105,7 +105,7 @@ def _has_cuda() -> bool:
 def default_weight_format(device: torch.device, mode: str = "exact") -> str:
     """The ``--quantize`` used when none is given (``auto``): bf16/fp16 on CUDA; on the CPU the
     fastest format that meets the quality bound in fast mode (int4 with onnxruntime, else
-    int8: :func:`engine.live.weight_formats.resolve`), the fp32 reference in exact mode."""
+    int8: :func:`engine.live.step.weight_formats.resolve`), the fp32 reference in exact mode."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu" and mode == "fast":

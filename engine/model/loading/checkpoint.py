@@ -29,7 +29,7 @@ from engine.errors import UserError
 from engine.model.codec import Codec, codec_from_encodec_state, is_encodec_package_state, load_codec
 from engine.model.config import VOCAB_PER_CODEBOOK, GPTSize
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config
-from engine.model.hub import (
+from engine.model.loading.hub import (
     file_sha256,
     hub_download,
     load_torch_file,

@@ -14,8 +14,8 @@ without its per-call bookkeeping, shaped for the rolling generator:
 * weights can be fp32 (reference), bf16, or int8 (dynamic per-row activation quantization,
   per-output-channel weights through fbgemm; GPT2's ``Conv1D`` ``[in, out]`` weights are
   transposed into Linear form first). 4-bit weights run through onnxruntime instead
-  (:mod:`engine.live.ort_step`, same contract: :class:`KVStepInputs` + ``forward``);
-  :func:`engine.live.weight_formats.build_kv_step` picks the step for a format.
+  (:mod:`engine.live.step.ort_step`, same contract: :class:`KVStepInputs` + ``forward``);
+  :func:`engine.live.step.weight_formats.build_kv_step` picks the step for a format.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class KVStepInputs:
     """What every live step shares, whatever runs its body: the model's sizes, the input
     embeddings (``embed_tokens``, ``embed_prompt``, the position table ``wpe``) and the
     caches it continues (``new_cache``). :class:`LeanGPT` (torch) and
-    :class:`engine.live.ort_step.OrtKVStep` (onnxruntime) add ``forward(groups, out_rows)``.
+    :class:`engine.live.step.ort_step.OrtKVStep` (onnxruntime) add ``forward(groups, out_rows)``.
 
     Args:
         model: the reference model (its weights are copied; it is not modified).

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 
-from engine.live.kv_step import QUANTIZE_CHOICES, KVStepInputs, LeanGPT
+from engine.live.step.kv_step import QUANTIZE_CHOICES, KVStepInputs, LeanGPT
 from engine.model.encodecgpt import EnCodecGPT
 
 WEIGHT_FORMATS = (*QUANTIZE_CHOICES, "int4")
@@ -73,7 +73,7 @@ def build_kv_step(model: EnCodecGPT, quantize: str) -> KVStepInputs:
     """The live step for ``quantize`` (``auto`` resolved): LeanGPT or OrtKVStep."""
     fmt = resolve(quantize)
     if fmt == "int4":
-        from engine.live.ort_step import OrtKVStep  # onnxruntime is an optional dependency
+        from engine.live.step.ort_step import OrtKVStep  # onnxruntime is an optional dependency
 
         return OrtKVStep(model, fmt)
     return LeanGPT(model, fmt)

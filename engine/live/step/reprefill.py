@@ -10,7 +10,7 @@ inline); since *what* each job computes is fixed by the step it was submitted at
 never depend on thread timing.
 
 Threading: every method is called from the generator thread; the worker thread only runs
-:meth:`engine.live.kv_step.LeanGPT.forward` on the shadow's own cache, and the generator waits
+:meth:`engine.live.step.kv_step.LeanGPT.forward` on the shadow's own cache, and the generator waits
 for those jobs before it reads the shadow (switch, state, reset).
 """
 
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.live.kv_step import KVCache, LeanGPT, RowGroup
 from engine.live.state import StateReader
+from engine.live.step.kv_step import KVCache, LeanGPT, RowGroup
 
 PREFILL_EVERY = 8  # steps between background re-prefill jobs
 

@@ -1,7 +1,8 @@
 """Run a step that lives in static buffers: replayed from a CUDA graph, or called as it is.
 
 A *step* here is a callable with no arguments and no result that reads and writes tensors
-whose addresses never change (the buffers of :class:`engine.live.static_window.StaticWindowStep`).
+whose addresses never change (the buffers of
+:class:`engine.live.step.static_window.StaticWindowStep`).
 That is what a CUDA graph records: the kernels and the addresses, not the values, so new
 values written into the inputs between replays are seen by the next replay.
 

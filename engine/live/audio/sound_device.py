@@ -25,7 +25,7 @@ import numpy as np
 
 from engine import SAMPLE_RATE
 from engine.errors import UserError
-from engine.live.ringbuffer import SampleRing
+from engine.live.audio.ringbuffer import SampleRing
 
 FADE_S = 0.02
 

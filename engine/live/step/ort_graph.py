@@ -7,7 +7,7 @@ Three graphs share one set of weights (each session prepacks its own copy):
 ``prompt_rows``
     The rolling generator's step while the prompt moves: row 0 rewrites the prompt at
     position 0 and rows ``1..S−1`` continue the same cache at ``start..``; the step rows
-    attend to the *new* prompt keys/values (as :class:`engine.live.kv_step.LeanGPT` does).
+    attend to the *new* prompt keys/values (as :class:`engine.live.step.kv_step.LeanGPT` does).
 ``head``
     ``[n, D]`` final-normed rows → ``[n, Q·1025]`` logits (only for the rows asked for).
 
@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from engine.live.block_quant import quantize
+from engine.live.step.block_quant import quantize
 
 OPSET = 21  # LayerNormalization exists from 17; 21 is supported by onnxruntime >= 1.16
 MS = "com.microsoft"

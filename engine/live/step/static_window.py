@@ -2,7 +2,7 @@
 
 Exact mode recomputes ``[prompt, last W rows]`` every step (see :mod:`engine.live.generator`).
 Here that step is one fixed-shape call over buffers whose addresses never change, so it can
-be captured once in a CUDA graph (:mod:`engine.live.graph_runner`) and replayed each frame;
+be captured once in a CUDA graph (:mod:`engine.live.step.graph_runner`) and replayed each frame;
 a control change writes new values into the buffers and never recaptures.
 
 Buffers (on the compute device):
@@ -41,9 +41,9 @@ import contextlib
 import numpy as np
 import torch
 
-from engine.live.graph_runner import GraphRunner
 from engine.live.state import StateReader
-from engine.live.window_gpt import WindowGPT
+from engine.live.step.graph_runner import GraphRunner
+from engine.live.step.window_gpt import WindowGPT
 from engine.model.config import VOCAB_PER_CODEBOOK
 from engine.model.device_sampling import DeviceSampling, draw_noise, sample_on_device
 from engine.model.encodecgpt import EnCodecGPT

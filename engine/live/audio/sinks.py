@@ -6,7 +6,7 @@ back-pressure is what keeps the generator from running too far ahead of playback
 * :class:`FileSink` writes a WAV/FLAC incrementally, as fast as blocks come.
 * :class:`NullSink` behaves like a sound card: a consumer thread takes ``block`` samples
   every ``block / rate`` seconds (absolute deadlines, so it does not drift) from a bounded
-  :class:`~engine.live.ringbuffer.SampleRing`, counts an underrun each time fewer were ready,
+  :class:`~engine.live.audio.ringbuffer.SampleRing`, counts an underrun each time fewer were ready,
   and starts once ``prefill`` samples are buffered. ``paced=False`` consumes immediately.
 * :class:`MemorySink` keeps everything (tests, replay).
 
@@ -27,7 +27,7 @@ import soundfile as sf
 
 from engine import SAMPLE_RATE
 from engine.errors import UserError
-from engine.live.ringbuffer import SampleRing
+from engine.live.audio.ringbuffer import SampleRing
 from engine.model.audio_io import default_subtype
 
 

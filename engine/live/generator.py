@@ -16,15 +16,15 @@ demo. Two modes:
 
 ``fast``
     KV cache (:class:`engine.live.step.kv_step.LeanGPT`, or
-    :class:`engine.live.step.ort_step.OrtKVStep` for ``int4``). The cache holds
-    ``[prompt, rows b..t-2]`` and a step feeds row ``t-1``. When the context would exceed
-    ``W``, the window start ``b`` jumps by the hop ``H`` (default ``W // 4``) and the cache is replaced by a **shadow** cache that already holds
-    ``[prompt, rows b+H..]`` with the triangle re-created at ``b+H``. The shadow is filled in
-    background jobs at fixed steps (:mod:`engine.live.step.reprefill`), so the re-prefill costs no
-    single step its whole time and the result does not depend on thread timing. With ``H = 1``
-    every step switches to a freshly prefilled window: the same computation as ``exact``
-    (done directly: the window is prefilled with the step's own prompt, so H = 1 equals
-    ``exact`` while the prompt moves too).
+    :class:`engine.live.step.ort_step.OrtKVStep` for ``int4``). The cache holds ``[prompt, rows
+    b..t-2]`` and a step feeds row ``t-1``. When the context would exceed ``W``, the window
+    start ``b`` jumps by the hop ``H`` (default ``W // 4``) and the cache is replaced by a
+    **shadow** cache that already holds ``[prompt, rows b+H..]`` with the triangle re-created at
+    ``b+H``. The shadow is filled in background jobs at fixed steps
+    (:mod:`engine.live.step.reprefill`), so the re-prefill costs no single step its whole time
+    and the result does not depend on thread timing. With ``H = 1`` every step switches to a
+    freshly prefilled window: the same computation as ``exact`` (done directly: the window is
+    prefilled with the step's own prompt, so H = 1 equals ``exact`` while the prompt moves too).
 
     Approximate, and only in ``fast`` mode: a prompt change recomputes the prompt position's
     keys/values before the next step (exact for that position), but rows already in the

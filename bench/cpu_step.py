@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import FRAME_RATE  # noqa: E402
 from engine.live.decoder import StreamingDecoder  # noqa: E402
-from engine.live.generator import PREFILL_EVERY  # noqa: E402
 from engine.live.step.kv_step import RowGroup  # noqa: E402
+from engine.live.step.reprefill import PREFILL_EVERY  # noqa: E402
 from engine.live.step.weight_formats import (  # noqa: E402
     CLEAR_GAP,
     build_kv_step,

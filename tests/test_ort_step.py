@@ -89,7 +89,8 @@ def test_int4_layout_matches_the_dequantized_weights(model):
     w = StepWeights.from_state_dict(model.state_dict(), cfg.n_layer, cfg.n_head,
                                     cfg.layer_norm_epsilon)
     h = np.random.default_rng(0).standard_normal((3, w.d)).astype(np.float32)
-    for fmt in (LinearFormat(4, 32), LinearFormat(4, 32, symmetric=True), LinearFormat(8, 32)):
+    for fmt in (LinearFormat(4, 32), LinearFormat(4, 32, symmetric=True), LinearFormat(8, 32),
+                LinearFormat(4, 128)):
         graph, nbytes = head_graph(w, fmt)
         out = _session(graph, 1).run(["logits"], {"h": h})[0]
         q = quantize(w.head[0], fmt.bits, fmt.block, fmt.symmetric)

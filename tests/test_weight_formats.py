@@ -5,6 +5,7 @@ import contextlib
 
 import pytest
 import torch
+from conftest import tiny_random_model
 from fixtures import golden
 
 from engine.live.step.kv_step import RowGroup
@@ -102,3 +103,21 @@ def test_the_default_meets_the_quality_bound(golden_run):
     model, x, preds = golden_run
     q = _quality(preds, _teacher_forced_stepwise(model, "auto", x))
     assert q["kl"] <= MAX_MEAN_KL and q["top1"] >= MIN_TOP1 and q["top1_clear"] == 1.0, q
+
+
+@pytest.mark.skipif(onnxruntime_version() is None,
+                    reason="onnxruntime/onnx not installed (cpu extra)")
+def test_int4_128_is_close_to_int4_where_blocks_of_128_exist():
+    """The golden checkpoint is too narrow for blocks of 128 (they shrink to its width), so
+    its bound cannot speak for ``int4-128``: on a random model 256 wide (two real blocks of
+    128 per input row, eight in the ffn) it must stay within 3x of int4's KL to fp32 and keep
+    every clear decision. Measured here: KL 9.4e-5 vs 6.2e-5, top-1 0.946 vs 0.961 (random
+    inputs are harsher than the golden rows: int4 itself is above MAX_MEAN_KL on them)."""
+    model = tiny_random_model(n_layer=2, n_embd=256, n_head=4, seed=3)
+    torch.manual_seed(4)
+    x = torch.randn(160, 256) * 0.5
+    ref = _teacher_forced_stepwise(model, "none", x)
+    q128 = _quality(ref, _teacher_forced_stepwise(model, "int4-128", x))
+    q32 = _quality(ref, _teacher_forced_stepwise(model, "int4", x))
+    assert q32["kl"] < q128["kl"] < 3 * q32["kl"], (q32, q128)
+    assert q128["top1"] >= q32["top1"] - 0.03 and q128["top1_clear"] == 1.0, (q32, q128)

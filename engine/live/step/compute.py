@@ -35,8 +35,8 @@ from engine.live.step.weight_formats import describe as describe_cpu_format
 from engine.live.step.weight_formats import resolve as resolve_cpu_format
 
 COMPUTE_CHOICES = "auto|cpu|cuda|cuda:N|mps"
-WEIGHT_FORMATS = ("none", "int8", "int4", "bf16", "fp16")
-_CPU_ONLY = ("int8", "int4")
+WEIGHT_FORMATS = ("none", "int8", "int4", "int4-128", "bf16", "fp16")
+_CPU_ONLY = ("int8", "int4", "int4-128")
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def resolve_weights(quantize: str | None, device: torch.device,
 
 
 def _check_cpu(name: str, mode: str) -> None:
-    if name == "int4":
+    if name.startswith("int4"):
         try:  # int4 needs onnxruntime (the cpu extra)
             resolve_cpu_format(name)
         except ValueError as e:

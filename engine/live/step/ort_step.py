@@ -47,6 +47,9 @@ from engine.model.encodecgpt import EnCodecGPT
 # format -> (body linears, head)
 ORT_FORMATS: dict[str, tuple[LinearFormat, LinearFormat]] = {
     "int4": (LinearFormat(bits=4, block=32), LinearFormat(bits=8, block=32, symmetric=True)),
+    # 0.535 bytes a weight instead of 0.64: ~12 % fewer bytes a step, a looser fit per block
+    "int4-128": (LinearFormat(bits=4, block=128),
+                 LinearFormat(bits=8, block=32, symmetric=True)),
     "ort-fp32": (FP32, FP32),
 }
 

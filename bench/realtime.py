@@ -19,8 +19,12 @@ It measures, in one run:
    (two threads, re-prefill included) over ``--rtf-frames`` frames;
 2. ``step_ms_p50/p99`` over every generator step of that run, and ``stall_ms_max`` (the
    longest step: a re-prefill or switch that blocked);
-3. ``underruns``: a paced run of ``--seconds`` on the null sink (block 512 samples, 0.5 s
-   buffer), like a sound card;
+3. ``underruns``: a paced run of ``--seconds`` on the null sink shaped like the live
+   engine's (``--buffer``, default the engine's 0.2 s, playback starting at half of it;
+   blocks of 512 samples), like a sound card;
+5. (CPU fast mode) the bytes one step streams (weights + the mean KV cache), this core's
+   read bandwidth (``bench/cpu_step.py``'s probe) and the ratio of the step's p50 to that
+   floor: how far the step is from the physical limit.
 4. (CPU only) the same model through re-implementations of the two reference loops,
    generation only:
    the blog's KV loop (``bench/offline.py``) and the original demo's whole-window recompute
@@ -44,6 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cpu_step import bandwidth, kv_bytes, weight_bytes  # noqa: E402
 from bench.offline import blog_loop  # noqa: E402
 from engine import FRAME_RATE, SAMPLE_RATE  # noqa: E402
 from engine.cli.compute_flags import (  # noqa: E402
@@ -56,6 +61,7 @@ from engine.live.audio.sinks import NullSink  # noqa: E402
 from engine.live.control_input import initial_controls  # noqa: E402
 from engine.live.controls import ControlEvent, ControlState  # noqa: E402
 from engine.live.decoder import StreamingDecoder  # noqa: E402
+from engine.live.engine import LiveConfig  # noqa: E402
 from engine.live.generator import RollingGenerator  # noqa: E402
 from engine.live.pipeline import Pipeline  # noqa: E402
 from engine.model.codec import random_codec  # noqa: E402
@@ -122,7 +128,7 @@ def run_paced(model, codec, args) -> dict:
     frames = int(args.seconds * FRAME_RATE)
     gen = _generator(model, args)
     _morph_automation(gen, frames + 10 * FRAME_RATE)
-    sink = NullSink(buffer_s=0.5, block=512, prefill_s=0.25)
+    sink = NullSink(buffer_s=args.buffer, block=512, prefill_s=args.buffer / 2)
     pipe = Pipeline(gen, _decoder(codec, args), sink, decode_chunk=args.decode_chunk,
                     threads=args.threads)
     pipe.start()
@@ -171,6 +177,23 @@ def blog_loop_ms(model, frames: int) -> float:
     return (time.perf_counter() - start) * 1e3 / frames
 
 
+def streaming_floor(model, args, step_p50_ms: float) -> dict | None:
+    """CPU fast mode: bytes a step streams, one core's read bandwidth, the step's floor
+    (bytes / bandwidth) and the measured p50 over it; printed and returned."""
+    if args.choice.device.type != "cpu" or args.choice.mode != "fast":
+        return None
+    gen = _generator(model, args)
+    nbytes = weight_bytes(gen.lean, model) + kv_bytes(model, 0.875 * args.window)
+    gen.close()
+    read = bandwidth()["read_gb_s"]
+    floor_ms = nbytes / read / 1e6
+    print(f"a step streams {nbytes / 1e6:.1f} MB (weights + mean KV cache); one core reads "
+          f"{read:.1f} GB/s: floor {floor_ms:.2f} ms, step p50 {step_p50_ms / floor_ms:.2f}x "
+          f"the floor", flush=True)
+    return {"mb_per_step": round(nbytes / 1e6, 1), "read_gb_s": round(read, 2),
+            "floor_ms": round(floor_ms, 2), "p50_over_floor": round(step_p50_ms / floor_ms, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -179,6 +202,9 @@ def main() -> None:
     add_quantize(parser)
     parser.add_argument("--seconds", type=float, default=600.0,
                         help="length of the paced null-sink run (underruns)")
+    parser.add_argument("--buffer", type=float, default=LiveConfig.buffer_s,
+                        help="output buffer of the paced run in seconds (default: the live "
+                             "engine's, %(default)s)")
     parser.add_argument("--rtf-frames", type=int, default=1500)
     parser.add_argument("--window", type=int, default=200)
     parser.add_argument("--hop", type=int, default=None)
@@ -199,6 +225,7 @@ def main() -> None:
     weights = args.choice.weights.label
 
     fast = run_fast(model, codec, args)
+    floor = streaming_floor(model, args, fast["step_ms_p50"])
     print(f"{args.preset} {args.choice.mode} {weights}: RTF {fast['rtf']:.2f} (generate + "
           f"decode), {fast['steps_per_s']:.0f} steps/s, step p50 {fast['step_ms_p50']:.2f} ms "
           f"p99 {fast['step_ms_p99']:.2f} ms, longest {fast['stall_ms_max']:.1f} ms",
@@ -215,8 +242,8 @@ def main() -> None:
               f"whole-window loop {window_ms:.2f}", flush=True)
     paced = run_paced(model, codec, args) if args.seconds > 0 else {"underruns": None,
                                                                      "paced_played_s": 0.0}
-    print(f"paced null sink: {paced['paced_played_s']:.1f} s played, "
-          f"{paced['underruns']} underruns", flush=True)
+    print(f"paced null sink ({args.buffer:.2f} s buffer, the morph moving): "
+          f"{paced['paced_played_s']:.1f} s played, {paced['underruns']} underruns", flush=True)
     cpu = ours_ms is not None
     print(json.dumps({
         "preset": args.preset, "quantize": args.choice.weights.name,
@@ -233,7 +260,7 @@ def main() -> None:
                          "window": round(window_ms, 3)} if cpu else None,
         "window": args.window, "hop": args.hop or args.window // 4, "threads": args.threads,
         "decode_chunk": args.decode_chunk, "paced_played_s": round(paced["paced_played_s"], 1),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": os.cpu_count(), "buffer_s": args.buffer, "bandwidth": floor,
     }))
 
 

@@ -13,7 +13,7 @@
    100,
    100,
    760,
-   620
+   660
   ],
   "bglocked": 0,
   "openinpresentation": 0,
@@ -106,7 +106,7 @@
      "numoutlets": 0,
      "patching_rect": [
       15,
-      580,
+      620,
       164,
       22
      ],
@@ -125,7 +125,7 @@
       240,
       22
      ],
-     "text": "/glide 0.5",
+     "text": "/gain -6.",
      "outlettype": [
       ""
      ]
@@ -143,7 +143,7 @@
       480,
       20
      ],
-     "text": "glide time constant in seconds for mix, temperature, top-p"
+     "text": "output gain in dB (ceiling +6; a change ramps over 20 ms)"
     }
    },
    {
@@ -158,7 +158,7 @@
       240,
       22
      ],
-     "text": "/mix 0.25 0.25 0.25 0.25",
+     "text": "/glide 0.5",
      "outlettype": [
       ""
      ]
@@ -176,7 +176,7 @@
       480,
       20
      ],
-     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
+     "text": "glide time constant in seconds for mix, temperature, top-p"
     }
    },
    {
@@ -191,7 +191,7 @@
       240,
       22
      ],
-     "text": "/morph 0.5",
+     "text": "/mix 0.25 0.25 0.25 0.25",
      "outlettype": [
       ""
      ]
@@ -209,7 +209,7 @@
       480,
       20
      ],
-     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
+     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
     }
    },
    {
@@ -224,7 +224,7 @@
       240,
       22
      ],
-     "text": "/morph/xy 0.5 0.5",
+     "text": "/morph 0.5",
      "outlettype": [
       ""
      ]
@@ -242,7 +242,7 @@
       480,
       20
      ],
-     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
+     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
     }
    },
    {
@@ -257,7 +257,7 @@
       240,
       22
      ],
-     "text": "/panic",
+     "text": "/morph/xy 0.5 0.5",
      "outlettype": [
       ""
      ]
@@ -275,7 +275,7 @@
       480,
       20
      ],
-     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
+     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
     }
    },
    {
@@ -290,7 +290,7 @@
       240,
       22
      ],
-     "text": "/pause",
+     "text": "/panic",
      "outlettype": [
       ""
      ]
@@ -308,7 +308,7 @@
       480,
       20
      ],
-     "text": "stop generating; the output fades to silence"
+     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
     }
    },
    {
@@ -323,7 +323,7 @@
       240,
       22
      ],
-     "text": "/play",
+     "text": "/pause",
      "outlettype": [
       ""
      ]
@@ -341,7 +341,7 @@
       480,
       20
      ],
-     "text": "start or resume playing (fades in)"
+     "text": "stop generating; the output fades to silence"
     }
    },
    {
@@ -356,7 +356,7 @@
       240,
       22
      ],
-     "text": "/prompt/load 0 /path/to/sound.wav",
+     "text": "/play",
      "outlettype": [
       ""
      ]
@@ -374,7 +374,7 @@
       480,
       20
      ],
-     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
+     "text": "start or resume playing (fades in)"
     }
    },
    {
@@ -389,7 +389,7 @@
       240,
       22
      ],
-     "text": "/record/start take",
+     "text": "/prompt/load 0 /path/to/sound.wav",
      "outlettype": [
       ""
      ]
@@ -407,7 +407,7 @@
       480,
       20
      ],
-     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
+     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
     }
    },
    {
@@ -422,7 +422,7 @@
       240,
       22
      ],
-     "text": "/record/stop",
+     "text": "/record/start take",
      "outlettype": [
       ""
      ]
@@ -440,7 +440,7 @@
       480,
       20
      ],
-     "text": "finish the recording; replies /record/stopped s:folder"
+     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
     }
    },
    {
@@ -455,7 +455,7 @@
       240,
       22
      ],
-     "text": "/reset",
+     "text": "/record/stop",
      "outlettype": [
       ""
      ]
@@ -473,7 +473,7 @@
       480,
       20
      ],
-     "text": "forget the token window and start a fresh sequence"
+     "text": "finish the recording; replies /record/stopped s:folder"
     }
    },
    {
@@ -488,7 +488,7 @@
       240,
       22
      ],
-     "text": "/schema",
+     "text": "/reset",
      "outlettype": [
       ""
      ]
@@ -506,7 +506,7 @@
       480,
       20
      ],
-     "text": "reply /schema s: this table as JSON"
+     "text": "forget the token window and start a fresh sequence"
     }
    },
    {
@@ -521,7 +521,7 @@
       240,
       22
      ],
-     "text": "/seed 7",
+     "text": "/scene/recall verse",
      "outlettype": [
       ""
      ]
@@ -539,7 +539,7 @@
       480,
       20
      ],
-     "text": "reseed the sampler at this frame"
+     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
     }
    },
    {
@@ -554,7 +554,7 @@
       240,
       22
      ],
-     "text": "/status",
+     "text": "/scene/save verse",
      "outlettype": [
       ""
      ]
@@ -572,7 +572,7 @@
       480,
       20
      ],
-     "text": "reply once with /engine/status and /engine/info"
+     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
     }
    },
    {
@@ -587,7 +587,7 @@
       240,
       22
      ],
-     "text": "/temperature 0.9",
+     "text": "/schema",
      "outlettype": [
       ""
      ]
@@ -605,7 +605,7 @@
       480,
       20
      ],
-     "text": "sampling temperature (0 = greedy)"
+     "text": "reply /schema s: this table as JSON"
     }
    },
    {
@@ -620,7 +620,7 @@
       240,
       22
      ],
-     "text": "/topk 50",
+     "text": "/seed 7",
      "outlettype": [
       ""
      ]
@@ -638,7 +638,7 @@
       480,
       20
      ],
-     "text": "keep the k most likely tokens per codebook (0 = off)"
+     "text": "reseed the sampler at this frame"
     }
    },
    {
@@ -653,7 +653,7 @@
       240,
       22
      ],
-     "text": "/topp 0.9",
+     "text": "/status",
      "outlettype": [
       ""
      ]
@@ -668,6 +668,105 @@
      "patching_rect": [
       265,
       514,
+      480,
+      20
+     ],
+     "text": "reply once with /engine/status and /engine/info"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-41",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      538,
+      240,
+      22
+     ],
+     "text": "/temperature 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-42",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      538,
+      480,
+      20
+     ],
+     "text": "sampling temperature (0 = greedy)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-43",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      562,
+      240,
+      22
+     ],
+     "text": "/topk 50",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-44",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      562,
+      480,
+      20
+     ],
+     "text": "keep the k most likely tokens per codebook (0 = off)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-45",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      586,
+      240,
+      22
+     ],
+     "text": "/topp 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-46",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      586,
       480,
       20
      ],
@@ -872,6 +971,42 @@
     "patchline": {
      "source": [
       "obj-39",
+      0
+     ],
+     "destination": [
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-41",
+      0
+     ],
+     "destination": [
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-43",
+      0
+     ],
+     "destination": [
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-45",
       0
      ],
      "destination": [

@@ -13,7 +13,7 @@
    100,
    100,
    760,
-   660
+   684
   ],
   "bglocked": 0,
   "openinpresentation": 0,
@@ -106,7 +106,7 @@
      "numoutlets": 0,
      "patching_rect": [
       15,
-      620,
+      644,
       164,
       22
      ],
@@ -191,7 +191,7 @@
       240,
       22
      ],
-     "text": "/mix 0.25 0.25 0.25 0.25",
+     "text": "/midi/learn",
      "outlettype": [
       ""
      ]
@@ -209,7 +209,7 @@
       480,
       20
      ],
-     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
+     "text": "bind the next MIDI control change moved to this address (needs --midi)"
     }
    },
    {
@@ -224,7 +224,7 @@
       240,
       22
      ],
-     "text": "/morph 0.5",
+     "text": "/mix 0.25 0.25 0.25 0.25",
      "outlettype": [
       ""
      ]
@@ -242,7 +242,7 @@
       480,
       20
      ],
-     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
+     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
     }
    },
    {
@@ -257,7 +257,7 @@
       240,
       22
      ],
-     "text": "/morph/xy 0.5 0.5",
+     "text": "/morph 0.5",
      "outlettype": [
       ""
      ]
@@ -275,7 +275,7 @@
       480,
       20
      ],
-     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
+     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
     }
    },
    {
@@ -290,7 +290,7 @@
       240,
       22
      ],
-     "text": "/panic",
+     "text": "/morph/xy 0.5 0.5",
      "outlettype": [
       ""
      ]
@@ -308,7 +308,7 @@
       480,
       20
      ],
-     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
+     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
     }
    },
    {
@@ -323,7 +323,7 @@
       240,
       22
      ],
-     "text": "/pause",
+     "text": "/panic",
      "outlettype": [
       ""
      ]
@@ -341,7 +341,7 @@
       480,
       20
      ],
-     "text": "stop generating; the output fades to silence"
+     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
     }
    },
    {
@@ -356,7 +356,7 @@
       240,
       22
      ],
-     "text": "/play",
+     "text": "/pause",
      "outlettype": [
       ""
      ]
@@ -374,7 +374,7 @@
       480,
       20
      ],
-     "text": "start or resume playing (fades in)"
+     "text": "stop generating; the output fades to silence"
     }
    },
    {
@@ -389,7 +389,7 @@
       240,
       22
      ],
-     "text": "/prompt/load 0 /path/to/sound.wav",
+     "text": "/play",
      "outlettype": [
       ""
      ]
@@ -407,7 +407,7 @@
       480,
       20
      ],
-     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
+     "text": "start or resume playing (fades in)"
     }
    },
    {
@@ -422,7 +422,7 @@
       240,
       22
      ],
-     "text": "/record/start take",
+     "text": "/prompt/load 0 /path/to/sound.wav",
      "outlettype": [
       ""
      ]
@@ -440,7 +440,7 @@
       480,
       20
      ],
-     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
+     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
     }
    },
    {
@@ -455,7 +455,7 @@
       240,
       22
      ],
-     "text": "/record/stop",
+     "text": "/record/start take",
      "outlettype": [
       ""
      ]
@@ -473,7 +473,7 @@
       480,
       20
      ],
-     "text": "finish the recording; replies /record/stopped s:folder"
+     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
     }
    },
    {
@@ -488,7 +488,7 @@
       240,
       22
      ],
-     "text": "/reset",
+     "text": "/record/stop",
      "outlettype": [
       ""
      ]
@@ -506,7 +506,7 @@
       480,
       20
      ],
-     "text": "forget the token window and start a fresh sequence"
+     "text": "finish the recording; replies /record/stopped s:folder"
     }
    },
    {
@@ -521,7 +521,7 @@
       240,
       22
      ],
-     "text": "/scene/recall verse",
+     "text": "/reset",
      "outlettype": [
       ""
      ]
@@ -539,7 +539,7 @@
       480,
       20
      ],
-     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
+     "text": "forget the token window and start a fresh sequence"
     }
    },
    {
@@ -554,7 +554,7 @@
       240,
       22
      ],
-     "text": "/scene/save verse",
+     "text": "/scene/recall verse",
      "outlettype": [
       ""
      ]
@@ -572,7 +572,7 @@
       480,
       20
      ],
-     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
+     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
     }
    },
    {
@@ -587,7 +587,7 @@
       240,
       22
      ],
-     "text": "/schema",
+     "text": "/scene/save verse",
      "outlettype": [
       ""
      ]
@@ -605,7 +605,7 @@
       480,
       20
      ],
-     "text": "reply /schema s: this table as JSON"
+     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
     }
    },
    {
@@ -620,7 +620,7 @@
       240,
       22
      ],
-     "text": "/seed 7",
+     "text": "/schema",
      "outlettype": [
       ""
      ]
@@ -638,7 +638,7 @@
       480,
       20
      ],
-     "text": "reseed the sampler at this frame"
+     "text": "reply /schema s: this table as JSON"
     }
    },
    {
@@ -653,7 +653,7 @@
       240,
       22
      ],
-     "text": "/status",
+     "text": "/seed 7",
      "outlettype": [
       ""
      ]
@@ -671,7 +671,7 @@
       480,
       20
      ],
-     "text": "reply once with /engine/status and /engine/info"
+     "text": "reseed the sampler at this frame"
     }
    },
    {
@@ -686,7 +686,7 @@
       240,
       22
      ],
-     "text": "/temperature 0.9",
+     "text": "/status",
      "outlettype": [
       ""
      ]
@@ -704,7 +704,7 @@
       480,
       20
      ],
-     "text": "sampling temperature (0 = greedy)"
+     "text": "reply once with /engine/status and /engine/info"
     }
    },
    {
@@ -719,7 +719,7 @@
       240,
       22
      ],
-     "text": "/topk 50",
+     "text": "/temperature 0.9",
      "outlettype": [
       ""
      ]
@@ -737,7 +737,7 @@
       480,
       20
      ],
-     "text": "keep the k most likely tokens per codebook (0 = off)"
+     "text": "sampling temperature (0 = greedy)"
     }
    },
    {
@@ -752,7 +752,7 @@
       240,
       22
      ],
-     "text": "/topp 0.9",
+     "text": "/topk 50",
      "outlettype": [
       ""
      ]
@@ -767,6 +767,39 @@
      "patching_rect": [
       265,
       586,
+      480,
+      20
+     ],
+     "text": "keep the k most likely tokens per codebook (0 = off)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-47",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      610,
+      240,
+      22
+     ],
+     "text": "/topp 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-48",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      610,
       480,
       20
      ],
@@ -1007,6 +1040,18 @@
     "patchline": {
      "source": [
       "obj-45",
+      0
+     ],
+     "destination": [
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-47",
       0
      ],
      "destination": [

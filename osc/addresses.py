@@ -54,6 +54,8 @@ COMMANDS = (
     Address("/record/stop", "", "finish the recording; replies /record/stopped s:folder",
             kind="command", widget="toggle"),
     Address("/status", "", "reply once with /engine/status and /engine/info", kind="command"),
+    Address("/midi/learn", "s", "bind the next MIDI control change moved to this address "
+            "(needs --midi)", kind="command"),
     Address("/scene/save", "s", "save slots, mix, sampling, glide and gain as a scene under "
             "--scenes-dir; replies /scene/saved s:file", kind="command"),
     Address("/scene/recall", "s", "recall a saved scene (glides with its glide time); "

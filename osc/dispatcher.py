@@ -114,7 +114,9 @@ class OSCDispatcher:
             "/record/start": self._record_start, "/record/stop": self._record_stop,
             "/prompt/load": self._prompt_load,
             "/scene/save": self._scene_save, "/scene/recall": self._scene_recall,
+            "/midi/learn": self._midi_learn,
         }
+        self.midi = None  # an osc.midi.MidiMapper when --midi is given
         check_handlers(TABLE, self.commands)
         self.num_slots = int(getattr(engine, "num_slots", MAX_SLOTS))
         self.table = table_for(self.num_slots)  # /prompt/load's slot range is the engine's
@@ -213,6 +215,15 @@ class OSCDispatcher:
         except UserError as e:  # ControlError included: the scene does not fit the engine
             return self.error(sender, f"/scene/recall: {e}")
         self.reply("/scene/recalled", [args[0]], sender)
+        return True
+
+    def _midi_learn(self, args: tuple, sender: Target) -> bool:
+        if self.midi is None:
+            return self.error(sender, "/midi/learn: no MIDI input (start with --midi PORT)")
+        try:
+            self.midi.learn(args[0])
+        except UserError as e:
+            return self.error(sender, f"/midi/learn: {e}")
         return True
 
     def _scenes(self, address: str):

@@ -34,6 +34,7 @@ from engine.model.loading.random_model import random_model
 from engine.model.prompt_files import PromptReader, load_prompt_npy
 from engine.session.live_session import build_live_engine
 from osc.feedback import FeedbackSender
+from osc.midi import MidiMapper, open_midi_input, read_mapping
 from osc.server import OSCServer
 
 
@@ -93,6 +94,11 @@ def build_live_parser() -> argparse.ArgumentParser:
                    help="accept OSC only from these sender addresses")
     o.add_argument("--feedback", metavar="HOST:PORT", default=None,
                    help="also send /engine/status and replies here")
+    o.add_argument("--midi", metavar="PORT", default=None,
+                   help="MIDI input (a piece of its name) to play the engine from a controller")
+    o.add_argument("--midi-map", metavar="FILE.json", type=Path, default=None,
+                   help="MIDI mapping (CC -> address and range, note -> slot/scene/button); "
+                        "/midi/learn writes new bindings into it")
     r = p.add_argument_group("run")
     r.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (default: until Ctrl-C)")
@@ -258,10 +264,27 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
         raise UserError(str(e)) from None
 
 
+def _open_midi(args, server: OSCServer):
+    """The MIDI input of ``--midi`` feeding the OSC dispatcher (None without ``--midi``)."""
+    if args.midi is None:
+        if args.midi_map is not None:
+            raise UserError("--midi-map needs --midi PORT")
+        return None
+    ccs, notes = read_mapping(args.midi_map) if args.midi_map and args.midi_map.is_file() \
+        else ([], [])
+    mapper = MidiMapper(server.dispatcher.handle, ccs, notes, save_to=args.midi_map,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    server.dispatcher.midi = mapper
+    port = open_midi_input(args.midi, mapper)
+    print(f"midi: listening to {port.name}", file=sys.stderr, flush=True)
+    return port
+
+
 def _run(args, engine, feedback) -> int:
     server = OSCServer(engine, args.osc_host, args.osc_port, allow=args.allow,
                        feedback=feedback, log=lambda m: print(m, file=sys.stderr, flush=True))
     sender = FeedbackSender(server, engine)
+    midi_port = _open_midi(args, server)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console = StatusConsole(engine, enabled=not args.no_status)
@@ -284,6 +307,8 @@ def _run(args, engine, feedback) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if midi_port is not None:
+            midi_port.close()
         sender.close()
         server.close()
         engine.stop()

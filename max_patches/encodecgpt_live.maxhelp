@@ -191,7 +191,7 @@
       240,
       22
      ],
-     "text": "/midi/learn",
+     "text": "/midi/learn /morph",
      "outlettype": [
       ""
      ]

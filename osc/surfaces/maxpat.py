@@ -227,7 +227,8 @@ def help_patch() -> str:
     examples = {"/morph": "0.5", "/morph/xy": "0.5 0.5", "/mix": "0.25 0.25 0.25 0.25",
                 "/glide": "0.5", "/temperature": "0.9", "/topk": "50", "/topp": "0.9",
                 "/seed": "7", "/prompt/load": "0 /path/to/sound.wav", "/record/start": "take",
-                "/gain": "-6.", "/scene/save": "verse", "/scene/recall": "verse"}
+                "/gain": "-6.", "/scene/save": "verse", "/scene/recall": "verse",
+                "/midi/learn": "/morph"}
     for row, a in enumerate(sorted(TABLE.values(), key=lambda a: a.address)):
         y = 130 + row * 24
         box = p.message(15, y, f"{a.address} {examples.get(a.address, '')}".strip(), w=240)

@@ -110,3 +110,4 @@ def test_pipeline_level_is_that_of_the_audio_it_sent_after_gain():
     last = audio[level["end"] - level["count"]:level["end"]].astype(np.float64)
     assert level["end"] == audio.size
     assert abs(level["rms_db"] - 10 * np.log10(np.mean(last ** 2))) < 0.5
+

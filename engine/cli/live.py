@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.cli.commands import COMMANDS
 from engine.cli.compute_flags import (
     add_compute,
     add_mode_and_runner,
@@ -43,7 +44,8 @@ def build_live_parser() -> argparse.ArgumentParser:
         prog="run_engine.py",
         description="Play EnCodecGPT live: generates without end to a sound device while OSC "
                     "messages (Max/MSP, TouchOSC, Pure Data) morph the prompt.",
-        epilog="Offline commands: run_engine.py encode|embed|render --help.")
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Commands (run_engine.py COMMAND --help): " + ", ".join(COMMANDS) + ".")
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", metavar="CKPT", default=None,
                    help="EnCodecGPT checkpoint (.ckpt, hub path owner/repo/file.ckpt, or a "
@@ -63,8 +65,8 @@ def build_live_parser() -> argparse.ArgumentParser:
                    help="prompt slots in order: audio files or .npy vectors (default: a "
                         "plucked string, a bell, filtered noise and a reed, synthesized)")
     g.add_argument("--slots", type=int, default=DEFAULT_SLOTS, metavar="N",
-                   help=f"prompt slots 0..N-1 (default {DEFAULT_SLOTS}, at most {MAX_SLOTS}; "
-                        "the control surfaces address the first 4)")
+                   help=f"prompt slots 0..N-1 (at most {MAX_SLOTS}; the control surfaces "
+                        "address the first 4)")
     g.add_argument("--prompt-dir", action="append", metavar="DIR", default=[],
                    help="folder /prompt/load may read from (repeatable; default: the current "
                         "folder and the folders of --prompt files)")
@@ -89,7 +91,7 @@ def build_live_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("OSC")
     o.add_argument("--osc-host", default="127.0.0.1",
                    help="address to listen on (default loopback; a LAN address lets phones in)")
-    o.add_argument("--osc-port", type=int, default=9000)
+    o.add_argument("--osc-port", type=int, default=9000, help="UDP port OSC arrives on")
     o.add_argument("--allow", nargs="+", metavar="IP", default=None,
                    help="accept OSC only from these sender addresses")
     o.add_argument("--feedback", metavar="HOST:PORT", default=None,

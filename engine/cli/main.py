@@ -14,11 +14,11 @@ from collections.abc import Callable
 import torch
 
 from engine.cli import live, offline, sessions, train
+from engine.cli.commands import COMMANDS
 from engine.cli.compute_flags import DEFAULT_THREADS
 from engine.errors import UserError
 
-SUBCOMMANDS = ("encode", "embed", "render", "replay", "recover", "plot", "prepare", "train",
-               "export")
+SUBCOMMANDS = COMMANDS
 _GLOBAL_OPTIONS = {"--threads": 1}  # options of the command parser before COMMAND: arity
 
 

@@ -326,6 +326,8 @@ def _in_range(spec, v):
     lo, hi = spec.low, spec.high
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         if not spec.clamp:
+            if hi is None:
+                raise ControlError(f"{spec.address}: {v} is below {lo} (must be >= {lo})")
             raise ControlError(f"{spec.address}: {v} is outside [{lo}, {hi}]")
         v = min(max(v, lo), hi) if hi is not None else max(v, lo)
     return v

@@ -13,7 +13,7 @@
    100,
    100,
    760,
-   684
+   728
   ],
   "bglocked": 0,
   "openinpresentation": 0,
@@ -95,55 +95,52 @@
       720,
       20
      ],
-     "text": "Every message the engine accepts (click one to send it):"
+     "text": "Sound into Max: start the engine with --hostapi JACK --jack-name egl (or --device BlackHole), pick that device"
     }
    },
    {
     "box": {
      "id": "obj-6",
-     "maxclass": "newobj",
+     "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
       15,
-      644,
-      164,
-      22
+      120,
+      720,
+      20
      ],
-     "text": "udpsend 127.0.0.1 9000"
+     "text": "as Max's input (Options > Audio Status), then [adc~ 1 2] -> [sfrecord~ 2] records it, or -> [dac~ 1 2] to hear it."
     }
    },
    {
     "box": {
      "id": "obj-7",
-     "maxclass": "message",
-     "numinlets": 2,
-     "numoutlets": 1,
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
      "patching_rect": [
       15,
-      130,
-      240,
-      22
+      142,
+      720,
+      20
      ],
-     "text": "/gain -6.",
-     "outlettype": [
-      ""
-     ]
+     "text": "Every message the engine accepts (click one to send it):"
     }
    },
    {
     "box": {
      "id": "obj-8",
-     "maxclass": "comment",
+     "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      265,
-      130,
-      480,
-      20
+      15,
+      688,
+      164,
+      22
      ],
-     "text": "output gain in dB (ceiling +6; a change ramps over 20 ms)"
+     "text": "udpsend 127.0.0.1 9000"
     }
    },
    {
@@ -154,11 +151,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      154,
+      174,
       240,
       22
      ],
-     "text": "/glide 0.5",
+     "text": "/gain -6.",
      "outlettype": [
       ""
      ]
@@ -172,11 +169,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      154,
+      174,
       480,
       20
      ],
-     "text": "glide time constant in seconds for mix, temperature, top-p"
+     "text": "output gain in dB (ceiling +6; a change ramps over 20 ms)"
     }
    },
    {
@@ -187,11 +184,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      178,
+      198,
       240,
       22
      ],
-     "text": "/midi/learn /morph",
+     "text": "/glide 0.5",
      "outlettype": [
       ""
      ]
@@ -205,11 +202,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      178,
+      198,
       480,
       20
      ],
-     "text": "bind the next MIDI control change moved to this address (needs --midi)"
+     "text": "glide time constant in seconds for mix, temperature, top-p"
     }
    },
    {
@@ -220,11 +217,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      202,
+      222,
       240,
       22
      ],
-     "text": "/mix 0.25 0.25 0.25 0.25",
+     "text": "/midi/learn /morph",
      "outlettype": [
       ""
      ]
@@ -238,11 +235,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      202,
+      222,
       480,
       20
      ],
-     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
+     "text": "bind the next MIDI control change moved to this address (needs --midi)"
     }
    },
    {
@@ -253,11 +250,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      226,
+      246,
       240,
       22
      ],
-     "text": "/morph 0.5",
+     "text": "/mix 0.25 0.25 0.25 0.25",
      "outlettype": [
       ""
      ]
@@ -271,11 +268,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      226,
+      246,
       480,
       20
      ],
-     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
+     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
     }
    },
    {
@@ -286,11 +283,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      250,
+      270,
       240,
       22
      ],
-     "text": "/morph/xy 0.5 0.5",
+     "text": "/morph 0.5",
      "outlettype": [
       ""
      ]
@@ -304,11 +301,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      250,
+      270,
       480,
       20
      ],
-     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
+     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
     }
    },
    {
@@ -319,11 +316,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      274,
+      294,
       240,
       22
      ],
-     "text": "/panic",
+     "text": "/morph/xy 0.5 0.5",
      "outlettype": [
       ""
      ]
@@ -337,11 +334,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      274,
+      294,
       480,
       20
      ],
-     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
+     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
     }
    },
    {
@@ -352,11 +349,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      298,
+      318,
       240,
       22
      ],
-     "text": "/pause",
+     "text": "/panic",
      "outlettype": [
       ""
      ]
@@ -370,11 +367,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      298,
+      318,
       480,
       20
      ],
-     "text": "stop generating; the output fades to silence"
+     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
     }
    },
    {
@@ -385,11 +382,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      322,
+      342,
       240,
       22
      ],
-     "text": "/play",
+     "text": "/pause",
      "outlettype": [
       ""
      ]
@@ -403,11 +400,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      322,
+      342,
       480,
       20
      ],
-     "text": "start or resume playing (fades in)"
+     "text": "stop generating; the output fades to silence"
     }
    },
    {
@@ -418,11 +415,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      346,
+      366,
       240,
       22
      ],
-     "text": "/prompt/load 0 /path/to/sound.wav",
+     "text": "/play",
      "outlettype": [
       ""
      ]
@@ -436,11 +433,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      346,
+      366,
       480,
       20
      ],
-     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
+     "text": "start or resume playing (fades in)"
     }
    },
    {
@@ -451,11 +448,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      370,
+      390,
       240,
       22
      ],
-     "text": "/record/start take",
+     "text": "/prompt/load 0 /path/to/sound.wav",
      "outlettype": [
       ""
      ]
@@ -469,11 +466,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      370,
+      390,
       480,
       20
      ],
-     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
+     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
     }
    },
    {
@@ -484,11 +481,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      394,
+      414,
       240,
       22
      ],
-     "text": "/record/stop",
+     "text": "/record/start take",
      "outlettype": [
       ""
      ]
@@ -502,11 +499,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      394,
+      414,
       480,
       20
      ],
-     "text": "finish the recording; replies /record/stopped s:folder"
+     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
     }
    },
    {
@@ -517,11 +514,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      418,
+      438,
       240,
       22
      ],
-     "text": "/reset",
+     "text": "/record/stop",
      "outlettype": [
       ""
      ]
@@ -535,11 +532,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      418,
+      438,
       480,
       20
      ],
-     "text": "forget the token window and start a fresh sequence"
+     "text": "finish the recording; replies /record/stopped s:folder"
     }
    },
    {
@@ -550,11 +547,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      442,
+      462,
       240,
       22
      ],
-     "text": "/scene/recall verse",
+     "text": "/reset",
      "outlettype": [
       ""
      ]
@@ -568,11 +565,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      442,
+      462,
       480,
       20
      ],
-     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
+     "text": "forget the token window and start a fresh sequence"
     }
    },
    {
@@ -583,11 +580,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      466,
+      486,
       240,
       22
      ],
-     "text": "/scene/save verse",
+     "text": "/scene/recall verse",
      "outlettype": [
       ""
      ]
@@ -601,11 +598,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      466,
+      486,
       480,
       20
      ],
-     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
+     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
     }
    },
    {
@@ -616,11 +613,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      490,
+      510,
       240,
       22
      ],
-     "text": "/schema",
+     "text": "/scene/save verse",
      "outlettype": [
       ""
      ]
@@ -634,11 +631,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      490,
+      510,
       480,
       20
      ],
-     "text": "reply /schema s: this table as JSON"
+     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
     }
    },
    {
@@ -649,11 +646,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      514,
+      534,
       240,
       22
      ],
-     "text": "/seed 7",
+     "text": "/schema",
      "outlettype": [
       ""
      ]
@@ -667,11 +664,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      514,
+      534,
       480,
       20
      ],
-     "text": "reseed the sampler at this frame"
+     "text": "reply /schema s: this table as JSON"
     }
    },
    {
@@ -682,11 +679,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      538,
+      558,
       240,
       22
      ],
-     "text": "/status",
+     "text": "/seed 7",
      "outlettype": [
       ""
      ]
@@ -700,11 +697,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      538,
+      558,
       480,
       20
      ],
-     "text": "reply once with /engine/status and /engine/info"
+     "text": "reseed the sampler at this frame"
     }
    },
    {
@@ -715,11 +712,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      562,
+      582,
       240,
       22
      ],
-     "text": "/temperature 0.9",
+     "text": "/status",
      "outlettype": [
       ""
      ]
@@ -733,11 +730,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      562,
+      582,
       480,
       20
      ],
-     "text": "sampling temperature (0 = greedy)"
+     "text": "reply once with /engine/status and /engine/info"
     }
    },
    {
@@ -748,11 +745,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      586,
+      606,
       240,
       22
      ],
-     "text": "/topk 50",
+     "text": "/temperature 0.9",
      "outlettype": [
       ""
      ]
@@ -766,11 +763,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      586,
+      606,
       480,
       20
      ],
-     "text": "keep the k most likely tokens per codebook (0 = off)"
+     "text": "sampling temperature (0 = greedy)"
     }
    },
    {
@@ -781,11 +778,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      610,
+      630,
       240,
       22
      ],
-     "text": "/topp 0.9",
+     "text": "/topk 50",
      "outlettype": [
       ""
      ]
@@ -799,7 +796,40 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      610,
+      630,
+      480,
+      20
+     ],
+     "text": "keep the k most likely tokens per codebook (0 = off)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-49",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      654,
+      240,
+      22
+     ],
+     "text": "/topp 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-50",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      654,
       480,
       20
      ],
@@ -811,23 +841,11 @@
    {
     "patchline": {
      "source": [
-      "obj-7",
-      0
-     ],
-     "destination": [
-      "obj-6",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-9",
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -839,7 +857,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -851,7 +869,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -863,7 +881,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -875,7 +893,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -887,7 +905,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -899,7 +917,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -911,7 +929,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -923,7 +941,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -935,7 +953,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -947,7 +965,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -959,7 +977,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -971,7 +989,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -983,7 +1001,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -995,7 +1013,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -1007,7 +1025,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -1019,7 +1037,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -1031,7 +1049,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -1043,7 +1061,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -1055,7 +1073,19 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-49",
+      0
+     ],
+     "destination": [
+      "obj-8",
       0
      ]
     }

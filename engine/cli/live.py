@@ -23,7 +23,7 @@ from engine.cli.compute_flags import (
 from engine.cli.console import StatusConsole
 from engine.cli.default_prompts import write_default_prompts
 from engine.errors import UserError
-from engine.live.audio.sound_device import list_devices
+from engine.live.audio.sound_device import list_devices, set_jack_client_name
 from engine.live.control_input import DEFAULT_SLOTS
 from engine.live.controls import MAX_SLOTS
 from engine.live.engine import LiveConfig
@@ -81,6 +81,8 @@ def build_live_parser() -> argparse.ArgumentParser:
     a.add_argument("--hostapi", metavar="API", default=None,
                    help="host API: JACK, CoreAudio, ASIO, WASAPI, ALSA, ...")
     a.add_argument("--list-devices", action="store_true", help="list output devices and exit")
+    a.add_argument("--jack-name", metavar="NAME", default=None,
+                   help="the engine's JACK client name (with --hostapi JACK; default PortAudio)")
     a.add_argument("--blocksize", type=int, default=512, help="frames per audio callback")
     a.add_argument("--latency", default="low", help="PortAudio latency: low, high or seconds")
     a.add_argument("--buffer", type=float, default=0.2, metavar="SECONDS",
@@ -121,6 +123,8 @@ def build_live_parser() -> argparse.ArgumentParser:
 
 def cmd_live(argv: list[str]) -> int:
     args = build_live_parser().parse_args(argv)
+    if args.jack_name:
+        set_jack_client_name(args.jack_name)
     if args.list_devices:
         print(list_devices())
         return 0

@@ -211,7 +211,7 @@ def _feedback(p: MaxPatch) -> None:
 def help_patch() -> str:
     """How to start the engine, the ports, and one box per address of the table."""
     rows = len(TABLE)
-    p = MaxPatch(rect=(100, 100, 760, 130 + rows * 24 + 50))
+    p = MaxPatch(rect=(100, 100, 760, 174 + rows * 24 + 50))
     lines = [
         "encodecgpt_live: play EnCodecGPT from Max.",
         "1. In a terminal: python run_engine.py --feedback 127.0.0.1:"
@@ -219,18 +219,23 @@ def help_patch() -> str:
         f"2. Open encodecgpt_live.maxpat: it sends to 127.0.0.1:{ENGINE_PORT} and listens on "
         f"{FEEDBACK_PORT}.",
         "3. Drop sounds on the four slots, move morph / XY, turn the dials.",
+        "Sound into Max: start the engine with --hostapi JACK --jack-name egl (or --device "
+        "BlackHole), pick that device",
+        "as Max's input (Options > Audio Status), then [adc~ 1 2] -> [sfrecord~ 2] records it, "
+        "or -> [dac~ 1 2] to hear it.",
         "Every message the engine accepts (click one to send it):",
     ]
     for row, text in enumerate(lines):
         p.comment(15, 10 + row * 22, text, w=720)
-    send = p.obj(15, 130 + rows * 24 + 10, f"udpsend 127.0.0.1 {ENGINE_PORT}")
+    top = 130 + 2 * 22  # the two adc~ lines
+    send = p.obj(15, 174 + rows * 24 + 10, f"udpsend 127.0.0.1 {ENGINE_PORT}")
     examples = {"/morph": "0.5", "/morph/xy": "0.5 0.5", "/mix": "0.25 0.25 0.25 0.25",
                 "/glide": "0.5", "/temperature": "0.9", "/topk": "50", "/topp": "0.9",
                 "/seed": "7", "/prompt/load": "0 /path/to/sound.wav", "/record/start": "take",
                 "/gain": "-6.", "/scene/save": "verse", "/scene/recall": "verse",
                 "/midi/learn": "/morph"}
     for row, a in enumerate(sorted(TABLE.values(), key=lambda a: a.address)):
-        y = 130 + row * 24
+        y = top + row * 24
         box = p.message(15, y, f"{a.address} {examples.get(a.address, '')}".strip(), w=240)
         p.comment(265, y, a.help[:80], w=480)
         p.connect(box, 0, send)

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from engine.cli.console import slots_line
 from engine.errors import UserError
 from engine.live.controls import ControlEvent, ControlState
 from osc.addresses import REPLIES, TABLE, Address
@@ -360,3 +361,13 @@ def test_schema_and_prompt_load_agree_on_the_slot_count(osc):
     assert not dispatcher.handle(slot_4, SENDER)  # refused by the checked range, like /schema
     assert _errors(replies)[-1] == "/prompt/load: 4 is outside [0, 3]"
     assert not any(c[0] == "load" for c in engine.calls)
+
+
+def test_a_finished_load_is_confirmed_on_the_console_and_the_status_shows_each_slot():
+    engine, replies, logs = FakeEngine(), [], []
+    dispatcher = OSCDispatcher(engine, reply=lambda a, args, to: replies.append((a, args)),
+                               log=logs.append)
+    assert dispatcher.handle(MAX_PROMPT_LOAD, SENDER)
+    assert logs == ["prompt: loaded kick.wav into slot 2"]
+    sources = {0: "/home/me/sounds/pad.wav", 1: "random", 2: "/tmp/kick.wav"}
+    assert slots_line(sources, 4) == "slots: 0 pad.wav  1 random  2 kick.wav  3 empty"

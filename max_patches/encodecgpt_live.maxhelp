@@ -13,7 +13,7 @@
    100,
    100,
    760,
-   620
+   728
   ],
   "bglocked": 0,
   "openinpresentation": 0,
@@ -95,55 +95,52 @@
       720,
       20
      ],
-     "text": "Every message the engine accepts (click one to send it):"
+     "text": "Sound into Max: start the engine with --hostapi JACK --jack-name egl (or --device BlackHole), pick that device"
     }
    },
    {
     "box": {
      "id": "obj-6",
-     "maxclass": "newobj",
+     "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
       15,
-      580,
-      164,
-      22
+      120,
+      720,
+      20
      ],
-     "text": "udpsend 127.0.0.1 9000"
+     "text": "as Max's input (Options > Audio Status), then [adc~ 1 2] -> [sfrecord~ 2] records it, or -> [dac~ 1 2] to hear it."
     }
    },
    {
     "box": {
      "id": "obj-7",
-     "maxclass": "message",
-     "numinlets": 2,
-     "numoutlets": 1,
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
      "patching_rect": [
       15,
-      130,
-      240,
-      22
+      142,
+      720,
+      20
      ],
-     "text": "/glide 0.5",
-     "outlettype": [
-      ""
-     ]
+     "text": "Every message the engine accepts (click one to send it):"
     }
    },
    {
     "box": {
      "id": "obj-8",
-     "maxclass": "comment",
+     "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      265,
-      130,
-      480,
-      20
+      15,
+      688,
+      164,
+      22
      ],
-     "text": "glide time constant in seconds for mix, temperature, top-p"
+     "text": "udpsend 127.0.0.1 9000"
     }
    },
    {
@@ -154,11 +151,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      154,
+      174,
       240,
       22
      ],
-     "text": "/mix 0.25 0.25 0.25 0.25",
+     "text": "/gain -6.",
      "outlettype": [
       ""
      ]
@@ -172,11 +169,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      154,
+      174,
       480,
       20
      ],
-     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
+     "text": "output gain in dB (ceiling +6; a change ramps over 20 ms)"
     }
    },
    {
@@ -187,11 +184,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      178,
+      198,
       240,
       22
      ],
-     "text": "/morph 0.5",
+     "text": "/glide 0.5",
      "outlettype": [
       ""
      ]
@@ -205,11 +202,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      178,
+      198,
       480,
       20
      ],
-     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
+     "text": "glide time constant in seconds for mix, temperature, top-p"
     }
    },
    {
@@ -220,11 +217,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      202,
+      222,
       240,
       22
      ],
-     "text": "/morph/xy 0.5 0.5",
+     "text": "/midi/learn /morph",
      "outlettype": [
       ""
      ]
@@ -238,11 +235,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      202,
+      222,
       480,
       20
      ],
-     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
+     "text": "bind the next MIDI control change moved to this address (needs --midi)"
     }
    },
    {
@@ -253,11 +250,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      226,
+      246,
       240,
       22
      ],
-     "text": "/panic",
+     "text": "/mix 0.25 0.25 0.25 0.25",
      "outlettype": [
       ""
      ]
@@ -271,11 +268,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      226,
+      246,
       480,
       20
      ],
-     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
+     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
     }
    },
    {
@@ -286,11 +283,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      250,
+      270,
       240,
       22
      ],
-     "text": "/pause",
+     "text": "/morph 0.5",
      "outlettype": [
       ""
      ]
@@ -304,11 +301,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      250,
+      270,
       480,
       20
      ],
-     "text": "stop generating; the output fades to silence"
+     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
     }
    },
    {
@@ -319,11 +316,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      274,
+      294,
       240,
       22
      ],
-     "text": "/play",
+     "text": "/morph/xy 0.5 0.5",
      "outlettype": [
       ""
      ]
@@ -337,11 +334,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      274,
+      294,
       480,
       20
      ],
-     "text": "start or resume playing (fades in)"
+     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
     }
    },
    {
@@ -352,11 +349,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      298,
+      318,
       240,
       22
      ],
-     "text": "/prompt/load 0 /path/to/sound.wav",
+     "text": "/panic",
      "outlettype": [
       ""
      ]
@@ -370,11 +367,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      298,
+      318,
       480,
       20
      ],
-     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
+     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
     }
    },
    {
@@ -385,11 +382,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      322,
+      342,
       240,
       22
      ],
-     "text": "/record/start take",
+     "text": "/pause",
      "outlettype": [
       ""
      ]
@@ -403,11 +400,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      322,
+      342,
       480,
       20
      ],
-     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
+     "text": "stop generating; the output fades to silence"
     }
    },
    {
@@ -418,11 +415,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      346,
+      366,
       240,
       22
      ],
-     "text": "/record/stop",
+     "text": "/play",
      "outlettype": [
       ""
      ]
@@ -436,11 +433,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      346,
+      366,
       480,
       20
      ],
-     "text": "finish the recording; replies /record/stopped s:folder"
+     "text": "start or resume playing (fades in)"
     }
    },
    {
@@ -451,11 +448,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      370,
+      390,
       240,
       22
      ],
-     "text": "/reset",
+     "text": "/prompt/load 0 /path/to/sound.wav",
      "outlettype": [
       ""
      ]
@@ -469,11 +466,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      370,
+      390,
       480,
       20
      ],
-     "text": "forget the token window and start a fresh sequence"
+     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
     }
    },
    {
@@ -484,11 +481,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      394,
+      414,
       240,
       22
      ],
-     "text": "/schema",
+     "text": "/record/start take",
      "outlettype": [
       ""
      ]
@@ -502,11 +499,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      394,
+      414,
       480,
       20
      ],
-     "text": "reply /schema s: this table as JSON"
+     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
     }
    },
    {
@@ -517,11 +514,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      418,
+      438,
       240,
       22
      ],
-     "text": "/seed 7",
+     "text": "/record/stop",
      "outlettype": [
       ""
      ]
@@ -535,11 +532,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      418,
+      438,
       480,
       20
      ],
-     "text": "reseed the sampler at this frame"
+     "text": "finish the recording; replies /record/stopped s:folder"
     }
    },
    {
@@ -550,11 +547,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      442,
+      462,
       240,
       22
      ],
-     "text": "/status",
+     "text": "/reset",
      "outlettype": [
       ""
      ]
@@ -568,11 +565,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      442,
+      462,
       480,
       20
      ],
-     "text": "reply once with /engine/status and /engine/info"
+     "text": "forget the token window and start a fresh sequence"
     }
    },
    {
@@ -583,11 +580,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      466,
+      486,
       240,
       22
      ],
-     "text": "/temperature 0.9",
+     "text": "/scene/recall verse",
      "outlettype": [
       ""
      ]
@@ -601,11 +598,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      466,
+      486,
       480,
       20
      ],
-     "text": "sampling temperature (0 = greedy)"
+     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
     }
    },
    {
@@ -616,11 +613,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      490,
+      510,
       240,
       22
      ],
-     "text": "/topk 50",
+     "text": "/scene/save verse",
      "outlettype": [
       ""
      ]
@@ -634,11 +631,11 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      490,
+      510,
       480,
       20
      ],
-     "text": "keep the k most likely tokens per codebook (0 = off)"
+     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
     }
    },
    {
@@ -649,11 +646,11 @@
      "numoutlets": 1,
      "patching_rect": [
       15,
-      514,
+      534,
       240,
       22
      ],
-     "text": "/topp 0.9",
+     "text": "/schema",
      "outlettype": [
       ""
      ]
@@ -667,7 +664,172 @@
      "numoutlets": 0,
      "patching_rect": [
       265,
-      514,
+      534,
+      480,
+      20
+     ],
+     "text": "reply /schema s: this table as JSON"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-41",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      558,
+      240,
+      22
+     ],
+     "text": "/seed 7",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-42",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      558,
+      480,
+      20
+     ],
+     "text": "reseed the sampler at this frame"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-43",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      582,
+      240,
+      22
+     ],
+     "text": "/status",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-44",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      582,
+      480,
+      20
+     ],
+     "text": "reply once with /engine/status and /engine/info"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-45",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      606,
+      240,
+      22
+     ],
+     "text": "/temperature 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-46",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      606,
+      480,
+      20
+     ],
+     "text": "sampling temperature (0 = greedy)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-47",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      630,
+      240,
+      22
+     ],
+     "text": "/topk 50",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-48",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      630,
+      480,
+      20
+     ],
+     "text": "keep the k most likely tokens per codebook (0 = off)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-49",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      654,
+      240,
+      22
+     ],
+     "text": "/topp 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-50",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      654,
       480,
       20
      ],
@@ -679,23 +841,11 @@
    {
     "patchline": {
      "source": [
-      "obj-7",
-      0
-     ],
-     "destination": [
-      "obj-6",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-9",
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -707,7 +857,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -719,7 +869,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -731,7 +881,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -743,7 +893,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -755,7 +905,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -767,7 +917,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -779,7 +929,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -791,7 +941,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -803,7 +953,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -815,7 +965,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -827,7 +977,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -839,7 +989,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -851,7 +1001,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -863,7 +1013,7 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
       0
      ]
     }
@@ -875,7 +1025,67 @@
       0
      ],
      "destination": [
-      "obj-6",
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-41",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-43",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-45",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-47",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-49",
+      0
+     ],
+     "destination": [
+      "obj-8",
       0
      ]
     }

@@ -666,6 +666,92 @@
    {
     "box": {
      "id": "obj-38",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      1060,
+      125,
+      80,
+      20
+     ],
+     "text": "gain (dB)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-39",
+     "maxclass": "slider",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      1060,
+      150,
+      24,
+      110
+     ],
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-40",
+     "maxclass": "newobj",
+     "numinlets": 6,
+     "numoutlets": 1,
+     "patching_rect": [
+      1090,
+      150,
+      100,
+      22
+     ],
+     "text": "scale 0 127 -60.0 6.0",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-41",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      1090,
+      175,
+      55,
+      22
+     ],
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-42",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      1090,
+      205,
+      95,
+      22
+     ],
+     "text": "prepend /gain",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-43",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -683,7 +769,7 @@
    },
    {
     "box": {
-     "id": "obj-39",
+     "id": "obj-44",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -701,7 +787,7 @@
    },
    {
     "box": {
-     "id": "obj-40",
+     "id": "obj-45",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -719,7 +805,7 @@
    },
    {
     "box": {
-     "id": "obj-41",
+     "id": "obj-46",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -737,7 +823,7 @@
    },
    {
     "box": {
-     "id": "obj-42",
+     "id": "obj-47",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -752,7 +838,7 @@
    },
    {
     "box": {
-     "id": "obj-43",
+     "id": "obj-48",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -769,7 +855,7 @@
    },
    {
     "box": {
-     "id": "obj-44",
+     "id": "obj-49",
      "maxclass": "textedit",
      "numinlets": 1,
      "numoutlets": 4,
@@ -790,7 +876,7 @@
    },
    {
     "box": {
-     "id": "obj-45",
+     "id": "obj-50",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -809,7 +895,7 @@
    },
    {
     "box": {
-     "id": "obj-46",
+     "id": "obj-51",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -827,7 +913,7 @@
    },
    {
     "box": {
-     "id": "obj-47",
+     "id": "obj-52",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -845,7 +931,7 @@
    },
    {
     "box": {
-     "id": "obj-48",
+     "id": "obj-53",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -863,7 +949,7 @@
    },
    {
     "box": {
-     "id": "obj-49",
+     "id": "obj-54",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -883,7 +969,7 @@
    },
    {
     "box": {
-     "id": "obj-50",
+     "id": "obj-55",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -901,7 +987,7 @@
    },
    {
     "box": {
-     "id": "obj-51",
+     "id": "obj-56",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -919,7 +1005,7 @@
    },
    {
     "box": {
-     "id": "obj-52",
+     "id": "obj-57",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -934,7 +1020,7 @@
    },
    {
     "box": {
-     "id": "obj-53",
+     "id": "obj-58",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -952,7 +1038,7 @@
    },
    {
     "box": {
-     "id": "obj-54",
+     "id": "obj-59",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -971,7 +1057,7 @@
    },
    {
     "box": {
-     "id": "obj-55",
+     "id": "obj-60",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -989,7 +1075,7 @@
    },
    {
     "box": {
-     "id": "obj-56",
+     "id": "obj-61",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1004,7 +1090,7 @@
    },
    {
     "box": {
-     "id": "obj-57",
+     "id": "obj-62",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1022,7 +1108,7 @@
    },
    {
     "box": {
-     "id": "obj-58",
+     "id": "obj-63",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1041,7 +1127,7 @@
    },
    {
     "box": {
-     "id": "obj-59",
+     "id": "obj-64",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1059,7 +1145,7 @@
    },
    {
     "box": {
-     "id": "obj-60",
+     "id": "obj-65",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1074,7 +1160,7 @@
    },
    {
     "box": {
-     "id": "obj-61",
+     "id": "obj-66",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1092,7 +1178,7 @@
    },
    {
     "box": {
-     "id": "obj-62",
+     "id": "obj-67",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1111,7 +1197,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-68",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1129,7 +1215,7 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-69",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1144,7 +1230,7 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-70",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1162,7 +1248,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-71",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1181,7 +1267,7 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-72",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1199,7 +1285,7 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-73",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1217,18 +1303,19 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-74",
      "maxclass": "newobj",
      "numinlets": 1,
-     "numoutlets": 6,
+     "numoutlets": 7,
      "patching_rect": [
       740,
       445,
-      360,
+      420,
       22
      ],
-     "text": "route /engine/status /error /prompt/loaded /record/started /record/stopped",
+     "text": "route /engine/status /error /prompt/loaded /record/started /record/stopped /engine/level",
      "outlettype": [
+      "",
       "",
       "",
       "",
@@ -1240,7 +1327,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-75",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 11,
@@ -1268,7 +1355,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-76",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1286,7 +1373,7 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-77",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1301,7 +1388,7 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-78",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1319,7 +1406,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-79",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1334,7 +1421,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-80",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1352,7 +1439,7 @@
    },
    {
     "box": {
-     "id": "obj-76",
+     "id": "obj-81",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1367,7 +1454,92 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-82",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      1010,
+      470,
+      80,
+      22
+     ],
+     "text": "unpack f f",
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-83",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      1010,
+      495,
+      60,
+      22
+     ],
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-84",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      1010,
+      520,
+      75,
+      20
+     ],
+     "text": "peak dBFS"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-85",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      1095,
+      495,
+      60,
+      22
+     ],
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-86",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      1095,
+      520,
+      68,
+      20
+     ],
+     "text": "RMS dBFS"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-87",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1382,7 +1554,7 @@
    },
    {
     "box": {
-     "id": "obj-78",
+     "id": "obj-88",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1400,7 +1572,7 @@
    },
    {
     "box": {
-     "id": "obj-79",
+     "id": "obj-89",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1418,7 +1590,7 @@
    },
    {
     "box": {
-     "id": "obj-80",
+     "id": "obj-90",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1433,7 +1605,7 @@
    },
    {
     "box": {
-     "id": "obj-81",
+     "id": "obj-91",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1451,7 +1623,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-92",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1469,7 +1641,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-93",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1484,7 +1656,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-94",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1502,7 +1674,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-95",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1520,7 +1692,7 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-96",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1535,7 +1707,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-97",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1553,7 +1725,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-98",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1910,23 +2082,11 @@
    {
     "patchline": {
      "source": [
-      "obj-38",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-39",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-40",
       0
      ]
     }
@@ -1938,6 +2098,30 @@
       0
      ],
      "destination": [
+      "obj-41",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-40",
+      0
+     ],
+     "destination": [
+      "obj-42",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-42",
+      0
+     ],
+     "destination": [
       "obj-2",
       0
      ]
@@ -1946,7 +2130,7 @@
    {
     "patchline": {
      "source": [
-      "obj-41",
+      "obj-43",
       0
      ],
      "destination": [
@@ -1962,7 +2146,7 @@
       0
      ],
      "destination": [
-      "obj-45",
+      "obj-2",
       0
      ]
     }
@@ -1974,7 +2158,7 @@
       0
      ],
      "destination": [
-      "obj-46",
+      "obj-2",
       0
      ]
     }
@@ -1986,31 +2170,7 @@
       0
      ],
      "destination": [
-      "obj-47",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-47",
-      0
-     ],
-     "destination": [
-      "obj-48",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-43",
-      0
-     ],
-     "destination": [
-      "obj-49",
+      "obj-2",
       0
      ]
     }
@@ -2019,18 +2179,6 @@
     "patchline": {
      "source": [
       "obj-49",
-      0
-     ],
-     "destination": [
-      "obj-48",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-48",
       0
      ],
      "destination": [
@@ -2046,18 +2194,6 @@
       0
      ],
      "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-49",
-      1
-     ],
-     "destination": [
       "obj-51",
       0
      ]
@@ -2070,7 +2206,43 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-52",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-52",
+      0
+     ],
+     "destination": [
+      "obj-53",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-48",
+      0
+     ],
+     "destination": [
+      "obj-54",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-54",
+      0
+     ],
+     "destination": [
+      "obj-53",
       0
      ]
     }
@@ -2082,18 +2254,6 @@
       0
      ],
      "destination": [
-      "obj-54",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-54",
-      0
-     ],
-     "destination": [
       "obj-55",
       0
      ]
@@ -2114,11 +2274,23 @@
    {
     "patchline": {
      "source": [
-      "obj-57",
+      "obj-54",
+      1
+     ],
+     "destination": [
+      "obj-56",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-56",
       0
      ],
      "destination": [
-      "obj-58",
+      "obj-2",
       0
      ]
     }
@@ -2142,7 +2314,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-60",
       0
      ]
     }
@@ -2150,11 +2322,11 @@
    {
     "patchline": {
      "source": [
-      "obj-61",
+      "obj-60",
       0
      ],
      "destination": [
-      "obj-62",
+      "obj-2",
       0
      ]
     }
@@ -2178,7 +2350,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-64",
       0
      ]
     }
@@ -2186,11 +2358,11 @@
    {
     "patchline": {
      "source": [
-      "obj-65",
+      "obj-64",
       0
      ],
      "destination": [
-      "obj-66",
+      "obj-2",
       0
      ]
     }
@@ -2214,7 +2386,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-68",
       0
      ]
     }
@@ -2226,19 +2398,7 @@
       0
      ],
      "destination": [
-      "obj-69",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-69",
-      0
-     ],
-     "destination": [
-      "obj-70",
+      "obj-2",
       0
      ]
     }
@@ -2258,11 +2418,11 @@
    {
     "patchline": {
      "source": [
-      "obj-70",
-      3
+      "obj-71",
+      0
      ],
      "destination": [
-      "obj-73",
+      "obj-72",
       0
      ]
     }
@@ -2270,8 +2430,32 @@
    {
     "patchline": {
      "source": [
-      "obj-70",
-      5
+      "obj-72",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-73",
+      0
+     ],
+     "destination": [
+      "obj-74",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-74",
+      0
      ],
      "destination": [
       "obj-75",
@@ -2282,8 +2466,20 @@
    {
     "patchline": {
      "source": [
-      "obj-69",
-      1
+      "obj-75",
+      0
+     ],
+     "destination": [
+      "obj-76",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-75",
+      3
      ],
      "destination": [
       "obj-78",
@@ -2294,11 +2490,11 @@
    {
     "patchline": {
      "source": [
-      "obj-78",
-      0
+      "obj-75",
+      5
      ],
      "destination": [
-      "obj-79",
+      "obj-80",
       0
      ]
     }
@@ -2306,20 +2502,8 @@
    {
     "patchline": {
      "source": [
-      "obj-69",
-      2
-     ],
-     "destination": [
-      "obj-81",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-81",
-      0
+      "obj-74",
+      5
      ],
      "destination": [
       "obj-82",
@@ -2330,11 +2514,11 @@
    {
     "patchline": {
      "source": [
-      "obj-69",
-      3
+      "obj-82",
+      0
      ],
      "destination": [
-      "obj-84",
+      "obj-83",
       0
      ]
     }
@@ -2342,8 +2526,8 @@
    {
     "patchline": {
      "source": [
-      "obj-84",
-      0
+      "obj-82",
+      1
      ],
      "destination": [
       "obj-85",
@@ -2354,11 +2538,11 @@
    {
     "patchline": {
      "source": [
-      "obj-69",
-      4
+      "obj-74",
+      1
      ],
      "destination": [
-      "obj-87",
+      "obj-88",
       0
      ]
     }
@@ -2366,11 +2550,83 @@
    {
     "patchline": {
      "source": [
-      "obj-87",
+      "obj-88",
       0
      ],
      "destination": [
-      "obj-88",
+      "obj-89",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-74",
+      2
+     ],
+     "destination": [
+      "obj-91",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-91",
+      0
+     ],
+     "destination": [
+      "obj-92",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-74",
+      3
+     ],
+     "destination": [
+      "obj-94",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-94",
+      0
+     ],
+     "destination": [
+      "obj-95",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-74",
+      4
+     ],
+     "destination": [
+      "obj-97",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-97",
+      0
+     ],
+     "destination": [
+      "obj-98",
       0
      ]
     }

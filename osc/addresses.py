@@ -13,7 +13,7 @@ that takes no arguments also takes a button's one number: non-zero (pressed) act
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.live.controls import GENERATOR_CONTROLS, MAX_SLOTS
 
@@ -33,7 +33,7 @@ class Address:
 
 _WIDGETS = {"/morph": "fader", "/morph/xy": "xy", "/mix": "multislider", "/glide": "dial",
             "/temperature": "dial", "/topk": "dial", "/topp": "dial", "/seed": "number",
-            "/reset": "button"}
+            "/reset": "button", "/gain": "fader"}
 
 CONTROLS = tuple(
     Address(s.address, s.types, s.help, s.low, s.high, s.default, s.clamp, "control",
@@ -54,6 +54,12 @@ COMMANDS = (
     Address("/record/stop", "", "finish the recording; replies /record/stopped s:folder",
             kind="command", widget="toggle"),
     Address("/status", "", "reply once with /engine/status and /engine/info", kind="command"),
+    Address("/midi/learn", "s", "bind the next MIDI control change moved to this address "
+            "(needs --midi)", kind="command"),
+    Address("/scene/save", "s", "save slots, mix, sampling, glide and gain as a scene under "
+            "--scenes-dir; replies /scene/saved s:file", kind="command"),
+    Address("/scene/recall", "s", "recall a saved scene (glides with its glide time); "
+            "replies /scene/recalled s:name", kind="command"),
     Address("/schema", "", "reply /schema s: this table as JSON", kind="command"),
 )
 
@@ -68,11 +74,16 @@ REPLIES = (
             "mode (exact, fast)", kind="reply", widget="label"),
     Address("/engine/mix", "f…", "~10 Hz: the current weight of every slot", kind="reply",
             widget="label"),
+    Address("/engine/level", "ff", "~10 Hz: peak and RMS in dBFS of the last 0.1 s sent to "
+            "the output, after /gain (-120 = silence)", kind="reply", widget="meter"),
     Address("/prompt/loaded", "is", "a /prompt/load finished: slot, file", kind="reply",
             widget="label"),
     Address("/record/started", "s", "a recording began: its folder", kind="reply",
             widget="label"),
     Address("/record/stopped", "s", "a recording was finished: its folder", kind="reply",
+            widget="label"),
+    Address("/scene/saved", "s", "a scene was saved: its file", kind="reply", widget="label"),
+    Address("/scene/recalled", "s", "a scene was recalled: its name", kind="reply",
             widget="label"),
     Address("/error", "s", "what was wrong with the last message (state unchanged)",
             kind="reply", widget="label"),
@@ -83,13 +94,24 @@ TABLE: dict[str, Address] = {a.address: a for a in CONTROLS + COMMANDS}
 """Addresses the engine accepts."""
 
 
-def schema_json() -> str:
-    """The accepted and sent addresses as JSON (the ``/schema`` reply)."""
+def table_for(num_slots: int = MAX_SLOTS) -> dict[str, Address]:
+    """The accepted addresses of an engine with ``num_slots`` prompt slots (``--slots``):
+    ``/prompt/load`` takes slots ``0 .. num_slots - 1``, so ``/schema`` and the engine agree."""
+    table = dict(TABLE)
+    table["/prompt/load"] = replace(TABLE["/prompt/load"], high=num_slots - 1)
+    return table
+
+
+def schema_json(num_slots: int = MAX_SLOTS) -> str:
+    """The accepted and sent addresses as JSON (the ``/schema`` reply) of an engine with
+    ``num_slots`` prompt slots."""
     def row(a: Address) -> dict:
         return {"address": a.address, "types": a.types, "low": a.low, "high": a.high,
                 "default": list(a.default), "clamp": a.clamp, "kind": a.kind, "help": a.help}
 
-    return json.dumps({"accepts": [row(a) for a in CONTROLS + COMMANDS],
+    accepts = table_for(num_slots)
+    return json.dumps({"num_slots": num_slots,
+                       "accepts": [row(accepts[a.address]) for a in CONTROLS + COMMANDS],
                        "sends": [row(a) for a in REPLIES]})
 
 

@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping
 from pythonosc.osc_packet import OscPacket
 
 from engine.errors import UserError
-from engine.live.controls import SPECS, ControlError, ControlEvent, check_args
-from osc.addresses import TABLE, Address, schema_json
+from engine.live.controls import MAX_SLOTS, SPECS, ControlError, ControlEvent, check_args
+from osc.addresses import TABLE, Address, schema_json, table_for
 from osc.feedback import info_message, status_messages
 
 Target = tuple[str, int]
@@ -81,16 +81,17 @@ def parse_datagram(data: bytes) -> list[tuple[str, tuple]]:
 def button_args(spec: Address, params: tuple) -> tuple | None:
     """Arguments for ``spec`` once a button's state is taken off; None: ignore the message.
 
-    A button on a control surface (TouchOSC, a Max ``toggle``) sends one number: non-zero
-    when pressed, 0 when released. An address that takes no arguments acts on the press and
-    ignores the release; anything else is passed on unchanged (and checked as usual).
+    A button on a control surface sends one value: TouchOSC ``f 1`` on press and ``f 0`` on
+    release, Max ``[button]`` → ``prepend`` an int, Pd ``bng`` a float, or an OSC ``T`` / ``F``
+    boolean. An address that takes no arguments acts on the press (non-zero, ``T``) and
+    ignores the release (0, ``F``); anything else is passed on unchanged (and checked as usual).
     """
     if spec.types or len(params) != 1:
         return params
     value = params[0]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if value is None or not isinstance(value, (bool, int, float)):
         return params
-    return () if value != 0 else None
+    return () if value else None
 
 
 class OSCDispatcher:
@@ -112,13 +113,18 @@ class OSCDispatcher:
             "/status": self._status, "/schema": self._schema,
             "/record/start": self._record_start, "/record/stop": self._record_stop,
             "/prompt/load": self._prompt_load,
+            "/scene/save": self._scene_save, "/scene/recall": self._scene_recall,
+            "/midi/learn": self._midi_learn,
         }
+        self.midi = None  # an osc.midi.MidiMapper when --midi is given
         check_handlers(TABLE, self.commands)
+        self.num_slots = int(getattr(engine, "num_slots", MAX_SLOTS))
+        self.table = table_for(self.num_slots)  # /prompt/load's slot range is the engine's
 
     def handle(self, data: bytes, sender: Target) -> bool:
         """Act on one datagram from ``sender``; False if it was refused (``/error`` sent)."""
         try:
-            checked = self._check(parse_datagram(data))
+            checked = self._check(self.table, parse_datagram(data))
         except ControlError as e:
             return self.error(sender, str(e))
         events = [ControlEvent(spec.address, args) for spec, args in checked
@@ -141,7 +147,8 @@ class OSCDispatcher:
         return False
 
     @staticmethod
-    def _check(messages: list[tuple[str, tuple]]) -> list[tuple[Address, tuple]]:
+    def _check(table: Mapping[str, Address],
+               messages: list[tuple[str, tuple]]) -> list[tuple[Address, tuple]]:
         """Each message's table entry and checked arguments (button releases left out).
 
         Raises:
@@ -149,7 +156,7 @@ class OSCDispatcher:
         """
         checked = []
         for address, params in messages:
-            spec = TABLE.get(address)
+            spec = table.get(address)
             if spec is None:
                 raise ControlError(f"unknown address {address}; send /schema for the list")
             args = button_args(spec, params)
@@ -177,7 +184,7 @@ class OSCDispatcher:
         return True
 
     def _schema(self, args: tuple, sender: Target) -> bool:
-        self.reply("/schema", [schema_json()], sender)
+        self.reply("/schema", [schema_json(self.num_slots)], sender)
         return True
 
     def _record_start(self, args: tuple, sender: Target) -> bool:
@@ -194,6 +201,37 @@ class OSCDispatcher:
             return self.error(sender, f"/record/stop: {e}")
         return True
 
+    def _scene_save(self, args: tuple, sender: Target) -> bool:
+        try:
+            path = self._scenes("/scene/save").save(args[0])
+        except UserError as e:
+            return self.error(sender, f"/scene/save: {e}")
+        self.reply("/scene/saved", [str(path)], sender)
+        return True
+
+    def _scene_recall(self, args: tuple, sender: Target) -> bool:
+        try:
+            self._scenes("/scene/recall").recall(args[0])
+        except UserError as e:  # ControlError included: the scene does not fit the engine
+            return self.error(sender, f"/scene/recall: {e}")
+        self.reply("/scene/recalled", [args[0]], sender)
+        return True
+
+    def _midi_learn(self, args: tuple, sender: Target) -> bool:
+        if self.midi is None:
+            return self.error(sender, "/midi/learn: no MIDI input (start with --midi PORT)")
+        try:
+            self.midi.learn(args[0])
+        except UserError as e:
+            return self.error(sender, f"/midi/learn: {e}")
+        return True
+
+    def _scenes(self, address: str):
+        scenes = getattr(self.engine, "scenes", None)
+        if scenes is None:
+            raise UserError("this engine keeps no scenes")
+        return scenes
+
     def _prompt_load(self, args: tuple, sender: Target) -> bool:
         slot, path = args
         refused: list[str] = []
@@ -202,7 +240,9 @@ class OSCDispatcher:
             refused.append(message)
             self.error(sender, f"/prompt/load: {message}")
 
-        self.engine.load_prompt(slot, path,
-                                done=lambda s, p: self.reply("/prompt/loaded", [s, p], sender),
-                                failed=failed)
+        def done(slot: int, path: str) -> None:  # on the loader thread
+            self.log(f"prompt: loaded {path} into slot {slot}")
+            self.reply("/prompt/loaded", [slot, path], sender)
+
+        self.engine.load_prompt(slot, path, done=done, failed=failed)
         return not refused

@@ -1,5 +1,5 @@
-"""``/engine/status`` and ``/engine/mix`` at ~10 Hz to the last sender and ``--feedback``;
-``/engine/info`` (what runs where) once to each target before its first status.
+"""``/engine/status``, ``/engine/mix`` and ``/engine/level`` at ~10 Hz to the last sender and
+``--feedback``; ``/engine/info`` (what runs where) once to each target before its first status.
 
 The argument order is the table's (``osc.addresses.REPLIES``); control surfaces read them by
 position.
@@ -23,6 +23,7 @@ def status_messages(status: dict) -> list[tuple[str, list]]:
                             float(s["temperature"]), float(s["topp"]), int(s["topk"]),
                             int(s["recording"]), int(s["playing"])]),
         ("/engine/mix", [float(w) for w in s["mix"]]),
+        ("/engine/level", [float(s["peak_db"]), float(s["rms_db"])]),
     ]
 
 

@@ -9,7 +9,8 @@ import soundfile as sf
 from fixtures import golden, ref
 from live_helpers import run_cli as run
 
-from engine.cli.main import command_of
+from engine.cli.live import build_live_parser
+from engine.cli.main import SUBCOMMANDS, command_of, main
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +181,21 @@ def test_live_with_record_train_plays_and_records_a_session_named_train(tmp_path
     tokens = np.load(folder / "tokens.npy")
     assert tokens.shape[1] == 8 and tokens.shape[0] > 0
     assert info["end_frame"] - info["first_frame"] == tokens.shape[0]
+
+
+def test_help_lists_every_command_and_the_defaults():
+    text = " ".join(build_live_parser().format_help().split())
+    assert all(command in text for command in SUBCOMMANDS) and len(SUBCOMMANDS) == 9
+    for default in ("(default: 9000)", "(default: 200)", "(default: 0.2)", "(default: 4)"):
+        assert default in text, default
+
+
+def test_render_writes_a_wav_without_tokens_out(tmp_path):
+    prompt = tmp_path / "p.npy"
+    np.save(prompt, np.random.RandomState(0).randn(64).astype(np.float32))
+    wav = tmp_path / "out.wav"
+    assert main(["render", "--random-weights", "--preset", "tiny", "--prompt", str(prompt),
+                 "--frames", "24", "--window", "16", "--out", str(wav)]) == 0
+    audio, rate = sf.read(wav)
+    assert rate == 24000 and len(audio) == (24 - 7) * 320 and not list(tmp_path.glob("*.npy"))[1:]
+    assert main(["render", "--random-weights", "--prompt", str(prompt), "--frames", "4"]) == 2

@@ -189,3 +189,18 @@ def test_an_osc_bundle_applies_at_one_frame_or_not_at_all(tmp_path):
     finally:
         server.close()
         engine.stop()
+
+
+def test_null_sink_counts_no_underruns_while_paused(tmp_path):
+    engine, _ = _engine(tmp_path)
+    engine.start()
+    try:
+        engine.pause()
+        time.sleep(0.5)  # the buffered audio drains, then the sink runs dry: paused, not late
+        before = engine.status()["underruns"]
+        time.sleep(1.0)  # ~47 periods of 512 samples
+        assert engine.status()["underruns"] == before
+        engine.play()
+        assert wait_until(lambda: engine.generator.t > 0)
+    finally:
+        engine.stop()

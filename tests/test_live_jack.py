@@ -122,3 +122,32 @@ def _find(sent: np.ndarray, probe: np.ndarray) -> int | None:
                   if np.array_equal(sent[k : k + len(probe)], probe)]
     assert len(candidates) <= 1, f"{len(candidates)} exact matches for one stretch"
     return candidates[0] if candidates else None
+
+
+PORTS = """
+import sys, time, jack
+client = jack.Client("lister", servername=sys.argv[1], no_start_server=True)
+deadline = time.monotonic() + 60
+names = []
+while not names and time.monotonic() < deadline:
+    names = [p.name for p in client.get_ports(is_audio=True, is_output=True)
+             if not p.name.startswith("system:")]
+    time.sleep(0.1)
+print(" ".join(names), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_jack_name_names_the_engines_client(jack_server, tmp_path):
+    _, server = jack_server
+    engine = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",
+                           "--hostapi", "JACK", "--device", "system", "--jack-name",
+                           "egl-evening", "--osc-port", str(free_udp_port()), "--no-status",
+                           log=tmp_path / "engine.log")
+    try:
+        engine.wait_for("playing")
+        ports = subprocess.run([sys.executable, "-c", PORTS, server], capture_output=True,
+                               text=True, timeout=90).stdout.split()
+    finally:
+        assert engine.stop() == 0, engine.log
+    assert ports and all(p.startswith("egl-evening:") for p in ports), ports

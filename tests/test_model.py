@@ -116,3 +116,14 @@ def test_wrong_checkpoint_kind(tmp_path, mae_dir):
         load_checkpoint(tmp_path / "empty.ckpt")
     with pytest.raises(UserError, match="no such file"):
         load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_exported_model_files_are_readable_by_everyone(tmp_path):
+    from engine.model.loading.checkpoint import save_pretrained
+    from engine.model.loading.random_model import random_model
+
+    model, codec = random_model({"preset": "tiny", "weights_seed": 0, "prompt_dim": 16})
+    folder = save_pretrained(model, codec, tmp_path / "export")
+    modes = {p.relative_to(folder).as_posix(): p.stat().st_mode & 0o777
+             for p in folder.rglob("*") if p.is_file()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from engine.cli.console import slots_line
 from engine.errors import UserError
 from engine.live.controls import ControlEvent, ControlState
 from osc.addresses import REPLIES, TABLE, Address
@@ -116,7 +117,7 @@ class FakeEngine:
         return {"rtf": 1.5, "step_ms_p50": 4.0, "step_ms_p99": 9.0, "buffer_ms": 180.0,
                 "underruns": 2, "mix": [0.25, 0.75, 0.0, 0.0, 0.0], "morph": 0.75,
                 "temperature": 0.9, "topk": 40, "topp": 0.95, "recording": 1, "playing": 1,
-                "frame": 750, "device": "null"}
+                "frame": 750, "device": "null", "peak_db": -6.0, "rms_db": -18.0}
 
     def info(self):
         return {"compute": "cpu", "weights": "int4", "family": "encodecgpt", "window": 200,
@@ -279,6 +280,7 @@ def test_status_replies_with_the_eleven_fields_in_table_order(osc):
     assert dispatcher.handle(STATUS, SENDER)
     assert [(a, to) for a, _, to in replies] == [("/engine/status", SENDER),
                                                    ("/engine/mix", SENDER),
+                                                   ("/engine/level", SENDER),
                                                    ("/engine/info", SENDER)]
     status = replies[0][1]
     assert status == [1.5, 4.0, 9.0, 180.0, 0.75, 2, 0.9, 0.95, 40, 1, 1]
@@ -286,7 +288,8 @@ def test_status_replies_with_the_eleven_fields_in_table_order(osc):
     wire = build_message("/engine/status", status)
     assert wire[16:28] == b"," + REPLIES_BY_ADDRESS["/engine/status"].types.encode()
     assert replies[1][1] == [0.25, 0.75, 0.0, 0.0, 0.0]
-    assert replies[2][1] == ["cpu", "int4", "encodecgpt", 200, "fast"]
+    assert replies[2][1] == [-6.0, -18.0]  # peak, RMS dBFS
+    assert replies[3][1] == ["cpu", "int4", "encodecgpt", 200, "fast"]
 
 
 
@@ -312,3 +315,59 @@ def test_every_table_entry_has_a_handler_and_every_handler_an_entry(osc):
     with pytest.raises(HandlerTableError, match="/rewind"):
         check_handlers(TABLE, {**dispatcher.commands, "/rewind": lambda args, to: True})
 
+
+
+# -- buttons: every command takes a press value and ignores a release ------------------------
+# (address padded to 4 bytes, then the type tag: ",f" + 1.0/0.0, ",i" + 1/0, ",T", ",F")
+def _button_forms(address: bytes) -> dict[str, tuple[bytes, bool]]:
+    """The bytes TouchOSC (f), Max toggle → prepend (i) and an OSC boolean (T/F) send for
+    ``address``, each with whether it is a press."""
+    name = address + b"\x00" * (4 - len(address) % 4)
+    return {"f 1": (name + b",f\x00\x00\x3f\x80\x00\x00", True),
+            "f 0": (name + b",f\x00\x00\x00\x00\x00\x00", False),
+            "i 1": (name + b",i\x00\x00\x00\x00\x00\x01", True),
+            "i 0": (name + b",i\x00\x00\x00\x00\x00\x00", False),
+            "T": (name + b",T\x00\x00", True),
+            "F": (name + b",F\x00\x00", False)}
+
+
+@pytest.mark.parametrize("address,effect", [
+    (b"/play", ("play",)), (b"/pause", ("pause",)), (b"/panic", ("panic",)),
+    (b"/record/stop", ("record/stop",)), (b"/reset", "bundle"), (b"/status", "reply"),
+    (b"/schema", "reply")])
+def test_every_command_acts_on_press_and_ignores_release(osc, address, effect):
+    dispatcher, engine, replies = osc
+    for form, (data, pressed) in _button_forms(address).items():
+        engine.calls.clear(), engine.bundles.clear(), replies.clear()
+        assert dispatcher.handle(data, SENDER), (form, replies)
+        assert not _errors(replies), form
+        acted = {"bundle": engine.bundles == [[("/reset", ())]], "reply": bool(replies)}.get(
+            effect, engine.calls == [effect])
+        nothing = engine.calls == [] and engine.bundles == [] and replies == []
+        assert (acted if pressed else nothing), (address, form, engine.calls, replies)
+
+
+def test_schema_and_prompt_load_agree_on_the_slot_count(osc):
+    dispatcher, engine, replies = osc
+    engine.num_slots = 4
+    dispatcher = OSCDispatcher(engine, reply=lambda a, args, to: replies.append((a, args, to)),
+                               log=lambda m: None)
+    assert dispatcher.handle(SCHEMA, SENDER)
+    schema = json.loads(replies[-1][1][0])
+    load = next(a for a in schema["accepts"] if a["address"] == "/prompt/load")
+    assert (schema["num_slots"], load["low"], load["high"]) == (4, 0, 3)
+    slot_4 = (b"/prompt/load\x00\x00\x00\x00,is\x00\x00\x00\x00\x04"
+              b"kick.wav\x00\x00\x00\x00")
+    assert not dispatcher.handle(slot_4, SENDER)  # refused by the checked range, like /schema
+    assert _errors(replies)[-1] == "/prompt/load: 4 is outside [0, 3]"
+    assert not any(c[0] == "load" for c in engine.calls)
+
+
+def test_a_finished_load_is_confirmed_on_the_console_and_the_status_shows_each_slot():
+    engine, replies, logs = FakeEngine(), [], []
+    dispatcher = OSCDispatcher(engine, reply=lambda a, args, to: replies.append((a, args)),
+                               log=logs.append)
+    assert dispatcher.handle(MAX_PROMPT_LOAD, SENDER)
+    assert logs == ["prompt: loaded kick.wav into slot 2"]
+    sources = {0: "/home/me/sounds/pad.wav", 1: "random", 2: "/tmp/kick.wav"}
+    assert slots_line(sources, 4) == "slots: 0 pad.wav  1 random  2 kick.wav  3 empty"

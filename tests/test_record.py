@@ -1,6 +1,7 @@
 """Recording, replay, edited automation, crash recovery, a full disk, unsafe names, plot."""
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -178,3 +179,25 @@ def test_full_disk_stops_recording_not_playback(tmp_path):
         assert np.load(path / "tokens.npy").shape[1] == 8
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_edited_control_log_with_an_unknown_address_names_its_line(session, tmp_path):
+    lines = (session / "controls.jsonl").read_text().splitlines()
+    lines.insert(2, json.dumps({"frame": 3, "sample": 960, "wall_time": 0,
+                                "address": "/bogus", "values": [1.0]}))
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=f"{edited}:3: unknown address /bogus"):
+        replay(session, controls=edited)
+
+
+def test_replay_of_an_unrecovered_session_suggests_recover(session, tmp_path):
+    cut = tmp_path / "cut"
+    shutil.copytree(session, cut)
+    info = json.loads((cut / "session.json").read_text())
+    info["end_frame"] = None  # as a killed engine leaves it
+    (cut / "session.json").write_text(json.dumps(info))
+    with open(cut / "controls.jsonl", "a") as f:
+        f.write('{"frame": 9')  # the half-written last line
+    with pytest.raises(UserError, match=r"not a control record .*run `run_engine.py recover "):
+        replay(cut)

@@ -66,8 +66,10 @@ def test_resume_from_a_mid_run_checkpoint_continues_the_same_curve(trained_run, 
 def test_final_checkpoint_loads_renders_and_exports(trained_run, tmp_path):
     from engine.model.loading.checkpoint import from_pretrained, load_checkpoint
 
-    cache, run, _ = trained_run
+    cache, run, proc = trained_run
     last = run / "checkpoints" / "last.ckpt"
+    # the hint plays it with the EnCodecMAE the cache was embedded with (not the hub's base)
+    assert f"--checkpoint {last} --encodecmae " in proc.stdout + proc.stderr
     with np.load(cache / "shards" / "shard-00000.npz") as z:
         np.save(tmp_path / "p.npy", z["prompts"][0])
     run_cli("render", "--checkpoint", last, "--prompt", tmp_path / "p.npy", "--seconds", "1",

@@ -98,3 +98,14 @@ def resolve_engine(compute: str, quantize: str | None, mode: str | None,
     if device.type != "cpu":
         runner = runner or ("graph" if device.type == "cuda" else "eager")
     return EngineChoice(device, weights, mode, runner)
+
+
+DEFAULT_THREADS = 1  # torch threads per op, live, replay and render alike
+
+
+def add_threads(parser) -> None:
+    """``--threads N`` after the command (as before it): torch threads per op. Left out, the
+    command runs as the live engine does, one thread per op."""
+    parser.add_argument("--threads", type=int, default=argparse.SUPPRESS, metavar="N",
+                        help=f"torch threads per op (default {DEFAULT_THREADS}, as the live "
+                             "engine: more oversubscribe the generator and decoder threads)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 
 def status_line(s: dict) -> str:
@@ -17,7 +18,15 @@ def status_line(s: dict) -> str:
             f"{s['buffer_ms']:4.0f} ms  underruns {s['underruns']}  "
             f"xruns {s['device_underflows']}  mix [{mix}]  "
             f"T {s['temperature']:.2f} k {s['topk']} p {s['topp']:.2f}"
+            f"  gain {s.get('gain_db', 0.0):+.1f} dB  level {s.get('peak_db', -120):.0f}/"
+            f"{s.get('rms_db', -120):.0f} dBFS"
             f"{'  REC' if s['recording'] else ''}  ({s['weights']}, {s['device']})")
+
+
+def slots_line(sources: dict[int, str], num_slots: int) -> str:
+    """Which sound sits in which slot: file names (``random`` for random vectors)."""
+    names = [Path(sources[i]).name if i in sources else "empty" for i in range(num_slots)]
+    return "slots: " + "  ".join(f"{i} {name}" for i, name in enumerate(names))
 
 
 class StatusConsole:
@@ -41,6 +50,9 @@ class StatusConsole:
         if not self.enabled:
             return
         line = status_line(self.engine.status())
+        sources = getattr(self.engine, "slot_sources", None)
+        if sources is not None:
+            line += "\n" + slots_line(sources, self.engine.num_slots)
         if self.live is not None:
             self.live.update(line)
         elif time.monotonic() - self._last > 10.0:

@@ -1,6 +1,7 @@
 """Sounds the engine synthesizes for its default prompt slots, so that ``python
-run_engine.py`` plays something with no files at hand: a plucked string, a bell, filtered
-noise (4 s each at 24 kHz, deterministic)."""
+run_engine.py`` plays something with no files at hand and every corner of the XY pad
+(slots 0–3) has a sound: a plucked string, a bell, filtered noise and a reed (4 s each at
+24 kHz, deterministic)."""
 
 from __future__ import annotations
 
@@ -43,11 +44,22 @@ def filtered_noise(center: float = 900.0, width: float = 250.0) -> np.ndarray:
     return _normalise(np.fft.irfft(spec * np.exp(-0.5 * ((f - center) / width) ** 2), n))
 
 
+def reed(freq: float = 147.0) -> np.ndarray:
+    """A buzzy reed: a band-limited sawtooth (odd and even harmonics, 1/n) with a slow
+    vibrato and a soft attack."""
+    t = np.arange(int(SECONDS * SAMPLE_RATE)) / SAMPLE_RATE
+    phase = 2 * np.pi * np.cumsum(freq * (1 + 0.01 * np.sin(2 * np.pi * 5 * t))) / SAMPLE_RATE
+    harmonics = range(1, int(SAMPLE_RATE / 2 / (freq * 1.01)))
+    y = sum(np.sin(n * phase) / n for n in harmonics)
+    return _normalise(y * np.minimum(1.0, t / 0.08))
+
+
 def _normalise(y: np.ndarray, peak: float = 0.5) -> np.ndarray:
     return (peak * y / max(np.abs(y).max(), 1e-9)).astype(np.float32)
 
 
-SOUNDS = {"plucked_string": plucked_string, "bell": bell, "filtered_noise": filtered_noise}
+SOUNDS = {"plucked_string": plucked_string, "bell": bell, "filtered_noise": filtered_noise,
+          "reed": reed}
 
 
 def write_default_prompts(folder: Path) -> list[Path]:

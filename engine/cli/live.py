@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.cli.commands import COMMANDS
 from engine.cli.compute_flags import (
     add_compute,
     add_mode_and_runner,
@@ -22,7 +23,9 @@ from engine.cli.compute_flags import (
 from engine.cli.console import StatusConsole
 from engine.cli.default_prompts import write_default_prompts
 from engine.errors import UserError
-from engine.live.audio.sound_device import list_devices
+from engine.live.audio.sound_device import list_devices, set_jack_client_name
+from engine.live.control_input import DEFAULT_SLOTS
+from engine.live.controls import MAX_SLOTS
 from engine.live.engine import LiveConfig
 from engine.live.step.compute import out_of_memory_as_user_error
 from engine.model.config import PRESETS
@@ -32,6 +35,7 @@ from engine.model.loading.random_model import random_model
 from engine.model.prompt_files import PromptReader, load_prompt_npy
 from engine.session.live_session import build_live_engine
 from osc.feedback import FeedbackSender
+from osc.midi import MidiMapper, open_midi_input, read_mapping
 from osc.server import OSCServer
 
 
@@ -40,7 +44,8 @@ def build_live_parser() -> argparse.ArgumentParser:
         prog="run_engine.py",
         description="Play EnCodecGPT live: generates without end to a sound device while OSC "
                     "messages (Max/MSP, TouchOSC, Pure Data) morph the prompt.",
-        epilog="Offline commands: run_engine.py encode|embed|render --help.")
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Commands (run_engine.py COMMAND --help): " + ", ".join(COMMANDS) + ".")
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", metavar="CKPT", default=None,
                    help="EnCodecGPT checkpoint (.ckpt, hub path owner/repo/file.ckpt, or a "
@@ -50,14 +55,18 @@ def build_live_parser() -> argparse.ArgumentParser:
     m.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     m.add_argument("--weights-seed", type=int, default=0)
     m.add_argument("--trust-checkpoint", action="store_true")
-    m.add_argument("--encodecmae", default="base", metavar="SRC",
-                   help="EnCodecMAE for audio prompts: small|base|large|..., hub id or folder")
+    m.add_argument("--encodecmae", default=None, metavar="SRC",
+                   help="EnCodecMAE for audio prompts: small|base|large|..., hub id or folder "
+                        "(default base)")
     m.add_argument("--threads", type=int, default=1, help="torch threads per op (default 1)")
     add_compute(m)
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", nargs="+", metavar="FILE", default=[],
                    help="prompt slots in order: audio files or .npy vectors (default: a "
-                        "plucked string, a bell and filtered noise, synthesized)")
+                        "plucked string, a bell, filtered noise and a reed, synthesized)")
+    g.add_argument("--slots", type=int, default=DEFAULT_SLOTS, metavar="N",
+                   help=f"prompt slots 0..N-1 (at most {MAX_SLOTS}; the control surfaces "
+                        "address the first 4)")
     g.add_argument("--prompt-dir", action="append", metavar="DIR", default=[],
                    help="folder /prompt/load may read from (repeatable; default: the current "
                         "folder and the folders of --prompt files)")
@@ -72,6 +81,8 @@ def build_live_parser() -> argparse.ArgumentParser:
     a.add_argument("--hostapi", metavar="API", default=None,
                    help="host API: JACK, CoreAudio, ASIO, WASAPI, ALSA, ...")
     a.add_argument("--list-devices", action="store_true", help="list output devices and exit")
+    a.add_argument("--jack-name", metavar="NAME", default=None,
+                   help="the engine's JACK client name (with --hostapi JACK; default PortAudio)")
     a.add_argument("--blocksize", type=int, default=512, help="frames per audio callback")
     a.add_argument("--latency", default="low", help="PortAudio latency: low, high or seconds")
     a.add_argument("--buffer", type=float, default=0.2, metavar="SECONDS",
@@ -82,11 +93,16 @@ def build_live_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("OSC")
     o.add_argument("--osc-host", default="127.0.0.1",
                    help="address to listen on (default loopback; a LAN address lets phones in)")
-    o.add_argument("--osc-port", type=int, default=9000)
+    o.add_argument("--osc-port", type=int, default=9000, help="UDP port OSC arrives on")
     o.add_argument("--allow", nargs="+", metavar="IP", default=None,
                    help="accept OSC only from these sender addresses")
     o.add_argument("--feedback", metavar="HOST:PORT", default=None,
                    help="also send /engine/status and replies here")
+    o.add_argument("--midi", metavar="PORT", default=None,
+                   help="MIDI input (a piece of its name) to play the engine from a controller")
+    o.add_argument("--midi-map", metavar="FILE.json", type=Path, default=None,
+                   help="MIDI mapping (CC -> address and range, note -> slot/scene/button); "
+                        "/midi/learn writes new bindings into it")
     r = p.add_argument_group("run")
     r.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (default: until Ctrl-C)")
@@ -95,6 +111,9 @@ def build_live_parser() -> argparse.ArgumentParser:
                    help="record the session from the start (see /record/start)")
     r.add_argument("--sessions-dir", metavar="DIR", type=Path, default=Path("sessions"),
                    help="where recorded sessions go (default ./sessions)")
+    r.add_argument("--scenes-dir", metavar="DIR", type=Path, default=Path("scenes"),
+                   help="where /scene/save writes and /scene/recall reads scenes "
+                        "(default ./scenes)")
     r.add_argument("--control-log", metavar="FILE.jsonl", type=Path, default=None,
                    help="append every applied control (frame, sample, address, values)")
     r.add_argument("--tap", metavar="FILE.wav", type=Path, default=None,
@@ -104,10 +123,13 @@ def build_live_parser() -> argparse.ArgumentParser:
 
 def cmd_live(argv: list[str]) -> int:
     args = build_live_parser().parse_args(argv)
+    if args.jack_name:
+        set_jack_client_name(args.jack_name)
     if args.list_devices:
         print(list_devices())
         return 0
     torch.set_num_threads(max(1, args.threads))
+    _check_slots(args)
     feedback = _parse_target(args.feedback) if args.feedback else None
     if args.osc_host not in ("127.0.0.1", "localhost", "::1"):
         print(f"WARNING: OSC listens on {args.osc_host}: anyone on that network can control "
@@ -123,6 +145,14 @@ def cmd_live(argv: list[str]) -> int:
     print(_startup_line(loaded, engine.startup, time.perf_counter() - start), file=sys.stderr,
           flush=True)
     return _run(args, engine, feedback)
+
+
+def _check_slots(args) -> None:
+    if not 1 <= args.slots <= MAX_SLOTS:
+        raise UserError(f"--slots must be in 1..{MAX_SLOTS}, got {args.slots}")
+    if len(args.prompt) > args.slots:
+        raise UserError(f"{len(args.prompt)} --prompt files for --slots {args.slots}; "
+                        "pass a larger --slots")
 
 
 def _startup_line(load_s: float, startup: dict, total_s: float) -> str:
@@ -145,14 +175,14 @@ def _parse_target(text: str) -> tuple[str, int]:
 def _load(args):
     @functools.cache  # one EnCodecMAE for the initial prompts and every /prompt/load
     def encoder_factory():
-        return load_encodecmae(args.encodecmae, trust=args.trust_checkpoint)
+        return load_encodecmae(args.encodecmae or "base", trust=args.trust_checkpoint)
 
     if args.random_weights:
         print("WARNING: --random-weights: an UNTRAINED model and codec — the sound is noise. "
               "For smoke tests and benchmarks only.", file=sys.stderr)
         args.identity = {"random_weights": True, "preset": args.preset,
                          "weights_seed": args.weights_seed,
-                         "prompt_dim": _first_npy_dim(args.prompt)}
+                         "prompt_dim": _random_prompt_dim(args, encoder_factory)}
         model, codec = random_model(args.identity)
         return model, codec, encoder_factory
     source = args.checkpoint or DEFAULT_CHECKPOINT
@@ -178,22 +208,28 @@ OFFLINE_HELP = """the default model is not in the Hugging Face cache and the hub
   in the cache, or pass --checkpoint FILE (and --encodecmae FOLDER, or --prompt *.npy)."""
 
 
-def _first_npy_dim(prompts: list[str]) -> int | None:
-    for p in prompts:
+def _random_prompt_dim(args, encoder_factory) -> int | None:
+    """The prompt width of a random model: that of the first ``.npy`` prompt, else of the
+    EnCodecMAE named by ``--encodecmae`` (so its embeddings fit), else the model's own."""
+    for p in args.prompt:
         if p.lower().endswith(".npy"):
             return load_prompt_npy(Path(p)).shape[0]
+    if args.encodecmae is not None:
+        return int(encoder_factory().dim)
     return None
 
 
 def _initial_prompts(args, model, encoder_factory) -> list[np.ndarray]:
     files = [Path(p) for p in args.prompt]
-    if not files and args.random_weights:
+    count = min(args.slots, DEFAULT_SLOTS)  # every slot the XY pad uses
+    if not files and args.random_weights and args.encodecmae is None:
         rng = np.random.RandomState(args.weights_seed)
-        print("prompts: 3 random vectors (random weights: nothing to embed)", file=sys.stderr)
-        args.slot_sources = ["random"] * 3
-        return [rng.randn(model.prompt_dim).astype(np.float32) for _ in range(3)]
+        print(f"prompts: {count} random vectors (random weights: nothing to embed)",
+              file=sys.stderr)
+        args.slot_sources = ["random"] * count
+        return [rng.randn(model.prompt_dim).astype(np.float32) for _ in range(count)]
     if not files:
-        files = write_default_prompts(default_cache_dir().parent / "default_prompts")
+        files = write_default_prompts(default_cache_dir().parent / "default_prompts")[:count]
         print("prompts: " + ", ".join(f.stem for f in files) + " (synthesized)",
               file=sys.stderr)
     args.slot_sources = [str(f.resolve()) for f in files]
@@ -219,8 +255,9 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
                         hostapi=args.hostapi, buffer_s=args.buffer, blocksize=args.blocksize,
                         latency=latency, threads=args.threads, prompt_dirs=dirs,
                         decode_chunk=choice.decode_chunk(args.decode_chunk),
-                        num_slots=max(4, len(slots)), control_log=args.control_log,
+                        num_slots=args.slots, control_log=args.control_log,
                         tap=args.tap, sessions_dir=args.sessions_dir,
+                        scenes_dir=args.scenes_dir,
                         identity=dict(args.identity, prompt_dim=model.prompt_dim),
                         slot_sources=list(args.slot_sources))
     size = f"a {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M-parameter model " \
@@ -233,10 +270,27 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
         raise UserError(str(e)) from None
 
 
+def _open_midi(args, server: OSCServer):
+    """The MIDI input of ``--midi`` feeding the OSC dispatcher (None without ``--midi``)."""
+    if args.midi is None:
+        if args.midi_map is not None:
+            raise UserError("--midi-map needs --midi PORT")
+        return None
+    ccs, notes = read_mapping(args.midi_map) if args.midi_map and args.midi_map.is_file() \
+        else ([], [])
+    mapper = MidiMapper(server.dispatcher.handle, ccs, notes, save_to=args.midi_map,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    server.dispatcher.midi = mapper
+    port = open_midi_input(args.midi, mapper)
+    print(f"midi: listening to {port.name}", file=sys.stderr, flush=True)
+    return port
+
+
 def _run(args, engine, feedback) -> int:
     server = OSCServer(engine, args.osc_host, args.osc_port, allow=args.allow,
                        feedback=feedback, log=lambda m: print(m, file=sys.stderr, flush=True))
     sender = FeedbackSender(server, engine)
+    midi_port = _open_midi(args, server)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console = StatusConsole(engine, enabled=not args.no_status)
@@ -259,6 +313,8 @@ def _run(args, engine, feedback) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if midi_port is not None:
+            midi_port.close()
         sender.close()
         server.close()
         engine.stop()

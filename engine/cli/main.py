@@ -14,10 +14,11 @@ from collections.abc import Callable
 import torch
 
 from engine.cli import live, offline, sessions, train
+from engine.cli.commands import COMMANDS
+from engine.cli.compute_flags import DEFAULT_THREADS
 from engine.errors import UserError
 
-SUBCOMMANDS = ("encode", "embed", "render", "replay", "recover", "plot", "prepare", "train",
-               "export")
+SUBCOMMANDS = COMMANDS
 _GLOBAL_OPTIONS = {"--threads": 1}  # options of the command parser before COMMAND: arity
 
 
@@ -68,8 +69,9 @@ def _guard(run: Callable[[], int]) -> int:
 
 
 def _offline(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (DEFAULT_THREADS if args.command in ("replay", "render") else None)
+    if threads:  # replay and render run two threads (generator, decoder) as live: 1 op thread
+        torch.set_num_threads(threads)
     return {"encode": offline.cmd_encode, "embed": offline.cmd_embed,
             "render": offline.cmd_render, "replay": sessions.cmd_replay,
             "recover": sessions.cmd_recover, "plot": sessions.cmd_plot,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from engine import FRAME_RATE, SAMPLE_RATE
-from engine.cli.compute_flags import add_compute, resolve_engine
+from engine.cli.compute_flags import add_compute, add_threads, resolve_engine
 from engine.cli.models import add_model_source, load_model, save_npy
 from engine.errors import UserError
 from engine.live.audio.sinks import FileSink, MemorySink
@@ -76,9 +76,11 @@ def add_parsers(sub) -> None:
                           "reference; bf16 on a GPU that has it, else fp16)")
     add_compute(ren, auto_help="the CPU reference loops without --window/--mode, else CUDA "
                                "when present; an explicit GPU renders in exact mode")
-    ren.add_argument("--tokens-out", required=True, metavar="TOK.npy",
+    ren.add_argument("--tokens-out", metavar="TOK.npy",
                      help="[N, Q] int64 delayed tokens (+1, 0 = empty)")
     ren.add_argument("--out", metavar="OUT.wav", help="decoded audio, 24 kHz")
+    add_threads(ren)
+
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -103,6 +105,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    if not args.tokens_out and not args.out:
+        raise UserError("render writes --out OUT.wav and/or --tokens-out TOK.npy; give one")
     steps = args.frames if args.frames is not None else round(args.seconds * FRAME_RATE)
     if steps < 1:
         raise UserError(f"--frames/--seconds must give at least 1 frame (got {steps})")
@@ -135,7 +139,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     elapsed = time.perf_counter() - start
     tokens = result.tokens.cpu().numpy().astype(np.int64)
-    save_npy(args.tokens_out, tokens)
+    if args.tokens_out:
+        save_npy(args.tokens_out, tokens)
     if args.out:
         if steps < model.num_q:
             raise UserError(f"--out needs at least {model.num_q} frames, got {steps}")
@@ -180,7 +185,8 @@ def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray
         generator.close()
         sink.close()
     elapsed = time.perf_counter() - start
-    save_npy(args.tokens_out, torch.stack(rows).numpy().astype(np.int64))
+    if args.tokens_out:
+        save_npy(args.tokens_out, torch.stack(rows).numpy().astype(np.int64))
     seconds = steps / FRAME_RATE
     print(f"rendered {steps} frames ({seconds:.2f} s, {generator.mode} window "
           f"{generator.window}{f' hop {generator.hop}' if generator.mode == 'fast' else ''}, "

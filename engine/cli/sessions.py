@@ -12,7 +12,7 @@ import soxr
 import torch
 
 from engine import FRAME_RATE, SAMPLE_RATE
-from engine.cli.compute_flags import add_compute
+from engine.cli.compute_flags import add_compute, add_threads
 from engine.cli.models import save_npy
 from engine.errors import UserError
 from engine.live.step.compute import resolve_compute
@@ -33,6 +33,7 @@ def add_parsers(sub) -> None:
     rep.add_argument("--trust-checkpoint", action="store_true")
     add_compute(rep, auto_help="the device type the session was recorded on where this "
                                "machine has it, else the CPU")
+    add_threads(rep)
     rec = sub.add_parser("recover", help="fix up a session after a crash or kill")
     rec.add_argument("session", metavar="DIR")
     plo = sub.add_parser("plot", help="PNG: spectrogram above morph weights, temperature, top-k")

@@ -53,6 +53,7 @@ class ControlInbox:
     def __init__(self, generator: RollingGenerator, controls: ControlState):
         self.generator = generator
         self._future = controls.copy()  # the state once everything queued applies
+        self.num_slots = controls.num_slots
         self._lock = threading.Lock()
 
     def submit(self, events: list[ControlEvent]) -> None:

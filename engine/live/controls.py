@@ -62,6 +62,8 @@ GENERATOR_CONTROLS: tuple[ControlSpec, ...] = (
     ControlSpec("/topp", "f", "nucleus mass per codebook (1 = off)", 0.001, 1.0, (1.0,)),
     ControlSpec("/seed", "i", "reseed the sampler at this frame", 0, 2**31 - 1),
     ControlSpec("/reset", "", "forget the token window and start a fresh sequence"),
+    ControlSpec("/gain", "f", "output gain in dB (ceiling +6; a change ramps over 20 ms)",
+                -60.0, 6.0, (0.0,), True),
     ControlSpec("/prompt/slot", "ib", "(internal) put an embedding into a slot", 0,
                 MAX_SLOTS - 1),
 )
@@ -107,6 +109,7 @@ class ControlState:
     target_top_p: float = 1.0
     top_k: int = 0
     glide: float = 0.0
+    gain_db: float = 0.0  # master gain; ramped in the audio (engine.live.audio.gain)
 
     def __post_init__(self):
         if not 1 <= self.num_slots <= MAX_SLOTS:
@@ -207,6 +210,9 @@ class ControlState:
             raise ControlError(f"/mix got {len(weights)} weights for {self.num_slots} slots")
         self._set_weights(np.asarray(weights, dtype=np.float64))
 
+    def _on_gain(self, db: float) -> None:
+        self.gain_db = db
+
     def _on_glide(self, seconds: float) -> None:
         self.glide = seconds
 
@@ -236,6 +242,7 @@ class ControlState:
             "target_temperature": float(self.target_temperature),
             "top_p": float(self.top_p), "target_top_p": float(self.target_top_p),
             "top_k": int(self.top_k), "glide": float(self.glide),
+            "master_gain_db": float(self.gain_db),
         }
 
     def set_state(self, state: dict) -> None:
@@ -247,6 +254,8 @@ class ControlState:
         with StateReader(state, "controls") as s:
             num_slots, slots = s.pop("num_slots"), s.pop("slots")
             values = {key: s.pop(key) for key in _SCALARS}
+            # sessions recorded before /gain existed have no gain: 0 dB
+            values["gain_db"] = s.pop("master_gain_db") if "master_gain_db" in state else 0.0
             weights, target = s.pop("weights"), s.pop("target_weights")
         if num_slots != self.num_slots or len(slots) != self.num_slots:
             raise ValueError(f"controls state has {num_slots} slots, this one {self.num_slots}")
@@ -317,6 +326,8 @@ def _in_range(spec, v):
     lo, hi = spec.low, spec.high
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         if not spec.clamp:
+            if hi is None:
+                raise ControlError(f"{spec.address}: {v} is below {lo} (must be >= {lo})")
             raise ControlError(f"{spec.address}: {v} is outside [{lo}, {hi}]")
         v = min(max(v, lo), hi) if hi is not None else max(v, lo)
     return v

@@ -106,6 +106,7 @@ class LiveConfig:
     control_log: Path | None = None  # JSON lines of every applied control
     tap: Path | None = None  # everything sent to the output, at its rate (WAV float)
     sessions_dir: Path = Path("sessions")  # control_log, tap, sessions_dir: engine.session
+    scenes_dir: Path = Path("scenes")  # /scene/save, /scene/recall (engine.session.scenes)
     identity: dict = field(default_factory=dict)  # checkpoint/codec ids for session.json
     slot_sources: list = field(default_factory=list)  # where each initial prompt came from
 
@@ -149,6 +150,7 @@ class LiveEngine:
                                     sources=config.slot_sources)
         self.transport = Transport(self.pipeline, self.output, self.generator, self.events)
         self.recorder = None  # set by engine.session.live_session when sessions are recorded
+        self.scenes = None  # likewise, the scene store (engine.session.scenes)
         self._connect()
 
     def _connect(self) -> None:
@@ -184,6 +186,11 @@ class LiveEngine:
     def is_device(self) -> bool:
         """True while playing to a sound device (not the null sink)."""
         return self.output.device is not None
+
+    @property
+    def num_slots(self) -> int:
+        """Prompt slots ``0 .. num_slots - 1`` (``--slots``; what ``/schema`` says)."""
+        return self.inbox.num_slots
 
     @property
     def slot_sources(self) -> dict[int, str]:
@@ -265,6 +272,7 @@ class LiveEngine:
         mean = float(np.mean(stats.recent)) if stats.recent else 0.0
         c = self.generator.controls
         recording = self.recorder is not None and self.recorder.recording
+        level = self.pipeline.level.read()
         return {
             "rtf": (1000.0 / FRAME_RATE) / mean if mean > 0 else 0.0,
             "step_ms_p50": stats.percentile(50), "step_ms_p99": stats.percentile(99),
@@ -277,4 +285,6 @@ class LiveEngine:
             "recording": int(recording), "playing": int(self.playing),
             "frame": self.generator.t, "device": "device" if self.is_device else "null",
             "weights": self.generator.weight_format,
+            "gain_db": float(c.gain_db), "peak_db": level["peak_db"],
+            "rms_db": level["rms_db"],
         }

@@ -3,7 +3,10 @@
 The generator thread only runs the language model (plus the background re-prefill worker
 of ``fast`` mode); the decoder thread turns rows into frames (:class:`StreamingUndelay`),
 decodes them in chunks of ``decode_chunk`` frames with the carried-state
-:class:`~engine.live.decoder.StreamingDecoder` and writes the audio to the sink. A bounded queue
+:class:`~engine.live.decoder.StreamingDecoder`, applies the master gain (each row carries the
+``/gain`` in force when it was generated, ramped per frame by
+:class:`~engine.live.audio.gain.GainRamp`), measures the level
+(:class:`~engine.live.audio.level.LevelMeter`) and writes the audio to the sink. A bounded queue
 between them plus the sink's own back-pressure keeps the generator at most a buffer ahead
 of playback, which bounds control latency. Both threads share one torch intra-op setting
 (process-wide); ``threads=1`` keeps each op on the core its thread runs on.
@@ -30,6 +33,8 @@ import numpy as np
 import torch
 
 from engine import HOP_LENGTH
+from engine.live.audio.gain import GainRamp
+from engine.live.audio.level import LevelMeter
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
 from engine.model.patterns import StreamingUndelay
@@ -80,6 +85,9 @@ class Pipeline:
         self.threads = threads
         self.on_row, self.on_audio = on_row, on_audio
         self.stats = StepStats()
+        self.gain = GainRamp()  # decoder thread only
+        self.level = LevelMeter()  # written by the decoder thread, read by anyone
+        self._frame_gains: deque[float] = deque()  # dB of each frame not decoded yet
         # Small: rows waiting here are generated but unheard, i.e. control latency.
         self.rows: queue.Queue = queue.Queue(maxsize=self.decode_chunk + 2)
         self._stop = threading.Event()
@@ -142,7 +150,7 @@ class Pipeline:
                 self.stats.add((time.perf_counter() - t0) * 1e3)
                 if self.on_row is not None:
                     self.on_row(gen.t - 1, row)
-                self._put(row)
+                self._put((row, float(gen.controls.gain_db)))
         except BaseException as e:  # surfaced by join(); the decoder still drains
             self.error = e
         finally:
@@ -167,8 +175,10 @@ class Pipeline:
                 item = self.rows.get()
                 if item is _STOP:
                     break
-                frame = undelay.push(item)
+                row, gain_db = item
+                frame = undelay.push(row)
                 if frame is not None:
+                    self._frame_gains.append(gain_db)
                     while not self._frame_hooks.empty():
                         hooks.append(self._frame_hooks.get())
                     due = [h for h in hooks if h[0] <= frames]
@@ -196,6 +206,10 @@ class Pipeline:
         audio = self.decoder.push(codes)[0, 0].numpy()
         if audio.size == 0:
             return
+        gains = [self._frame_gains.popleft() if self._frame_gains else self.generator.controls
+                 .gain_db for _ in range(audio.size // HOP_LENGTH)]
+        self.gain.process(audio, gains)
+        self.level.add(audio)
         if self.on_audio is not None:
             self.on_audio(audio, self.stats.samples_out)
         self.sink.write(audio)

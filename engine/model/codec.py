@@ -24,7 +24,7 @@ from transformers import EncodecConfig, EncodecModel
 from engine import FRAME_RATE, SAMPLE_RATE
 from engine.errors import UserError
 from engine.model.audio_io import read_audio
-from engine.model.loading.hub import load_torch_file, resolve_file
+from engine.model.loading.hub import hub_offline, load_torch_file, resolve_file
 
 DEFAULT_CODEC = "facebook/encodec_24khz"
 BANDWIDTHS_KBPS = (1.5, 3.0, 6.0, 12.0, 24.0)
@@ -194,7 +194,7 @@ def codec_from_file(path: Path) -> EncodecModel:
 
 def _from_pretrained(source: str) -> EncodecModel:
     try:
-        model = EncodecModel.from_pretrained(source)
+        model = EncodecModel.from_pretrained(source, local_files_only=hub_offline())
     except OSError as e:
         raise UserError(
             f"{source}: cannot load EnCodec ({str(e).splitlines()[0]}). Give --codec a local "

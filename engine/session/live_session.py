@@ -11,6 +11,7 @@ import numpy as np
 from engine.live.engine import LiveConfig, LiveEngine
 from engine.live.listeners import EngineListener
 from engine.session.recorder import Recorder, control_record
+from engine.session.scenes import SceneStore
 from engine.session.writers import AudioFileWriter, JsonLinesWriter
 
 
@@ -45,10 +46,12 @@ def build_live_engine(model, codec, slots: list[np.ndarray], config: LiveConfig,
                       log: Callable[[str], None] = lambda m: print(m, file=sys.stderr,
                                                                    flush=True)) -> LiveEngine:
     """A :class:`LiveEngine` with a :class:`Recorder` (``engine.recorder``, sessions under
-    ``config.sessions_dir``) and, if configured, the control log and the tap."""
+    ``config.sessions_dir``), a :class:`SceneStore` (``engine.scenes``) and, if configured,
+    the control log and the tap."""
     engine = LiveEngine(model, codec, slots, config, encoder_factory=encoder_factory, log=log)
     engine.recorder = Recorder(engine, config.sessions_dir, engine.notify)
     engine.add_listener(engine.recorder)
+    engine.scenes = SceneStore(engine, config.scenes_dir, log)
     if config.control_log is not None:
         engine.add_listener(_ControlLog(JsonLinesWriter(config.control_log, on_error=log)))
     if config.tap is not None:

@@ -23,7 +23,7 @@ from engine import FRAME_RATE
 from engine.atomic_write import write_json_atomic, write_text_atomic
 from engine.errors import UserError
 from engine.live.audio.sinks import MemorySink
-from engine.live.controls import ControlEvent, ControlState
+from engine.live.controls import SPECS, ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
 from engine.live.pipeline import Pipeline
@@ -41,8 +41,18 @@ REPLAY_DECODE_CHUNK = 16  # frames per decoder call; a live decode in other chun
 # same audio but for float rounding
 
 
-def read_controls(path: Path, slots_dir: Path) -> dict[int, list[ControlEvent]]:
-    """``controls.jsonl`` → events per frame (embeddings loaded from ``slots/``)."""
+def read_controls(path: Path, slots_dir: Path,
+                  hint: str = "") -> dict[int, list[ControlEvent]]:
+    """``controls.jsonl`` → events per frame (embeddings loaded from ``slots/``).
+
+    Args:
+        hint: added to the message about a line that is not a control record (e.g. that an
+            unrecovered session needs ``recover``).
+
+    Raises:
+        UserError: ``FILE:LINE:`` a line that is not a control record, or names an address
+            the generator does not apply (an edit's typo would otherwise be dropped silently).
+    """
     by_frame: dict[int, list[ControlEvent]] = {}
     if not path.is_file():
         raise UserError(f"{path}: no such control log")
@@ -53,7 +63,10 @@ def read_controls(path: Path, slots_dir: Path) -> dict[int, list[ControlEvent]]:
             rec = json.loads(line)
             frame, address, values = int(rec["frame"]), str(rec["address"]), rec["values"]
         except (ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{path}:{n}: not a control record ({e})") from None
+            raise UserError(f"{path}:{n}: not a control record ({e}){hint}") from None
+        if address not in SPECS:
+            raise UserError(f"{path}:{n}: unknown address {address} (a control log holds "
+                            f"{', '.join(sorted(SPECS))})")
         vals = []
         for v in values:
             if isinstance(v, dict) and "sha256" in v:
@@ -120,7 +133,10 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
         raise UserError(f"{folder}: cannot replay this session here: {e}") from None
     gen.set_state(load_generator_state(folder, info), other_device=compute.type != recorded.type)
     first = info["first_frame"]
-    log = read_controls(controls or folder / "controls.jsonl", folder / "slots")
+    unrecovered = info.get("end_frame") is None and controls is None
+    hint = (f"; the session was not finished (a crash or kill?): run `run_engine.py recover "
+            f"{folder}` first" if unrecovered else "")
+    log = read_controls(controls or folder / "controls.jsonl", folder / "slots", hint)
     for frame, events in sorted(log.items()):
         if frame >= first:
             gen.schedule(frame, events)

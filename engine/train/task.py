@@ -20,6 +20,7 @@ function of the step (:mod:`engine.train.data.dataset`) and dropout is reseeded 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -103,7 +104,7 @@ class EnCodecGPTTask(L.LightningModule):
         return self._loader(val_batches(self.clips, self.opts.val_batch_size))
 
     def _loader(self, batches) -> DataLoader:
-        workers = self.opts.workers
+        workers = min(self.opts.workers, os.cpu_count() or 1)  # more: a DataLoader warning
         return DataLoader(CropDataset(self.clips, self.frames), batch_sampler=batches,
                           collate_fn=collate, num_workers=workers,
                           persistent_workers=workers > 0,
@@ -215,9 +216,16 @@ def train(cache: str, run: str, opts: TrainOptions, resume: str | None = None,
     if trainer.is_global_zero:
         png = plot_losses(run_dir)
         log(f"done at step {trainer.global_step}: {last}\nloss curve: {png}\n"
-            f"play it:   python run_engine.py --checkpoint {last}\n"
+            f"play it:   python run_engine.py --checkpoint {last} "
+            f"--encodecmae {_mae_source(meta)}\n"
             f"export it: python run_engine.py export {last} --out {run_dir / 'export'}")
     return last
+
+
+def _mae_source(meta: dict) -> str:
+    """The ``--encodecmae`` the cache was embedded with (the engine must embed prompts alike)."""
+    mae = meta["encodecmae"]
+    return str(mae.get("source") or mae.get("spec") or mae) if isinstance(mae, dict) else str(mae)
 
 
 def _initial_net(opts: TrainOptions, clips: TokenClips, meta: dict | None) -> EnCodecGPT:

@@ -20,7 +20,7 @@ from osc.addresses import TABLE
 
 ENGINE_PORT = 9000
 FEEDBACK_PORT = 9001
-SLOTS = 4  # prompt slots with a drop zone / file button
+SLOTS = 4  # prompt slots with a drop zone / file button: the first 4 of --slots
 FOLDER = Path(__file__).resolve().parents[2] / "max_patches"
 
 
@@ -43,6 +43,7 @@ KNOBS = (
     Knob("/topk", "top-k", 0, 250, integer=True),
     Knob("/topp", "top-p", 0.01, 1.0),
     Knob("/glide", "glide (s)", 0.0, 10.0),
+    Knob("/gain", "gain (dB)", -60.0, 6.0),
 )
 BUTTONS = ("/play", "/pause", "/reset", "/panic")
 

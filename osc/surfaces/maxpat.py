@@ -101,7 +101,7 @@ def _scale(k) -> str:
 
 
 def _knobs(p: MaxPatch, send: str) -> None:
-    morph, *dials = KNOBS
+    morph, *dials = [k for k in KNOBS if k.address != "/gain"]
     slider = p.ui("slider", 15, 50, 200, 24, floatoutput=1, size=1.0)
     p.comment(220, 50, "morph: slot 0 <-> slot 1")
     _send(p, 15, 80, slider, morph.address, send)
@@ -133,6 +133,19 @@ def _xy_and_mix(p: MaxPatch, send: str) -> None:
     p.comment(1100, 50, "seed")
     seed = p.ui("number", 1100, 70, 80, minimum=0)
     _send(p, 1100, 95, seed, "/seed", send)
+    _gain(p, send)
+
+
+def _gain(p: MaxPatch, send: str) -> None:
+    """The master gain: a vertical slider in dB (the engine ramps every change)."""
+    gain = next(k for k in KNOBS if k.address == "/gain")
+    p.comment(1060, 125, gain.label, w=80)
+    slider = p.ui("slider", 1060, 150, 24, 110)
+    scaled = p.obj(1090, 150, _scale(gain), w=100)
+    p.connect(slider, 0, scaled)
+    shown = p.ui("flonum", 1090, 175, 55)
+    p.connect(scaled, 0, shown)
+    _send(p, 1090, 205, scaled, gain.address, send)
 
 
 def _transport_and_record(p: MaxPatch, send: str) -> None:
@@ -170,7 +183,7 @@ def _slots(p: MaxPatch, send: str) -> None:
 def _feedback(p: MaxPatch) -> None:
     receive = p.obj(740, 420, f"udpreceive {FEEDBACK_PORT}")
     route = p.obj(740, 445, "route /engine/status /error /prompt/loaded /record/started "
-                            "/record/stopped", w=360)
+                            "/record/stopped /engine/level", w=420)
     p.connect(receive, 0, route)
     fields = p.obj(740, 470, "unpack f f f f f i f f i i i", w=200)
     p.connect(route, 0, fields)
@@ -179,6 +192,12 @@ def _feedback(p: MaxPatch) -> None:
         shown = p.ui(kind, 740 + col * 90, 495, 60)
         p.connect(fields, index, shown)
         p.comment(740 + col * 90, 520, label)
+    levels = p.obj(1010, 470, "unpack f f", w=80)
+    p.connect(route, 5, levels)
+    for col, label in enumerate(("peak dBFS", "RMS dBFS")):
+        shown = p.ui("flonum", 1010 + col * 85, 495, 60)
+        p.connect(levels, col, shown)
+        p.comment(1010 + col * 85, 520, label)
     for row, (outlet, label) in enumerate(((1, "error"), (2, "loaded"), (3, "recording"),
                                            (4, "recorded"))):
         y = 545 + row * 24
@@ -191,7 +210,8 @@ def _feedback(p: MaxPatch) -> None:
 
 def help_patch() -> str:
     """How to start the engine, the ports, and one box per address of the table."""
-    p = MaxPatch(rect=(100, 100, 760, 620))
+    rows = len(TABLE)
+    p = MaxPatch(rect=(100, 100, 760, 174 + rows * 24 + 50))
     lines = [
         "encodecgpt_live: play EnCodecGPT from Max.",
         "1. In a terminal: python run_engine.py --feedback 127.0.0.1:"
@@ -199,16 +219,23 @@ def help_patch() -> str:
         f"2. Open encodecgpt_live.maxpat: it sends to 127.0.0.1:{ENGINE_PORT} and listens on "
         f"{FEEDBACK_PORT}.",
         "3. Drop sounds on the four slots, move morph / XY, turn the dials.",
+        "Sound into Max: start the engine with --hostapi JACK --jack-name egl (or --device "
+        "BlackHole), pick that device",
+        "as Max's input (Options > Audio Status), then [adc~ 1 2] -> [sfrecord~ 2] records it, "
+        "or -> [dac~ 1 2] to hear it.",
         "Every message the engine accepts (click one to send it):",
     ]
     for row, text in enumerate(lines):
         p.comment(15, 10 + row * 22, text, w=720)
-    send = p.obj(15, 580, f"udpsend 127.0.0.1 {ENGINE_PORT}")
+    top = 130 + 2 * 22  # the two adc~ lines
+    send = p.obj(15, 174 + rows * 24 + 10, f"udpsend 127.0.0.1 {ENGINE_PORT}")
     examples = {"/morph": "0.5", "/morph/xy": "0.5 0.5", "/mix": "0.25 0.25 0.25 0.25",
                 "/glide": "0.5", "/temperature": "0.9", "/topk": "50", "/topp": "0.9",
-                "/seed": "7", "/prompt/load": "0 /path/to/sound.wav", "/record/start": "take"}
+                "/seed": "7", "/prompt/load": "0 /path/to/sound.wav", "/record/start": "take",
+                "/gain": "-6.", "/scene/save": "verse", "/scene/recall": "verse",
+                "/midi/learn": "/morph"}
     for row, a in enumerate(sorted(TABLE.values(), key=lambda a: a.address)):
-        y = 130 + row * 24
+        y = top + row * 24
         box = p.message(15, y, f"{a.address} {examples.get(a.address, '')}".strip(), w=240)
         p.comment(265, y, a.help[:80], w=480)
         p.connect(box, 0, send)

@@ -3,7 +3,8 @@
 Data path: each widget → ``[oscformat ...]`` → ``[s egl-osc]``; one ``[r egl-osc]`` →
 ``[list prepend send]`` → ``[list trim]`` → ``[netsend -u -b]`` to the engine.
 Feedback: ``[netreceive -u -b]`` (port ``FEEDBACK_PORT``) → ``[oscparse]`` → ``[route]`` →
-number boxes (RTF, buffer, underruns) and message boxes (last error, loaded slot, record).
+number boxes (RTF, buffer, underruns; peak and RMS level) and message boxes (last error,
+loaded slot, record).
 
 Every widget also has a receive name (``egl-morph``, ``egl-load-0``, ``egl-connect HOST
 PORT``, ``egl-listen PORT`` ...) so other patches, and the tests, can play it.
@@ -206,8 +207,14 @@ def _feedback(p: PdPatch) -> None:
     strip = p.obj(560, 555, "list trim")
     route = p.obj(560, 580, "route engine error prompt record")
     p.chain(receive, parse, strip, route)
-    engine = p.obj(700, 610, "route status")
+    engine = p.obj(700, 610, "route status level")
     p.connect(route, 0, engine, 0)
+    levels = p.obj(1010, 635, "unpack f f")  # /engine/level: peak, RMS dBFS
+    p.connect(engine, 1, levels, 0)
+    for col, label in enumerate(("peak_db", "rms_db")):
+        atom = p.floatatom(1010 + col * 60, 665)
+        p.connect(levels, col, atom, 0)
+        p.text(1010 + col * 60, 690, label)
     fields = p.obj(700, 635, "unpack f f f f f f f f f f f")
     p.connect(engine, 0, fields, 0)
     for col, (index, label) in enumerate(((0, "RTF"), (3, "buffer_ms"), (5, "underruns"),

@@ -2,8 +2,9 @@
 
 One layout, two frames: a portrait phone and a landscape tablet. Controls send to the
 engine over the TouchOSC connection 1 (UDP: the computer's address, port ``ENGINE_PORT``;
-receive port ``FEEDBACK_PORT``). Feedback labels read ``/engine/status`` and ``/error``
-in a Lua ``onReceiveOSC``. No file drop on a phone: slots are loaded from the computer.
+receive port ``FEEDBACK_PORT``). Feedback labels read ``/engine/status``, ``/engine/level``
+and ``/error`` in a Lua ``onReceiveOSC``. No file drop on a phone: slots are loaded from the
+computer.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ _TABLET = {"title": (0, 0, 20, 1), "xy": (0, 1, 9, 9), "morph": (9.5, 1, 10.5, 1
            "record": (9.5, 9, 10.5, 1), "status": (0, 10, 20, 1), "error": (0, 11, 20, 1)}
 _FRAMES = {"phone": (360, 740, 12, 20, _PHONE), "tablet": (1180, 820, 20, 12, _TABLET)}
 
-STATUS_SCRIPT = """function onReceiveOSC(message, connections)
+STATUS_SCRIPT = """local level = ''
+function onReceiveOSC(message, connections)
   local path, args = message[1], message[2]
-  if path == '/engine/status' then
+  if path == '/engine/level' then
+    level = string.format('   level %.0f/%.0f dBFS', args[1].value, args[2].value)
+  elseif path == '/engine/status' then
     self.values.text = string.format('RTF %.2f   buffer %d ms   underruns %d   %s',
-      args[1].value, args[4].value, args[6].value, args[11].value == 1 and 'playing' or 'paused')
+      args[1].value, args[4].value, args[6].value,
+      args[11].value == 1 and 'playing' or 'paused') .. level
   end
 end"""
 ERROR_SCRIPT = """function onReceiveOSC(message, connections)

@@ -111,10 +111,14 @@ class LiveOutput:
                 self.sink = sink
 
     def fade_in(self) -> None:
+        if isinstance(self.sink, NullSink):  # it counts underruns again (play)
+            self.sink.paused = False
         if self.device is not None:
             self.device.fade_in()
 
     def fade_out(self, wait: bool = True) -> None:
+        if isinstance(self.sink, NullSink):  # paused: running dry is no underrun
+            self.sink.paused = True
         if self.device is not None:
             self.device.fade_out(wait=wait)
 

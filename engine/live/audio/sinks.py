@@ -84,6 +84,7 @@ class NullSink:
         self.prefill = min(int(prefill_s * rate), self.ring.capacity)
         self.underruns = 0
         self.consumed = 0
+        self.paused = False  # set while the transport is paused: running dry is not late then
         self._out = np.zeros((block, 1), dtype=np.float32)
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -127,7 +128,7 @@ class NullSink:
             got = self.ring.read_into(self._out)
             self.consumed += got
             if got < self.block and self.paced:
-                self.underruns += 1
+                self.underruns += not self.paused
             elif not self.paced and got == 0:
                 time.sleep(0.001)
 

@@ -39,6 +39,34 @@ def _sd():
     return sounddevice
 
 
+_JACK_NAME: bytes | None = None  # PortAudio keeps the pointer: the bytes must stay alive
+
+
+def set_jack_client_name(name: str) -> None:
+    """Name the engine's JACK client (``--jack-name``; PortAudio's default is ``PortAudio``).
+
+    PortAudio reads the name when it initialises, so it is set between a terminate and an
+    initialise of sounddevice's PortAudio (before any stream is open). Other host APIs have
+    no client name; this changes nothing for them.
+
+    Raises:
+        UserError: the PortAudio library has no JACK support.
+    """
+    global _JACK_NAME
+    import ctypes
+
+    sd = _sd()
+    try:
+        set_name = ctypes.CDLL(sd._libname).PaJack_SetClientName
+    except (OSError, AttributeError):
+        raise UserError("--jack-name: this PortAudio has no JACK support") from None
+    _JACK_NAME = name.encode()
+    sd._terminate()
+    set_name.argtypes = [ctypes.c_char_p]
+    set_name(_JACK_NAME)
+    sd._initialize()
+
+
 def list_devices() -> str:
     """Output devices, one per line: ``index: name (host API, channels, default rate)``."""
     sd = _sd()

@@ -158,6 +158,9 @@ def save_pretrained(model: EnCodecGPT, codec: Codec, folder: str | Path) -> Path
              if k != "gpt.wte.weight"}
     save_file(state, str(folder / "model.safetensors"))
     codec.model.save_pretrained(str(folder / "codec"))
+    for path in [folder / "config.json", *folder.rglob("*")]:  # safetensors writes 0600
+        if path.is_file():
+            path.chmod(0o644)
     return folder
 
 

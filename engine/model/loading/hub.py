@@ -8,9 +8,13 @@ local option to use instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import pickle
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -25,13 +29,34 @@ def split_hub_path(source: str) -> tuple[str, str] | None:
     return "/".join(parts[:2]), "/".join(parts[2:])
 
 
+@functools.cache
+def hub_offline() -> bool:
+    """True when the hub cannot be reached: ``HF_HUB_OFFLINE`` is set, or a TCP connection to
+    the hub (``HF_ENDPOINT``, default huggingface.co:443) fails within 2 s. Checked once per
+    process, so an offline machine gets the cache-only answer at once instead of ~30 s of
+    download retries (whose warnings would also scroll over the live status line). Behind an
+    HTTP(S) proxy the check is left to the hub client."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=2.0):
+            return False
+    except OSError:
+        return True
+
+
 def hub_download(repo_id: str, filename: str, *, required: bool = True) -> Path | None:
-    """Fetch one file through the Hugging Face cache (progress bar on stderr)."""
+    """Fetch one file through the Hugging Face cache (progress bar on stderr); offline
+    (:func:`hub_offline`) only the cache is looked at."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename,
+                                    local_files_only=hub_offline()))
     except LocalEntryNotFoundError:  # offline, or no network: must come before its base class
         if not required:
             return None

@@ -356,7 +356,7 @@
       240,
       22
      ],
-     "text": "/prompt/load 0 /path/to/sound.wav",
+     "text": "/prime",
      "outlettype": [
       ""
      ]
@@ -374,7 +374,7 @@
       480,
       20
      ],
-     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
+     "text": "continue slot i's audio: its last seconds (the model's context, at most the wind"
     }
    },
    {
@@ -389,7 +389,7 @@
       240,
       22
      ],
-     "text": "/record/start take",
+     "text": "/prime/file",
      "outlettype": [
       ""
      ]
@@ -407,7 +407,7 @@
       480,
       20
      ],
-     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
+     "text": "continue an audio file (inside the prompt folders) as /prime does; replies /prim"
     }
    },
    {
@@ -422,7 +422,7 @@
       240,
       22
      ],
-     "text": "/record/stop",
+     "text": "/prime/rows",
      "outlettype": [
       ""
      ]
@@ -440,7 +440,7 @@
       480,
       20
      ],
-     "text": "finish the recording; replies /record/stopped s:folder"
+     "text": "(internal) start a new sequence from primed token rows [T, Q] (engine.model.prim"
     }
    },
    {
@@ -455,7 +455,7 @@
       240,
       22
      ],
-     "text": "/reset",
+     "text": "/prompt/load 0 /path/to/sound.wav",
      "outlettype": [
       ""
      ]
@@ -473,7 +473,7 @@
       480,
       20
      ],
-     "text": "forget the token window and start a fresh sequence"
+     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
     }
    },
    {
@@ -488,7 +488,7 @@
       240,
       22
      ],
-     "text": "/schema",
+     "text": "/record/start take",
      "outlettype": [
       ""
      ]
@@ -506,7 +506,7 @@
       480,
       20
      ],
-     "text": "reply /schema s: this table as JSON"
+     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
     }
    },
    {
@@ -521,7 +521,7 @@
       240,
       22
      ],
-     "text": "/seed 7",
+     "text": "/record/stop",
      "outlettype": [
       ""
      ]
@@ -539,7 +539,7 @@
       480,
       20
      ],
-     "text": "reseed the sampler at this frame"
+     "text": "finish the recording; replies /record/stopped s:folder"
     }
    },
    {
@@ -554,7 +554,7 @@
       240,
       22
      ],
-     "text": "/status",
+     "text": "/reset",
      "outlettype": [
       ""
      ]
@@ -572,7 +572,7 @@
       480,
       20
      ],
-     "text": "reply once with /engine/status and /engine/info"
+     "text": "forget the token window and start a fresh sequence"
     }
    },
    {
@@ -587,7 +587,7 @@
       240,
       22
      ],
-     "text": "/temperature 0.9",
+     "text": "/schema",
      "outlettype": [
       ""
      ]
@@ -605,7 +605,7 @@
       480,
       20
      ],
-     "text": "sampling temperature (0 = greedy)"
+     "text": "reply /schema s: this table as JSON"
     }
    },
    {
@@ -620,7 +620,7 @@
       240,
       22
      ],
-     "text": "/topk 50",
+     "text": "/seed 7",
      "outlettype": [
       ""
      ]
@@ -638,7 +638,7 @@
       480,
       20
      ],
-     "text": "keep the k most likely tokens per codebook (0 = off)"
+     "text": "reseed the sampler at this frame"
     }
    },
    {
@@ -653,7 +653,7 @@
       240,
       22
      ],
-     "text": "/topp 0.9",
+     "text": "/status",
      "outlettype": [
       ""
      ]
@@ -668,6 +668,105 @@
      "patching_rect": [
       265,
       514,
+      480,
+      20
+     ],
+     "text": "reply once with /engine/status and /engine/info"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-41",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      538,
+      240,
+      22
+     ],
+     "text": "/temperature 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-42",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      538,
+      480,
+      20
+     ],
+     "text": "sampling temperature (0 = greedy)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-43",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      562,
+      240,
+      22
+     ],
+     "text": "/topk 50",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-44",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      562,
+      480,
+      20
+     ],
+     "text": "keep the k most likely tokens per codebook (0 = off)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-45",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      586,
+      240,
+      22
+     ],
+     "text": "/topp 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-46",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      586,
       480,
       20
      ],
@@ -872,6 +971,42 @@
     "patchline": {
      "source": [
       "obj-39",
+      0
+     ],
+     "destination": [
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-41",
+      0
+     ],
+     "destination": [
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-43",
+      0
+     ],
+     "destination": [
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-45",
       0
      ],
      "destination": [

@@ -44,6 +44,11 @@ CONTROLS = tuple(
 COMMANDS = (
     Address("/prompt/load", "is", "embed an audio file (EnCodecMAE) into a prompt slot; replies "
             "/prompt/loaded i s or /error", 0, MAX_SLOTS - 1, kind="command", widget="dropfile"),
+    Address("/prime", "i", "continue slot i's audio: its last seconds (the model's context, "
+            "at most the window) become the window's tokens; replies /primed s i or /error",
+            0, MAX_SLOTS - 1, kind="command", widget="button"),
+    Address("/prime/file", "s", "continue an audio file (inside the prompt folders) as "
+            "/prime does; replies /primed s i or /error", kind="command", widget="dropfile"),
     Address("/play", "", "start or resume playing (fades in)", kind="command", widget="button"),
     Address("/pause", "", "stop generating; the output fades to silence", kind="command",
             widget="button"),
@@ -70,6 +75,8 @@ REPLIES = (
             widget="label"),
     Address("/prompt/loaded", "is", "a /prompt/load finished: slot, file", kind="reply",
             widget="label"),
+    Address("/primed", "si", "a /prime or /prime/file took effect: file, primed frames",
+            kind="reply", widget="label"),
     Address("/record/started", "s", "a recording began: its folder", kind="reply",
             widget="label"),
     Address("/record/stopped", "s", "a recording was finished: its folder", kind="reply",

@@ -112,6 +112,7 @@ class OSCDispatcher:
             "/status": self._status, "/schema": self._schema,
             "/record/start": self._record_start, "/record/stop": self._record_stop,
             "/prompt/load": self._prompt_load,
+            "/prime": self._prime, "/prime/file": self._prime_file,
         }
         check_handlers(TABLE, self.commands)
 
@@ -205,4 +206,23 @@ class OSCDispatcher:
         self.engine.load_prompt(slot, path,
                                 done=lambda s, p: self.reply("/prompt/loaded", [s, p], sender),
                                 failed=failed)
+        return not refused
+
+    def _prime(self, args: tuple, sender: Target) -> bool:
+        return self._priming("/prime", lambda done, failed: self.engine.prime(args[0], done,
+                                                                              failed), sender)
+
+    def _prime_file(self, args: tuple, sender: Target) -> bool:
+        return self._priming("/prime/file",
+                             lambda done, failed: self.engine.prime_file(args[0], done, failed),
+                             sender)
+
+    def _priming(self, address: str, start, sender: Target) -> bool:
+        refused: list[str] = []
+
+        def failed(message: str) -> None:  # now (bad path or slot) or from the loader thread
+            refused.append(message)
+            self.error(sender, f"{address}: {message}")
+
+        start(lambda path, rows: self.reply("/primed", [path, rows], sender), failed)
         return not refused

@@ -162,6 +162,7 @@ def _load(args):
         print("WARNING: --random-weights: an UNTRAINED model and codec — the sound is noise. "
               "For smoke tests and benchmarks only.", file=sys.stderr)
         args.encodecmae = args.encodecmae or DEFAULT_ENCODECMAE
+        args.context_s = None
         args.identity = {"random_weights": True, "preset": args.preset,
                          "weights_seed": args.weights_seed,
                          "prompt_dim": _first_npy_dim(args.prompt)}
@@ -179,6 +180,7 @@ def _load(args):
         loaded.encodecmae, loaded.pairing, args.encodecmae, args.force_encodecmae, str(source))
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    args.context_s = loaded.context_s
     args.identity = {"checkpoint": loaded.source, "sha256": loaded.sha256,
                      "codec": loaded.codec.name, "encodecmae": args.encodecmae}
     return loaded.model, loaded.codec, encoder_factory
@@ -238,7 +240,7 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
                         num_slots=max(4, len(slots)), control_log=args.control_log,
                         tap=args.tap, sessions_dir=args.sessions_dir,
                         identity=dict(args.identity, prompt_dim=model.prompt_dim),
-                        slot_sources=list(args.slot_sources))
+                        slot_sources=list(args.slot_sources), context_s=args.context_s)
     size = f"a {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M-parameter model " \
            f"({choice.weights.label})"
     try:

@@ -138,6 +138,7 @@ class RollingGenerator:
         self.triangle = start_triangle_mask(self.num_q, self.num_q)  # [Q, Q] first rows
         self._clear_sequence(start=0)
         self.t = 0
+        self.seam = None  # np [T, Q]: rows primed at this step (pipeline: take_seam)
 
     def _static_step(self, quantize: str, runner: str | None,
                      seed: int) -> StaticWindowStep | None:
@@ -206,6 +207,12 @@ class RollingGenerator:
         if self.static is not None:
             self.static.load(rows.to(torch.long), n)
 
+    def take_seam(self):
+        """The rows a ``/prime/rows`` control primed the last step with (``[T, Q]`` int64
+        numpy), once; None otherwise. Generator thread."""
+        seam, self.seam = self.seam, None
+        return seam
+
     def close(self) -> None:
         """Stop the background re-prefill worker (waits for a running job)."""
         if self.reprefill is not None:
@@ -241,6 +248,9 @@ class RollingGenerator:
                     self.static.reseed(entry.values[0])
             elif entry.address == "/reset":
                 self._clear_sequence(start=self.t)
+            elif entry.address == "/prime/rows":
+                self.prime(torch.from_numpy(entry.values[0]))
+                self.seam = entry.values[0]  # the decoder crossfades into the new sequence
             self.queue.record(entry)
         return True
 

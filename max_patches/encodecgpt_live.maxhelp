@@ -13,7 +13,7 @@
    100,
    100,
    760,
-   620
+   636
   ],
   "bglocked": 0,
   "openinpresentation": 0,
@@ -106,7 +106,7 @@
      "numoutlets": 0,
      "patching_rect": [
       15,
-      580,
+      596,
       164,
       22
      ],
@@ -356,7 +356,7 @@
       240,
       22
      ],
-     "text": "/prime",
+     "text": "/prime 0",
      "outlettype": [
       ""
      ]
@@ -389,7 +389,7 @@
       240,
       22
      ],
-     "text": "/prime/file",
+     "text": "/prime/file /path/to/take.wav",
      "outlettype": [
       ""
      ]
@@ -422,7 +422,7 @@
       240,
       22
      ],
-     "text": "/prime/rows",
+     "text": "/prompt/load 0 /path/to/sound.wav",
      "outlettype": [
       ""
      ]
@@ -440,7 +440,7 @@
       480,
       20
      ],
-     "text": "(internal) start a new sequence from primed token rows [T, Q] (engine.model.prim"
+     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
     }
    },
    {
@@ -455,7 +455,7 @@
       240,
       22
      ],
-     "text": "/prompt/load 0 /path/to/sound.wav",
+     "text": "/record/start take",
      "outlettype": [
       ""
      ]
@@ -473,7 +473,7 @@
       480,
       20
      ],
-     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
+     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
     }
    },
    {
@@ -488,7 +488,7 @@
       240,
       22
      ],
-     "text": "/record/start take",
+     "text": "/record/stop",
      "outlettype": [
       ""
      ]
@@ -506,7 +506,7 @@
       480,
       20
      ],
-     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
+     "text": "finish the recording; replies /record/stopped s:folder"
     }
    },
    {
@@ -521,7 +521,7 @@
       240,
       22
      ],
-     "text": "/record/stop",
+     "text": "/reset",
      "outlettype": [
       ""
      ]
@@ -539,7 +539,7 @@
       480,
       20
      ],
-     "text": "finish the recording; replies /record/stopped s:folder"
+     "text": "forget the token window and start a fresh sequence"
     }
    },
    {
@@ -554,7 +554,7 @@
       240,
       22
      ],
-     "text": "/reset",
+     "text": "/schema",
      "outlettype": [
       ""
      ]
@@ -572,7 +572,7 @@
       480,
       20
      ],
-     "text": "forget the token window and start a fresh sequence"
+     "text": "reply /schema s: this table as JSON"
     }
    },
    {
@@ -587,7 +587,7 @@
       240,
       22
      ],
-     "text": "/schema",
+     "text": "/seed 7",
      "outlettype": [
       ""
      ]
@@ -605,7 +605,7 @@
       480,
       20
      ],
-     "text": "reply /schema s: this table as JSON"
+     "text": "reseed the sampler at this frame"
     }
    },
    {
@@ -620,7 +620,7 @@
       240,
       22
      ],
-     "text": "/seed 7",
+     "text": "/status",
      "outlettype": [
       ""
      ]
@@ -638,7 +638,7 @@
       480,
       20
      ],
-     "text": "reseed the sampler at this frame"
+     "text": "reply once with /engine/status and /engine/info"
     }
    },
    {
@@ -653,7 +653,7 @@
       240,
       22
      ],
-     "text": "/status",
+     "text": "/temperature 0.9",
      "outlettype": [
       ""
      ]
@@ -671,7 +671,7 @@
       480,
       20
      ],
-     "text": "reply once with /engine/status and /engine/info"
+     "text": "sampling temperature (0 = greedy)"
     }
    },
    {
@@ -686,7 +686,7 @@
       240,
       22
      ],
-     "text": "/temperature 0.9",
+     "text": "/topk 50",
      "outlettype": [
       ""
      ]
@@ -704,7 +704,7 @@
       480,
       20
      ],
-     "text": "sampling temperature (0 = greedy)"
+     "text": "keep the k most likely tokens per codebook (0 = off)"
     }
    },
    {
@@ -719,7 +719,7 @@
       240,
       22
      ],
-     "text": "/topk 50",
+     "text": "/topp 0.9",
      "outlettype": [
       ""
      ]
@@ -734,39 +734,6 @@
      "patching_rect": [
       265,
       562,
-      480,
-      20
-     ],
-     "text": "keep the k most likely tokens per codebook (0 = off)"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-45",
-     "maxclass": "message",
-     "numinlets": 2,
-     "numoutlets": 1,
-     "patching_rect": [
-      15,
-      586,
-      240,
-      22
-     ],
-     "text": "/topp 0.9",
-     "outlettype": [
-      ""
-     ]
-    }
-   },
-   {
-    "box": {
-     "id": "obj-46",
-     "maxclass": "comment",
-     "numinlets": 1,
-     "numoutlets": 0,
-     "patching_rect": [
-      265,
-      586,
       480,
       20
      ],
@@ -995,18 +962,6 @@
     "patchline": {
      "source": [
       "obj-43",
-      0
-     ],
-     "destination": [
-      "obj-6",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-45",
       0
      ],
      "destination": [

@@ -35,10 +35,12 @@ _WIDGETS = {"/morph": "fader", "/morph/xy": "xy", "/mix": "multislider", "/glide
             "/temperature": "dial", "/topk": "dial", "/topp": "dial", "/seed": "number",
             "/reset": "button"}
 
+_INTERNAL = ("/prompt/slot", "/prime/rows")  # made by the engine itself, never sent over OSC
+
 CONTROLS = tuple(
     Address(s.address, s.types, s.help, s.low, s.high, s.default, s.clamp, "control",
             _WIDGETS.get(s.address, ""))
-    for s in GENERATOR_CONTROLS if s.address != "/prompt/slot"
+    for s in GENERATOR_CONTROLS if s.address not in _INTERNAL
 )
 
 COMMANDS = (
@@ -46,9 +48,9 @@ COMMANDS = (
             "/prompt/loaded i s or /error", 0, MAX_SLOTS - 1, kind="command", widget="dropfile"),
     Address("/prime", "i", "continue slot i's audio: its last seconds (the model's context, "
             "at most the window) become the window's tokens; replies /primed s i or /error",
-            0, MAX_SLOTS - 1, kind="command", widget="button"),
+            0, MAX_SLOTS - 1, kind="command"),
     Address("/prime/file", "s", "continue an audio file (inside the prompt folders) as "
-            "/prime does; replies /primed s i or /error", kind="command", widget="dropfile"),
+            "/prime does; replies /primed s i or /error", kind="command"),
     Address("/play", "", "start or resume playing (fades in)", kind="command", widget="button"),
     Address("/pause", "", "stop generating; the output fades to silence", kind="command",
             widget="button"),

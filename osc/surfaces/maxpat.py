@@ -191,7 +191,8 @@ def _feedback(p: MaxPatch) -> None:
 
 def help_patch() -> str:
     """How to start the engine, the ports, and one box per address of the table."""
-    p = MaxPatch(rect=(100, 100, 760, 620))
+    bottom = 140 + len(TABLE) * 24  # below the last address box
+    p = MaxPatch(rect=(100, 100, 760, max(620, bottom + 40)))
     lines = [
         "encodecgpt_live: play EnCodecGPT from Max.",
         "1. In a terminal: python run_engine.py --feedback 127.0.0.1:"
@@ -203,10 +204,11 @@ def help_patch() -> str:
     ]
     for row, text in enumerate(lines):
         p.comment(15, 10 + row * 22, text, w=720)
-    send = p.obj(15, 580, f"udpsend 127.0.0.1 {ENGINE_PORT}")
+    send = p.obj(15, max(580, bottom), f"udpsend 127.0.0.1 {ENGINE_PORT}")
     examples = {"/morph": "0.5", "/morph/xy": "0.5 0.5", "/mix": "0.25 0.25 0.25 0.25",
                 "/glide": "0.5", "/temperature": "0.9", "/topk": "50", "/topp": "0.9",
-                "/seed": "7", "/prompt/load": "0 /path/to/sound.wav", "/record/start": "take"}
+                "/seed": "7", "/prompt/load": "0 /path/to/sound.wav", "/record/start": "take",
+                "/prime": "0", "/prime/file": "/path/to/take.wav"}
     for row, a in enumerate(sorted(TABLE.values(), key=lambda a: a.address)):
         y = 130 + row * 24
         box = p.message(15, y, f"{a.address} {examples.get(a.address, '')}".strip(), w=240)

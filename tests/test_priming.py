@@ -102,10 +102,11 @@ def test_primed_continuation_greedy_equals_original_path(loaded, window):
     expected = original_continuation(model, prompt, primed, window, 40)
     ours = generate_window(model, prompt[None].repeat(40, 1), window, primed=primed).tokens
     assert torch.equal(ours, expected)
-    gen = RollingGenerator(model, initial_controls([prompt.numpy()]), window=window,
-                           mode="exact", greedy=True)
-    gen.prime(primed)
-    assert torch.equal(torch.stack([gen.step() for _ in range(40)]), expected)
+    for runner in (None, "eager"):  # the reference model; the static (GPU) step on the CPU
+        gen = RollingGenerator(model, initial_controls([prompt.numpy()]), window=window,
+                               mode="exact", greedy=True, runner=runner)
+        gen.prime(primed)
+        assert torch.equal(torch.stack([gen.step() for _ in range(40)]), expected), runner
 
 
 def test_primed_sampling_same_seed_same_tokens_in_every_path():

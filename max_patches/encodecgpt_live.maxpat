@@ -990,6 +990,24 @@
    {
     "box": {
      "id": "obj-56",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      110,
+      460,
+      70,
+      22
+     ],
+     "text": "/prime 0",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-57",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1004,7 +1022,7 @@
    },
    {
     "box": {
-     "id": "obj-57",
+     "id": "obj-58",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1022,7 +1040,7 @@
    },
    {
     "box": {
-     "id": "obj-58",
+     "id": "obj-59",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1041,7 +1059,7 @@
    },
    {
     "box": {
-     "id": "obj-59",
+     "id": "obj-60",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1059,7 +1077,25 @@
    },
    {
     "box": {
-     "id": "obj-60",
+     "id": "obj-61",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      285,
+      460,
+      70,
+      22
+     ],
+     "text": "/prime 1",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-62",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1074,7 +1110,7 @@
    },
    {
     "box": {
-     "id": "obj-61",
+     "id": "obj-63",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1092,7 +1128,7 @@
    },
    {
     "box": {
-     "id": "obj-62",
+     "id": "obj-64",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1111,7 +1147,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-65",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1129,7 +1165,25 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-66",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      460,
+      460,
+      70,
+      22
+     ],
+     "text": "/prime 2",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-67",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1144,7 +1198,7 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-68",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1162,7 +1216,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-69",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1181,7 +1235,7 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-70",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1199,7 +1253,25 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-71",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      635,
+      460,
+      70,
+      22
+     ],
+     "text": "/prime 3",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-72",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1217,7 +1289,7 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-73",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 6,
@@ -1240,7 +1312,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-74",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 11,
@@ -1268,78 +1340,12 @@
    },
    {
     "box": {
-     "id": "obj-71",
-     "maxclass": "flonum",
-     "numinlets": 1,
-     "numoutlets": 2,
-     "patching_rect": [
-      740,
-      495,
-      60,
-      22
-     ],
-     "outlettype": [
-      "",
-      ""
-     ]
-    }
-   },
-   {
-    "box": {
-     "id": "obj-72",
-     "maxclass": "comment",
-     "numinlets": 1,
-     "numoutlets": 0,
-     "patching_rect": [
-      740,
-      520,
-      33,
-      20
-     ],
-     "text": "RTF"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-73",
-     "maxclass": "flonum",
-     "numinlets": 1,
-     "numoutlets": 2,
-     "patching_rect": [
-      830,
-      495,
-      60,
-      22
-     ],
-     "outlettype": [
-      "",
-      ""
-     ]
-    }
-   },
-   {
-    "box": {
-     "id": "obj-74",
-     "maxclass": "comment",
-     "numinlets": 1,
-     "numoutlets": 0,
-     "patching_rect": [
-      830,
-      520,
-      75,
-      20
-     ],
-     "text": "buffer ms"
-    }
-   },
-   {
-    "box": {
      "id": "obj-75",
-     "maxclass": "number",
+     "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      920,
+      740,
       495,
       60,
       22
@@ -1357,6 +1363,72 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
+      740,
+      520,
+      33,
+      20
+     ],
+     "text": "RTF"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-77",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      830,
+      495,
+      60,
+      22
+     ],
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-78",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      830,
+      520,
+      75,
+      20
+     ],
+     "text": "buffer ms"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-79",
+     "maxclass": "number",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      920,
+      495,
+      60,
+      22
+     ],
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-80",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
       920,
       520,
       75,
@@ -1367,7 +1439,7 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-81",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1382,7 +1454,7 @@
    },
    {
     "box": {
-     "id": "obj-78",
+     "id": "obj-82",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1400,7 +1472,7 @@
    },
    {
     "box": {
-     "id": "obj-79",
+     "id": "obj-83",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1418,7 +1490,7 @@
    },
    {
     "box": {
-     "id": "obj-80",
+     "id": "obj-84",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1433,7 +1505,7 @@
    },
    {
     "box": {
-     "id": "obj-81",
+     "id": "obj-85",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1451,7 +1523,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-86",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1469,7 +1541,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-87",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1484,7 +1556,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-88",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1502,7 +1574,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-89",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1520,7 +1592,7 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-90",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1535,7 +1607,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-91",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1553,7 +1625,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-92",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2114,11 +2186,11 @@
    {
     "patchline": {
      "source": [
-      "obj-57",
+      "obj-56",
       0
      ],
      "destination": [
-      "obj-58",
+      "obj-2",
       0
      ]
     }
@@ -2139,6 +2211,18 @@
     "patchline": {
      "source": [
       "obj-59",
+      0
+     ],
+     "destination": [
+      "obj-60",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-60",
       0
      ],
      "destination": [
@@ -2154,31 +2238,31 @@
       0
      ],
      "destination": [
-      "obj-62",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-62",
-      0
-     ],
-     "destination": [
-      "obj-63",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-63",
-      0
-     ],
-     "destination": [
       "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-63",
+      0
+     ],
+     "destination": [
+      "obj-64",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-64",
+      0
+     ],
+     "destination": [
+      "obj-65",
       0
      ]
     }
@@ -2190,7 +2274,7 @@
       0
      ],
      "destination": [
-      "obj-66",
+      "obj-2",
       0
      ]
     }
@@ -2199,18 +2283,6 @@
     "patchline": {
      "source": [
       "obj-66",
-      0
-     ],
-     "destination": [
-      "obj-67",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-67",
       0
      ],
      "destination": [
@@ -2250,7 +2322,7 @@
       0
      ],
      "destination": [
-      "obj-71",
+      "obj-2",
       0
      ]
     }
@@ -2258,8 +2330,20 @@
    {
     "patchline": {
      "source": [
-      "obj-70",
-      3
+      "obj-71",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-72",
+      0
      ],
      "destination": [
       "obj-73",
@@ -2270,8 +2354,20 @@
    {
     "patchline": {
      "source": [
-      "obj-70",
-      5
+      "obj-73",
+      0
+     ],
+     "destination": [
+      "obj-74",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-74",
+      0
      ],
      "destination": [
       "obj-75",
@@ -2282,11 +2378,11 @@
    {
     "patchline": {
      "source": [
-      "obj-69",
-      1
+      "obj-74",
+      3
      ],
      "destination": [
-      "obj-78",
+      "obj-77",
       0
      ]
     }
@@ -2294,8 +2390,8 @@
    {
     "patchline": {
      "source": [
-      "obj-78",
-      0
+      "obj-74",
+      5
      ],
      "destination": [
       "obj-79",
@@ -2306,20 +2402,8 @@
    {
     "patchline": {
      "source": [
-      "obj-69",
-      2
-     ],
-     "destination": [
-      "obj-81",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-81",
-      0
+      "obj-73",
+      1
      ],
      "destination": [
       "obj-82",
@@ -2330,11 +2414,11 @@
    {
     "patchline": {
      "source": [
-      "obj-69",
-      3
+      "obj-82",
+      0
      ],
      "destination": [
-      "obj-84",
+      "obj-83",
       0
      ]
     }
@@ -2342,8 +2426,8 @@
    {
     "patchline": {
      "source": [
-      "obj-84",
-      0
+      "obj-73",
+      2
      ],
      "destination": [
       "obj-85",
@@ -2354,11 +2438,11 @@
    {
     "patchline": {
      "source": [
-      "obj-69",
-      4
+      "obj-85",
+      0
      ],
      "destination": [
-      "obj-87",
+      "obj-86",
       0
      ]
     }
@@ -2366,11 +2450,47 @@
    {
     "patchline": {
      "source": [
-      "obj-87",
-      0
+      "obj-73",
+      3
      ],
      "destination": [
       "obj-88",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-88",
+      0
+     ],
+     "destination": [
+      "obj-89",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-73",
+      4
+     ],
+     "destination": [
+      "obj-91",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-91",
+      0
+     ],
+     "destination": [
+      "obj-92",
       0
      ]
     }

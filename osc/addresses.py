@@ -48,7 +48,7 @@ COMMANDS = (
             "/prompt/loaded i s or /error", 0, MAX_SLOTS - 1, kind="command", widget="dropfile"),
     Address("/prime", "i", "continue slot i's audio: its last seconds (the model's context, "
             "at most the window) become the window's tokens; replies /primed s i or /error",
-            0, MAX_SLOTS - 1, kind="command"),
+            0, MAX_SLOTS - 1, kind="command", widget="slotbutton"),
     Address("/prime/file", "s", "continue an audio file (inside the prompt folders) as "
             "/prime does; replies /primed s i or /error", kind="command"),
     Address("/play", "", "start or resume playing (fades in)", kind="command", widget="button"),

@@ -165,6 +165,8 @@ def _slots(p: MaxPatch, send: str) -> None:
         path = p.obj(x, 515, "conformpath native absolute", w=90)
         p.connect(drop, 0, path)
         _send(p, x, 540, path, f"/prompt/load {k}", send)
+        cont = p.message(x + 95, 460, f"/prime {k}", w=70)  # continue the slot's sound
+        p.connect(cont, 0, send)
 
 
 def _feedback(p: MaxPatch) -> None:

@@ -267,9 +267,12 @@ class LiveEngine:
 
     def _prime_rows(self, file: Path) -> np.ndarray:
         """``[T, Q]`` int64 rows: the file's last seconds (the model's context, at most the
-        window), encoded and delayed (loader thread)."""
+        window; in fast mode the window less one hop), encoded and delayed (loader thread)."""
         gen = self.generator
-        frames, note = prime_frames(self.config.context_s, gen.window)
+        # fast mode: leave one hop free, so the shadow cache of the next window is filled in
+        # the background over H steps instead of blocking the step right after the prime
+        room = gen.window - (gen.hop if gen.mode == "fast" else 0)
+        frames, note = prime_frames(self.config.context_s, room)
         rows = read_prime(self.codec, file, gen.num_q, frames).numpy()
         if rows.shape[0] < min_primed_rows(gen.num_q):
             raise UserError(f"{file}: too short to prime from ({rows.shape[0]} frames; at "

@@ -36,7 +36,8 @@ def prime_frames(context_s: float | None, window: int) -> tuple[int, str | None]
 
     Args:
         context_s: the model's context in seconds; None when unknown (then the window).
-        window: the token window W in frames.
+        window: the frames the primed rows may fill (the token window W; the live engine's
+            fast mode passes W − H).
 
     Returns:
         (frames, note or None).

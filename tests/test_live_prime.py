@@ -96,3 +96,36 @@ def test_live_prime_file_continues_the_recording_without_underruns(tmp_path):
     folder = next((tmp_path / "sessions").iterdir())
     tokens, _ = replay(folder)
     assert np.array_equal(tokens, np.load(folder / "tokens.npy"))
+
+
+def test_prime_over_osc_replies_and_refuses(tmp_path):
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    from osc.dispatcher import OSCDispatcher
+
+    _tone(tmp_path / "take.wav")
+    (tmp_path / "elsewhere").mkdir()
+    engine = null_engine(tmp_path / "elsewhere", window=32)
+    engine.start()
+    replies = []
+    d = OSCDispatcher(engine, lambda a, v, s: replies.append((a, v)), log=lambda m: None)
+
+    def send(address, *args):
+        b = OscMessageBuilder(address)
+        for a in args:
+            b.add_arg(a)
+        return d.handle(b.build().dgram, ("127.0.0.1", 1))
+
+    try:
+        assert not send("/prime", 0)  # slot 0 holds a random vector, no audio
+        assert "holds no audio" in replies[-1][1][0]
+        assert not send("/prime/file", str(tmp_path / "take.wav"))  # outside the folders
+        assert "outside the prompt folders" in replies[-1][1][0]
+        assert not send("/prime", 99)
+        inside = tmp_path / "elsewhere" / "take.wav"
+        inside.write_bytes((tmp_path / "take.wav").read_bytes())
+        assert send("/prime/file", str(inside))
+        assert wait_until(lambda: replies[-1][0] == "/primed", timeout=60)
+        assert replies[-1][1] == [str(inside), 32 - 8]  # fast mode: the window less a hop
+    finally:
+        engine.stop()

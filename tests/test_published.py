@@ -147,3 +147,12 @@ def test_list_models_offline_shows_the_cache(hub_cache, capsys):
     assert "checkpoint + encodecmae" in lines["audioset"]
     assert "no (downloaded" in lines["nsynth"]
     assert str(hub_cache) in out
+
+
+@needs_fixtures
+def test_live_engine_refuses_the_wrong_encodecmae_before_playing(hub_cache, capsys):
+    fake_hub_cache(hub_cache, ("audioset",))
+    code = main(["--checkpoint", "audioset", "--encodecmae", "large", "--device", "null",
+                 "--seconds", "1", "--no-status"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(err) == 1 and "EnCodecMAE base-st" in err[0]

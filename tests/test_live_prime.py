@@ -94,8 +94,12 @@ def test_live_prime_file_continues_the_recording_without_underruns(tmp_path):
     assert around.max() <= own.max()
     # a recording replays the prime token for token
     folder = next((tmp_path / "sessions").iterdir())
-    tokens, _ = replay(folder)
+    tokens, replayed = replay(folder)
     assert np.array_equal(tokens, np.load(folder / "tokens.npy"))
+    played, _ = sf.read(folder / "audio.wav", dtype="float32")  # the seam included
+    n = min(len(played), len(replayed))
+    assert n > 60 * HOP_LENGTH  # the recording began before the prime and ran 60 frames on
+    assert np.abs(played[:n] - replayed[:n]).max() < 1e-4
 
 
 def test_prime_over_osc_replies_and_refuses(tmp_path):

@@ -13,7 +13,7 @@
    100,
    100,
    760,
-   728
+   776
   ],
   "bglocked": 0,
   "openinpresentation": 0,
@@ -136,7 +136,7 @@
      "numoutlets": 0,
      "patching_rect": [
       15,
-      688,
+      736,
       164,
       22
      ],
@@ -452,7 +452,7 @@
       240,
       22
      ],
-     "text": "/prompt/load 0 /path/to/sound.wav",
+     "text": "/prime 0",
      "outlettype": [
       ""
      ]
@@ -470,7 +470,7 @@
       480,
       20
      ],
-     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
+     "text": "continue slot i's audio: its last seconds (the model's context, at most the wind"
     }
    },
    {
@@ -485,7 +485,7 @@
       240,
       22
      ],
-     "text": "/record/start take",
+     "text": "/prime/file /path/to/take.wav",
      "outlettype": [
       ""
      ]
@@ -503,7 +503,7 @@
       480,
       20
      ],
-     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
+     "text": "continue an audio file (inside the prompt folders) as /prime does; replies /prim"
     }
    },
    {
@@ -518,7 +518,7 @@
       240,
       22
      ],
-     "text": "/record/stop",
+     "text": "/prompt/load 0 /path/to/sound.wav",
      "outlettype": [
       ""
      ]
@@ -536,7 +536,7 @@
       480,
       20
      ],
-     "text": "finish the recording; replies /record/stopped s:folder"
+     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
     }
    },
    {
@@ -551,7 +551,7 @@
       240,
       22
      ],
-     "text": "/reset",
+     "text": "/record/start take",
      "outlettype": [
       ""
      ]
@@ -569,7 +569,7 @@
       480,
       20
      ],
-     "text": "forget the token window and start a fresh sequence"
+     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
     }
    },
    {
@@ -584,7 +584,7 @@
       240,
       22
      ],
-     "text": "/scene/recall verse",
+     "text": "/record/stop",
      "outlettype": [
       ""
      ]
@@ -602,7 +602,7 @@
       480,
       20
      ],
-     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
+     "text": "finish the recording; replies /record/stopped s:folder"
     }
    },
    {
@@ -617,7 +617,7 @@
       240,
       22
      ],
-     "text": "/scene/save verse",
+     "text": "/reset",
      "outlettype": [
       ""
      ]
@@ -635,7 +635,7 @@
       480,
       20
      ],
-     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
+     "text": "forget the token window and start a fresh sequence"
     }
    },
    {
@@ -650,7 +650,7 @@
       240,
       22
      ],
-     "text": "/schema",
+     "text": "/scene/recall verse",
      "outlettype": [
       ""
      ]
@@ -668,7 +668,7 @@
       480,
       20
      ],
-     "text": "reply /schema s: this table as JSON"
+     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
     }
    },
    {
@@ -683,7 +683,7 @@
       240,
       22
      ],
-     "text": "/seed 7",
+     "text": "/scene/save verse",
      "outlettype": [
       ""
      ]
@@ -701,7 +701,7 @@
       480,
       20
      ],
-     "text": "reseed the sampler at this frame"
+     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
     }
    },
    {
@@ -716,7 +716,7 @@
       240,
       22
      ],
-     "text": "/status",
+     "text": "/schema",
      "outlettype": [
       ""
      ]
@@ -734,7 +734,7 @@
       480,
       20
      ],
-     "text": "reply once with /engine/status and /engine/info"
+     "text": "reply /schema s: this table as JSON"
     }
    },
    {
@@ -749,7 +749,7 @@
       240,
       22
      ],
-     "text": "/temperature 0.9",
+     "text": "/seed 7",
      "outlettype": [
       ""
      ]
@@ -767,7 +767,7 @@
       480,
       20
      ],
-     "text": "sampling temperature (0 = greedy)"
+     "text": "reseed the sampler at this frame"
     }
    },
    {
@@ -782,7 +782,7 @@
       240,
       22
      ],
-     "text": "/topk 50",
+     "text": "/status",
      "outlettype": [
       ""
      ]
@@ -800,7 +800,7 @@
       480,
       20
      ],
-     "text": "keep the k most likely tokens per codebook (0 = off)"
+     "text": "reply once with /engine/status and /engine/info"
     }
    },
    {
@@ -815,7 +815,7 @@
       240,
       22
      ],
-     "text": "/topp 0.9",
+     "text": "/temperature 0.9",
      "outlettype": [
       ""
      ]
@@ -830,6 +830,72 @@
      "patching_rect": [
       265,
       654,
+      480,
+      20
+     ],
+     "text": "sampling temperature (0 = greedy)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-51",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      678,
+      240,
+      22
+     ],
+     "text": "/topk 50",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-52",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      678,
+      480,
+      20
+     ],
+     "text": "keep the k most likely tokens per codebook (0 = off)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-53",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      702,
+      240,
+      22
+     ],
+     "text": "/topp 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-54",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      702,
       480,
       20
      ],
@@ -1082,6 +1148,30 @@
     "patchline": {
      "source": [
       "obj-49",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-51",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-53",
       0
      ],
      "destination": [

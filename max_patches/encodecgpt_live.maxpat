@@ -1076,6 +1076,24 @@
    {
     "box": {
      "id": "obj-61",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      110,
+      460,
+      70,
+      22
+     ],
+     "text": "/prime 0",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-62",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1090,7 +1108,7 @@
    },
    {
     "box": {
-     "id": "obj-62",
+     "id": "obj-63",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1108,7 +1126,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-64",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1127,7 +1145,7 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-65",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1145,7 +1163,25 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-66",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      285,
+      460,
+      70,
+      22
+     ],
+     "text": "/prime 1",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-67",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1160,7 +1196,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-68",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1178,7 +1214,7 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-69",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1197,7 +1233,7 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-70",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1215,7 +1251,25 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-71",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      460,
+      460,
+      70,
+      22
+     ],
+     "text": "/prime 2",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-72",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1230,7 +1284,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-73",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1248,7 +1302,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-74",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1267,7 +1321,7 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-75",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1285,7 +1339,25 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-76",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      635,
+      460,
+      70,
+      22
+     ],
+     "text": "/prime 3",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-77",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1303,7 +1375,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-78",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 7,
@@ -1327,7 +1399,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-79",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 11,
@@ -1355,78 +1427,12 @@
    },
    {
     "box": {
-     "id": "obj-76",
-     "maxclass": "flonum",
-     "numinlets": 1,
-     "numoutlets": 2,
-     "patching_rect": [
-      740,
-      495,
-      60,
-      22
-     ],
-     "outlettype": [
-      "",
-      ""
-     ]
-    }
-   },
-   {
-    "box": {
-     "id": "obj-77",
-     "maxclass": "comment",
-     "numinlets": 1,
-     "numoutlets": 0,
-     "patching_rect": [
-      740,
-      520,
-      33,
-      20
-     ],
-     "text": "RTF"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-78",
-     "maxclass": "flonum",
-     "numinlets": 1,
-     "numoutlets": 2,
-     "patching_rect": [
-      830,
-      495,
-      60,
-      22
-     ],
-     "outlettype": [
-      "",
-      ""
-     ]
-    }
-   },
-   {
-    "box": {
-     "id": "obj-79",
-     "maxclass": "comment",
-     "numinlets": 1,
-     "numoutlets": 0,
-     "patching_rect": [
-      830,
-      520,
-      75,
-      20
-     ],
-     "text": "buffer ms"
-    }
-   },
-   {
-    "box": {
      "id": "obj-80",
-     "maxclass": "number",
+     "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      920,
+      740,
       495,
       60,
       22
@@ -1444,6 +1450,72 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
+      740,
+      520,
+      33,
+      20
+     ],
+     "text": "RTF"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-82",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      830,
+      495,
+      60,
+      22
+     ],
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-83",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      830,
+      520,
+      75,
+      20
+     ],
+     "text": "buffer ms"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-84",
+     "maxclass": "number",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      920,
+      495,
+      60,
+      22
+     ],
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-85",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
       920,
       520,
       75,
@@ -1454,7 +1526,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-86",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1473,7 +1545,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-87",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1491,7 +1563,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-88",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1506,7 +1578,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-89",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1524,7 +1596,7 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-90",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1539,7 +1611,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-91",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1554,7 +1626,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-92",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1572,7 +1644,7 @@
    },
    {
     "box": {
-     "id": "obj-89",
+     "id": "obj-93",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1590,7 +1662,7 @@
    },
    {
     "box": {
-     "id": "obj-90",
+     "id": "obj-94",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1605,7 +1677,7 @@
    },
    {
     "box": {
-     "id": "obj-91",
+     "id": "obj-95",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1623,7 +1695,7 @@
    },
    {
     "box": {
-     "id": "obj-92",
+     "id": "obj-96",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1641,7 +1713,7 @@
    },
    {
     "box": {
-     "id": "obj-93",
+     "id": "obj-97",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1656,7 +1728,7 @@
    },
    {
     "box": {
-     "id": "obj-94",
+     "id": "obj-98",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1674,7 +1746,7 @@
    },
    {
     "box": {
-     "id": "obj-95",
+     "id": "obj-99",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1692,7 +1764,7 @@
    },
    {
     "box": {
-     "id": "obj-96",
+     "id": "obj-100",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1707,7 +1779,7 @@
    },
    {
     "box": {
-     "id": "obj-97",
+     "id": "obj-101",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1725,7 +1797,7 @@
    },
    {
     "box": {
-     "id": "obj-98",
+     "id": "obj-102",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2334,11 +2406,11 @@
    {
     "patchline": {
      "source": [
-      "obj-62",
+      "obj-61",
       0
      ],
      "destination": [
-      "obj-63",
+      "obj-2",
       0
      ]
     }
@@ -2359,6 +2431,18 @@
     "patchline": {
      "source": [
       "obj-64",
+      0
+     ],
+     "destination": [
+      "obj-65",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-65",
       0
      ],
      "destination": [
@@ -2374,31 +2458,31 @@
       0
      ],
      "destination": [
-      "obj-67",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-67",
-      0
-     ],
-     "destination": [
-      "obj-68",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-68",
-      0
-     ],
-     "destination": [
       "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-68",
+      0
+     ],
+     "destination": [
+      "obj-69",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-69",
+      0
+     ],
+     "destination": [
+      "obj-70",
       0
      ]
     }
@@ -2410,7 +2494,7 @@
       0
      ],
      "destination": [
-      "obj-71",
+      "obj-2",
       0
      ]
     }
@@ -2419,18 +2503,6 @@
     "patchline": {
      "source": [
       "obj-71",
-      0
-     ],
-     "destination": [
-      "obj-72",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-72",
       0
      ],
      "destination": [
@@ -2470,7 +2542,7 @@
       0
      ],
      "destination": [
-      "obj-76",
+      "obj-2",
       0
      ]
     }
@@ -2478,8 +2550,20 @@
    {
     "patchline": {
      "source": [
-      "obj-75",
-      3
+      "obj-76",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-77",
+      0
      ],
      "destination": [
       "obj-78",
@@ -2490,8 +2574,20 @@
    {
     "patchline": {
      "source": [
-      "obj-75",
-      5
+      "obj-78",
+      0
+     ],
+     "destination": [
+      "obj-79",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-79",
+      0
      ],
      "destination": [
       "obj-80",
@@ -2502,11 +2598,23 @@
    {
     "patchline": {
      "source": [
-      "obj-74",
+      "obj-79",
+      3
+     ],
+     "destination": [
+      "obj-82",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-79",
       5
      ],
      "destination": [
-      "obj-82",
+      "obj-84",
       0
      ]
     }
@@ -2514,11 +2622,23 @@
    {
     "patchline": {
      "source": [
-      "obj-82",
+      "obj-78",
+      5
+     ],
+     "destination": [
+      "obj-86",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-86",
       0
      ],
      "destination": [
-      "obj-83",
+      "obj-87",
       0
      ]
     }
@@ -2526,32 +2646,8 @@
    {
     "patchline": {
      "source": [
-      "obj-82",
+      "obj-86",
       1
-     ],
-     "destination": [
-      "obj-85",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-74",
-      1
-     ],
-     "destination": [
-      "obj-88",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-88",
-      0
      ],
      "destination": [
       "obj-89",
@@ -2562,20 +2658,8 @@
    {
     "patchline": {
      "source": [
-      "obj-74",
-      2
-     ],
-     "destination": [
-      "obj-91",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-91",
-      0
+      "obj-78",
+      1
      ],
      "destination": [
       "obj-92",
@@ -2586,11 +2670,11 @@
    {
     "patchline": {
      "source": [
-      "obj-74",
-      3
+      "obj-92",
+      0
      ],
      "destination": [
-      "obj-94",
+      "obj-93",
       0
      ]
     }
@@ -2598,8 +2682,8 @@
    {
     "patchline": {
      "source": [
-      "obj-94",
-      0
+      "obj-78",
+      2
      ],
      "destination": [
       "obj-95",
@@ -2610,11 +2694,11 @@
    {
     "patchline": {
      "source": [
-      "obj-74",
-      4
+      "obj-95",
+      0
      ],
      "destination": [
-      "obj-97",
+      "obj-96",
       0
      ]
     }
@@ -2622,11 +2706,47 @@
    {
     "patchline": {
      "source": [
-      "obj-97",
-      0
+      "obj-78",
+      3
      ],
      "destination": [
       "obj-98",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-98",
+      0
+     ],
+     "destination": [
+      "obj-99",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-78",
+      4
+     ],
+     "destination": [
+      "obj-101",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-101",
+      0
+     ],
+     "destination": [
+      "obj-102",
       0
      ]
     }

@@ -35,15 +35,22 @@ _WIDGETS = {"/morph": "fader", "/morph/xy": "xy", "/mix": "multislider", "/glide
             "/temperature": "dial", "/topk": "dial", "/topp": "dial", "/seed": "number",
             "/reset": "button", "/gain": "fader"}
 
+_INTERNAL = ("/prompt/slot", "/prime/rows")  # made by the engine itself, never sent over OSC
+
 CONTROLS = tuple(
     Address(s.address, s.types, s.help, s.low, s.high, s.default, s.clamp, "control",
             _WIDGETS.get(s.address, ""))
-    for s in GENERATOR_CONTROLS if s.address != "/prompt/slot"
+    for s in GENERATOR_CONTROLS if s.address not in _INTERNAL
 )
 
 COMMANDS = (
     Address("/prompt/load", "is", "embed an audio file (EnCodecMAE) into a prompt slot; replies "
             "/prompt/loaded i s or /error", 0, MAX_SLOTS - 1, kind="command", widget="dropfile"),
+    Address("/prime", "i", "continue slot i's audio: its last seconds (the model's context, "
+            "at most the window) become the window's tokens; replies /primed s i or /error",
+            0, MAX_SLOTS - 1, kind="command", widget="slotbutton"),
+    Address("/prime/file", "s", "continue an audio file (inside the prompt folders) as "
+            "/prime does; replies /primed s i or /error", kind="command"),
     Address("/play", "", "start or resume playing (fades in)", kind="command", widget="button"),
     Address("/pause", "", "stop generating; the output fades to silence", kind="command",
             widget="button"),
@@ -78,6 +85,8 @@ REPLIES = (
             "the output, after /gain (-120 = silence)", kind="reply", widget="meter"),
     Address("/prompt/loaded", "is", "a /prompt/load finished: slot, file", kind="reply",
             widget="label"),
+    Address("/primed", "si", "a /prime or /prime/file took effect: file, primed frames",
+            kind="reply", widget="label"),
     Address("/record/started", "s", "a recording began: its folder", kind="reply",
             widget="label"),
     Address("/record/stopped", "s", "a recording was finished: its folder", kind="reply",

@@ -115,6 +115,7 @@ class OSCDispatcher:
             "/prompt/load": self._prompt_load,
             "/scene/save": self._scene_save, "/scene/recall": self._scene_recall,
             "/midi/learn": self._midi_learn,
+            "/prime": self._prime, "/prime/file": self._prime_file,
         }
         self.midi = None  # an osc.midi.MidiMapper when --midi is given
         check_handlers(TABLE, self.commands)
@@ -245,4 +246,23 @@ class OSCDispatcher:
             self.reply("/prompt/loaded", [slot, path], sender)
 
         self.engine.load_prompt(slot, path, done=done, failed=failed)
+        return not refused
+
+    def _prime(self, args: tuple, sender: Target) -> bool:
+        return self._priming("/prime", lambda done, failed: self.engine.prime(args[0], done,
+                                                                              failed), sender)
+
+    def _prime_file(self, args: tuple, sender: Target) -> bool:
+        return self._priming("/prime/file",
+                             lambda done, failed: self.engine.prime_file(args[0], done, failed),
+                             sender)
+
+    def _priming(self, address: str, start, sender: Target) -> bool:
+        refused: list[str] = []
+
+        def failed(message: str) -> None:  # now (bad path or slot) or from the loader thread
+            refused.append(message)
+            self.error(sender, f"{address}: {message}")
+
+        start(lambda path, rows: self.reply("/primed", [path, rows], sender), failed)
         return not refused

@@ -29,8 +29,10 @@ from engine.live.controls import MAX_SLOTS
 from engine.live.engine import LiveConfig
 from engine.live.step.compute import out_of_memory_as_user_error
 from engine.model.config import PRESETS
-from engine.model.encodecmae import default_cache_dir, load_encodecmae
+from engine.model.encodecmae import DEFAULT_ENCODECMAE, default_cache_dir, load_encodecmae
 from engine.model.loading.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from engine.model.loading.pairing import choose_encodecmae
+from engine.model.loading.published import models_table
 from engine.model.loading.random_model import random_model
 from engine.model.prompt_files import PromptReader, load_prompt_npy
 from engine.session.live_session import build_live_engine
@@ -48,8 +50,9 @@ def build_live_parser() -> argparse.ArgumentParser:
         epilog="Commands (run_engine.py COMMAND --help): " + ", ".join(COMMANDS) + ".")
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", metavar="CKPT", default=None,
-                   help="EnCodecGPT checkpoint (.ckpt, hub path owner/repo/file.ckpt, or a "
-                        "save_pretrained folder); default: the NSynth model from the hub")
+                   help="EnCodecGPT checkpoint: a published name (nsynth, librilight, "
+                        "audioset; see --list-models), .ckpt, hub path owner/repo/file.ckpt, or "
+                        "a save_pretrained folder; default: nsynth")
     m.add_argument("--random-weights", action="store_true",
                    help="untrained model and codec: smoke tests and benchmarks ONLY")
     m.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -57,7 +60,11 @@ def build_live_parser() -> argparse.ArgumentParser:
     m.add_argument("--trust-checkpoint", action="store_true")
     m.add_argument("--encodecmae", default=None, metavar="SRC",
                    help="EnCodecMAE for audio prompts: small|base|large|..., hub id or folder "
-                        "(default base)")
+                        "(default: the one the checkpoint was trained with, else base)")
+    m.add_argument("--force-encodecmae", action="store_true",
+                   help="use --encodecmae even where the checkpoint was trained with another")
+    m.add_argument("--list-models", action="store_true",
+                   help="list the published models and what the local cache holds, and exit")
     m.add_argument("--threads", type=int, default=1, help="torch threads per op (default 1)")
     add_compute(m)
     g = p.add_argument_group("generation")
@@ -128,6 +135,9 @@ def cmd_live(argv: list[str]) -> int:
     if args.list_devices:
         print(list_devices())
         return 0
+    if args.list_models:
+        print(models_table())
+        return 0
     torch.set_num_threads(max(1, args.threads))
     _check_slots(args)
     feedback = _parse_target(args.feedback) if args.feedback else None
@@ -180,6 +190,8 @@ def _load(args):
     if args.random_weights:
         print("WARNING: --random-weights: an UNTRAINED model and codec — the sound is noise. "
               "For smoke tests and benchmarks only.", file=sys.stderr)
+        args.encodecmae = args.encodecmae or DEFAULT_ENCODECMAE
+        args.context_s = None
         args.identity = {"random_weights": True, "preset": args.preset,
                          "weights_seed": args.weights_seed,
                          "prompt_dim": _random_prompt_dim(args, encoder_factory)}
@@ -193,8 +205,13 @@ def _load(args):
         if args.checkpoint is None and "cannot be reached" in str(e):
             raise UserError(OFFLINE_HELP.format(reason=e)) from None
         raise
-    args.identity = {"checkpoint": str(source), "sha256": loaded.sha256,
-                     "codec": loaded.codec.name}
+    args.encodecmae, warning = choose_encodecmae(
+        loaded.encodecmae, loaded.pairing, args.encodecmae, args.force_encodecmae, str(source))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    args.context_s = loaded.context_s
+    args.identity = {"checkpoint": loaded.source, "sha256": loaded.sha256,
+                     "codec": loaded.codec.name, "encodecmae": args.encodecmae}
     return loaded.model, loaded.codec, encoder_factory
 
 
@@ -259,7 +276,7 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
                         tap=args.tap, sessions_dir=args.sessions_dir,
                         scenes_dir=args.scenes_dir,
                         identity=dict(args.identity, prompt_dim=model.prompt_dim),
-                        slot_sources=list(args.slot_sources))
+                        slot_sources=list(args.slot_sources), context_s=args.context_s)
     size = f"a {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M-parameter model " \
            f"({choice.weights.label})"
     try:

@@ -12,15 +12,18 @@ from engine.live.step.kv_step import bf16_is_native
 from engine.model.codec import Codec
 from engine.model.config import PRESETS
 from engine.model.encodecgpt import EnCodecGPT
-from engine.model.loading.checkpoint import load_checkpoint
+from engine.model.encodecmae import DEFAULT_ENCODECMAE
+from engine.model.loading.checkpoint import LoadedCheckpoint, load_checkpoint
+from engine.model.loading.pairing import choose_encodecmae
 from engine.model.loading.random_model import random_model
 
 
 def add_model_source(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="CKPT",
-                     help="EnCodecGPT checkpoint: .ckpt file, hub path owner/repo/file.ckpt, "
-                          "or a save_pretrained folder")
+                     help="EnCodecGPT checkpoint: a published name (nsynth, librilight, "
+                          "audioset), .ckpt file, hub path owner/repo/file.ckpt, or a "
+                          "save_pretrained folder")
     src.add_argument("--random-weights", action="store_true",
                      help="untrained model and codec (smoke tests and benchmarks only)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
@@ -39,6 +42,23 @@ def load_model(args: argparse.Namespace, prompt_dim: int | None) -> tuple[EnCode
           "output is noise. For smoke tests and benchmarks only.", file=sys.stderr)
     return random_model({"preset": args.preset, "weights_seed": args.weights_seed,
                          "prompt_dim": prompt_dim})
+
+
+def load_paired_checkpoint(args: argparse.Namespace) -> LoadedCheckpoint | None:
+    """Load ``--checkpoint`` (None with ``--random-weights``) and set ``args.encodecmae`` to
+    the EnCodecMAE its prompts need: its own unless ``--encodecmae`` names another and
+    ``--force-encodecmae`` is given (refused otherwise); a warning when the pairing is unknown.
+    """
+    if not args.checkpoint:
+        args.encodecmae = args.encodecmae or DEFAULT_ENCODECMAE
+        return None
+    loaded = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
+    args.encodecmae, warning = choose_encodecmae(loaded.encodecmae, loaded.pairing,
+                                                 args.encodecmae, args.force_encodecmae,
+                                                 args.checkpoint)
+    if warning:
+        print(warning, file=sys.stderr)
+    return loaded
 
 
 def check_bf16() -> None:

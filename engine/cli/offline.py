@@ -11,7 +11,7 @@ import torch
 
 from engine import FRAME_RATE, SAMPLE_RATE
 from engine.cli.compute_flags import add_compute, add_threads, resolve_engine
-from engine.cli.models import add_model_source, load_model, save_npy
+from engine.cli.models import add_model_source, load_model, load_paired_checkpoint, save_npy
 from engine.errors import UserError
 from engine.live.audio.sinks import FileSink, MemorySink
 from engine.live.control_input import initial_controls
@@ -25,6 +25,7 @@ from engine.model.codec import codebooks_for_bandwidth, load_codec
 from engine.model.config import SamplingConfig
 from engine.model.encodecmae import load_encodecmae
 from engine.model.loading.checkpoint import load_checkpoint
+from engine.model.priming import prime_frames, read_prime
 from engine.model.prompt_files import PromptReader
 from engine.model.reference import generate_kv, generate_window, prompt_schedule, tokens_to_audio
 
@@ -54,8 +55,16 @@ def add_parsers(sub) -> None:
     ren.add_argument("--prompt", required=True, metavar="P0",
                      help="prompt: a .npy vector or an audio file (embedded with --encodecmae)")
     ren.add_argument("--prompt-to", metavar="P1", help="morph linearly from P0 to P1")
-    ren.add_argument("--encodecmae", default="base", metavar="SRC",
-                     help="EnCodecMAE used for audio prompts (default: base from the hub)")
+    ren.add_argument("--encodecmae", default=None, metavar="SRC",
+                     help="EnCodecMAE used for audio prompts (default: the one the checkpoint "
+                          "was trained with, else base)")
+    ren.add_argument("--force-encodecmae", action="store_true",
+                     help="use --encodecmae even where the checkpoint was trained with another")
+    ren.add_argument("--prime", metavar="FILE",
+                     help="continue this recording: its last seconds (the model's context, at "
+                          "most the window) are encoded and generation goes on from them; "
+                          "rolling window (exact unless --mode); TOK.npy and OUT.wav start "
+                          "with the primed rows")
     length = ren.add_mutually_exclusive_group(required=True)
     length.add_argument("--frames", type=int, metavar="N", help="frames to generate (75/s)")
     length.add_argument("--seconds", type=float, metavar="S", help="seconds to generate")
@@ -110,13 +119,17 @@ def cmd_render(args: argparse.Namespace) -> int:
     steps = args.frames if args.frames is not None else round(args.seconds * FRAME_RATE)
     if steps < 1:
         raise UserError(f"--frames/--seconds must give at least 1 frame (got {steps})")
+    loaded = load_paired_checkpoint(args)  # before the prompts: it picks their EnCodecMAE
     prompts = PromptReader(lambda: load_encodecmae(args.encodecmae, trust=args.trust_checkpoint))
     p0 = prompts.read(args.prompt)
     p1 = prompts.read(args.prompt_to) if args.prompt_to else None
     if p1 is not None and p1.shape != p0.shape:
         raise UserError(f"--prompt-to {args.prompt_to}: size {p1.shape[0]} differs from "
                         f"--prompt {args.prompt} ({p0.shape[0]})")
-    model, codec = load_model(args, prompt_dim=p0.shape[0])
+    if loaded is not None:
+        model, codec = loaded.model, loaded.codec
+    else:
+        model, codec = load_model(args, prompt_dim=p0.shape[0])
     if p0.shape[0] != model.prompt_dim:
         raise UserError(f"{args.prompt}: prompt has {p0.shape[0]} values, the model expects "
                         f"{model.prompt_dim} (use the EnCodecMAE the model was trained with)")
@@ -124,8 +137,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(sampling.seed)
     schedule = torch.from_numpy(prompt_schedule(p0, p1, steps))
     gpu = args.compute.strip().lower() not in ("auto", "cpu")
-    if args.window is not None or args.mode is not None or gpu:
-        return _render_rolling(args, model, codec, sampling, p0, p1, steps)
+    if args.window is not None or args.mode is not None or gpu or args.prime:
+        primed = _primed_rows(args, codec, model.num_q, loaded)
+        return _render_rolling(args, model, codec, sampling, p0, p1, steps, primed)
     if args.quantize not in ("auto", "none"):
         raise UserError(f"--quantize {args.quantize} applies to the rolling modes (--window or "
                         "--mode); the reference loops run the fp32 model")
@@ -151,9 +165,24 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _primed_rows(args, codec, num_q: int, loaded) -> torch.Tensor | None:
+    """``--prime FILE``: its last seconds as ``[T, Q]`` rows (see engine.model.priming)."""
+    if not args.prime:
+        return None
+    frames, note = prime_frames(loaded.context_s if loaded else None,
+                                args.window or DEFAULT_WINDOW)
+    if note:
+        print(note, file=sys.stderr)
+    rows = read_prime(codec, args.prime, num_q, frames)
+    print(f"primed with {args.prime}: {rows.shape[0]} frames "
+          f"({rows.shape[0] / FRAME_RATE:.2f} s)", file=sys.stderr)
+    return rows
+
+
 def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray,
-                    p1: np.ndarray | None, steps: int) -> int:
-    """``render`` through the live engine's rolling generator, decoder and a file sink."""
+                    p1: np.ndarray | None, steps: int, primed: torch.Tensor | None = None) -> int:
+    """``render`` through the live engine's rolling generator, decoder and a file sink; with
+    ``primed`` rows, the generator starts from them and the audio is decoded at the end."""
     quantize = args.quantize
     if quantize == "auto" and resolve_compute(args.compute).type == "cpu":
         quantize = "none"  # offline on the CPU the fp32 reference, unless a format is named
@@ -169,11 +198,13 @@ def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray
             seed=sampling.seed, compute=choice.device, runner=choice.runner)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if primed is not None:
+        generator.prime(primed)
     if p1 is not None:  # step i uses (1 - i/(N-1)) P0 + i/(N-1) P1, as generator (1)/(2)
         for i, x in enumerate(np.linspace(0.0, 1.0, steps)):
             generator.schedule(i, [ControlEvent("/morph", (float(x),))])
-    rows: list[torch.Tensor] = []
-    sink = FileSink(args.out) if args.out else MemorySink()
+    rows: list[torch.Tensor] = [] if primed is None else list(primed)
+    sink = FileSink(args.out) if args.out and primed is None else MemorySink()
     decoder = StreamingDecoder(codec.model, device=choice.device)
     pipe = Pipeline(generator, decoder, sink, decode_chunk=16,
                     threads=torch.get_num_threads(),
@@ -185,8 +216,11 @@ def _render_rolling(args, model, codec, sampling: SamplingConfig, p0: np.ndarray
         generator.close()
         sink.close()
     elapsed = time.perf_counter() - start
+    tokens = torch.stack(rows)  # [T + N, Q] with T primed rows first
     if args.tokens_out:
-        save_npy(args.tokens_out, torch.stack(rows).numpy().astype(np.int64))
+        save_npy(args.tokens_out, tokens.numpy().astype(np.int64))
+    if args.out and primed is not None:  # the primed rows were never streamed: decode it all
+        write_audio(args.out, tokens_to_audio(codec, tokens), SAMPLE_RATE)
     seconds = steps / FRAME_RATE
     print(f"rendered {steps} frames ({seconds:.2f} s, {generator.mode} window "
           f"{generator.window}{f' hop {generator.hop}' if generator.mode == 'fast' else ''}, "

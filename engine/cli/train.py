@@ -154,6 +154,7 @@ def _check(o) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
-    folder = save_pretrained(loaded.model, loaded.codec, args.out)
+    folder = save_pretrained(loaded.model, loaded.codec, args.out,
+                             encodecmae=loaded.encodecmae, context_s=loaded.context_s)
     print(f"exported {args.checkpoint} → {folder} (load with --checkpoint {folder})")
     return 0

@@ -66,6 +66,8 @@ GENERATOR_CONTROLS: tuple[ControlSpec, ...] = (
                 -60.0, 6.0, (0.0,), True),
     ControlSpec("/prompt/slot", "ib", "(internal) put an embedding into a slot", 0,
                 MAX_SLOTS - 1),
+    ControlSpec("/prime/rows", "b", "(internal) start a new sequence from primed token rows "
+                "[T, Q] (engine.model.priming)"),
 )
 SPECS = {s.address: s for s in GENERATOR_CONTROLS}
 
@@ -159,6 +161,8 @@ class ControlState:
         values = tuple(event.values)
         if spec.address == "/prompt/slot":
             return self._set_slot(values)
+        if spec.address == "/prime/rows":
+            return _check_rows(values)
         nums = check_args(spec, values)
         handler = getattr(self, "_on_" + spec.address.strip("/").replace("/", "_"), None)
         if handler is not None:
@@ -269,6 +273,17 @@ class ControlState:
         new = ControlState(num_slots=self.num_slots)
         new.set_state(self.get_state())
         return new
+
+
+def _check_rows(values: tuple) -> tuple:
+    """``/prime/rows``: one int64 array ``[T, Q]`` of delayed tokens in 0..1024 (the window
+    and Q are checked where the rows are made, against the generator)."""
+    rows = values[0] if len(values) == 1 else None
+    if not isinstance(rows, np.ndarray) or rows.ndim != 2 or rows.shape[0] < 1:
+        raise ControlError("/prime/rows expects one token array [T, Q]")
+    if rows.dtype.kind not in "iu" or rows.min() < 0 or rows.max() > 1024:
+        raise ControlError("/prime/rows: tokens must be integers in 0..1024")
+    return (rows.astype(np.int64),)
 
 
 _SCALARS = ("temperature", "target_temperature", "top_p", "target_top_p", "top_k", "glide")

@@ -7,7 +7,8 @@
 * the two-thread pipeline, generator → decoder → sink (:mod:`engine.live.pipeline`);
 * the output: a PortAudio device, or the null sink, with the watchdog that falls back to the
   null sink when the device fails (:mod:`engine.live.audio.output`);
-* prompt loading for ``/prompt/load`` (:mod:`engine.live.prompt_loading`);
+* prompt loading for ``/prompt/load``, and priming for ``/prime`` and ``/prime/file``
+  (:mod:`engine.live.prompt_loading`; :mod:`engine.model.priming`);
 * transport: play / pause / panic (:mod:`engine.live.transport`);
 * the listeners (recorder, control log, tap) and notices (:mod:`engine.live.listeners`);
 
@@ -69,6 +70,7 @@ import numpy as np
 from engine import FRAME_RATE
 from engine.errors import UserError
 from engine.live.audio.output import LiveOutput
+from engine.live.audio.seam import min_primed_rows
 from engine.live.control_input import ControlInbox, initial_controls
 from engine.live.controls import ControlEvent
 from engine.live.decoder import StreamingDecoder
@@ -77,6 +79,7 @@ from engine.live.listeners import EngineListener, Listeners
 from engine.live.pipeline import Pipeline
 from engine.live.prompt_loading import PromptLoader
 from engine.live.transport import Transport
+from engine.model.priming import prime_frames, read_prime
 from engine.model.prompt_files import PromptReader
 
 WARM_UP_TIMEOUT_S = 30.0
@@ -109,6 +112,7 @@ class LiveConfig:
     scenes_dir: Path = Path("scenes")  # /scene/save, /scene/recall (engine.session.scenes)
     identity: dict = field(default_factory=dict)  # checkpoint/codec ids for session.json
     slot_sources: list = field(default_factory=list)  # where each initial prompt came from
+    context_s: float | None = None  # the model's priming context (None: the window)
 
 
 class LiveEngine:
@@ -129,6 +133,7 @@ class LiveEngine:
         if not slots:
             raise UserError("the engine needs at least one prompt")
         self.config, self.log = config, log
+        self.codec = codec
         controls = initial_controls(slots, num_slots=config.num_slots)
         self.generator = RollingGenerator(model, controls, window=config.window,
                                           mode=config.mode, hop=config.hop,
@@ -251,6 +256,38 @@ class LiveEngine:
         """Embed ``path`` into ``slot`` in the loader thread; then ``done(slot, path)`` or
         ``failed(message)``. The path must lie inside one of the prompt folders."""
         self.prompts.load(slot, path, done, failed)
+
+    def prime(self, slot: int, done: Callable[[str, int], None],
+              failed: Callable[[str], None]) -> None:
+        """Continue slot ``slot``'s audio: its file's last seconds become the window's rows
+        at a frame boundary (loader thread); then ``done(file, rows)`` or ``failed(message)``."""
+        source = self.prompts.sources.get(slot)
+        if source is None or Path(source).suffix.lower() == ".npy" or not Path(source).is_file():
+            failed(f"slot {slot} holds no audio file to prime from (its source: {source})")
+            return
+        self.prompts.prime(source, self._prime_rows, done, failed, check=False)
+
+    def prime_file(self, path: str, done: Callable[[str, int], None],
+                   failed: Callable[[str], None]) -> None:
+        """As :meth:`prime`, from an audio file inside the prompt folders."""
+        self.prompts.prime(path, self._prime_rows, done, failed)
+
+    def _prime_rows(self, file: Path) -> np.ndarray:
+        """``[T, Q]`` int64 rows: the file's last seconds (the model's context, at most the
+        window; in fast mode the window less one hop), encoded and delayed (loader thread)."""
+        gen = self.generator
+        # fast mode: leave one hop free, so the shadow cache of the next window is filled in
+        # the background over H steps instead of blocking the step right after the prime
+        room = gen.window - (gen.hop if gen.mode == "fast" else 0)
+        frames, note = prime_frames(self.config.context_s, room)
+        rows = read_prime(self.codec, file, gen.num_q, frames).numpy()
+        if rows.shape[0] < min_primed_rows(gen.num_q):
+            raise UserError(f"{file}: too short to prime from ({rows.shape[0]} frames; at "
+                            f"least {min_primed_rows(gen.num_q)}, "
+                            f"{min_primed_rows(gen.num_q) / FRAME_RATE:.2f} s)")
+        if note:
+            self.log(note)
+        return rows
 
     def check_prompt_path(self, path: str) -> Path:
         """The resolved file, if inside a prompt folder (raises :class:`UserError` if not)."""

@@ -138,6 +138,7 @@ class RollingGenerator:
         self.triangle = start_triangle_mask(self.num_q, self.num_q)  # [Q, Q] first rows
         self._clear_sequence(start=0)
         self.t = 0
+        self.seam = None  # np [T, Q]: rows primed at this step (pipeline: take_seam)
 
     def _static_step(self, quantize: str, runner: str | None,
                      seed: int) -> StaticWindowStep | None:
@@ -189,6 +190,29 @@ class RollingGenerator:
         self.controls.advance()
         return row
 
+    def prime(self, rows: torch.Tensor) -> None:
+        """Start a new sequence whose first rows are ``rows``, as if they had been generated
+        (:mod:`engine.model.priming`); the next step continues them. Generator thread only
+        (or before it runs); the frame counter ``t`` does not move.
+
+        Args:
+            rows: ``[T, Q]`` int64 delayed tokens, ``1 <= T <= W``.
+        """
+        if rows.ndim != 2 or rows.shape[1] != self.num_q or not 1 <= rows.shape[0] <= self.window:
+            raise ValueError(f"primed rows must be [T, {self.num_q}] with 1 <= T <= "
+                             f"{self.window} (the window), got {list(rows.shape)}")
+        n = rows.shape[0]
+        self._clear_sequence(start=self.t - n)  # the sequence began n rows ago
+        self._history = list(rows.to(torch.long).clone())
+        if self.static is not None:
+            self.static.load(rows.to(torch.long), n)
+
+    def take_seam(self):
+        """The rows a ``/prime/rows`` control primed the last step with (``[T, Q]`` int64
+        numpy), once; None otherwise. Generator thread."""
+        seam, self.seam = self.seam, None
+        return seam
+
     def close(self) -> None:
         """Stop the background re-prefill worker (waits for a running job)."""
         if self.reprefill is not None:
@@ -224,6 +248,9 @@ class RollingGenerator:
                     self.static.reseed(entry.values[0])
             elif entry.address == "/reset":
                 self._clear_sequence(start=self.t)
+            elif entry.address == "/prime/rows":
+                self.prime(torch.from_numpy(entry.values[0]))
+                self.seam = entry.values[0]  # the decoder crossfades into the new sequence
             self.queue.record(entry)
         return True
 
@@ -314,14 +341,18 @@ class RollingGenerator:
             sh = self.reprefill.take()  # switch to the next window
             self.cache, self.win_start, self.cache_prompt = sh.cache, sh.start, sh.prompt
         groups = []
-        if self.cache is None:
+        fresh = self.cache is None
+        if fresh:  # a new sequence: empty, or primed with rows seq_start..t-1
             self.cache = lean.new_cache(self.window + 1)
-            self.win_start = self.t
+            self.win_start = self.seq_start
             self.cache_prompt = None
         if self.cache_prompt is None or not torch.equal(prompt, self.cache_prompt):
             groups.append(RowGroup(self.cache, 0, lean.embed_prompt(prompt)))
             self.cache_prompt = prompt
-        if self.t > self.win_start:  # feed row t-1 at position t - b
+        if fresh and self.t > self.win_start:  # primed rows, all at once from position 1
+            rows = self._window_rows(self.win_start, self.t, self.win_start)
+            groups.append(RowGroup(self.cache, 1, lean.embed_tokens(rows)))
+        elif self.t > self.win_start:  # feed row t-1 at position t - b
             row = self._window_rows(self.t - 1, self.t, self.win_start)
             groups.append(RowGroup(self.cache, self.t - self.win_start, lean.embed_tokens(row)))
         logits = lean.forward(groups, [sum(g.x.shape[0] for g in groups) - 1])[0]

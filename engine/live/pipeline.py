@@ -15,7 +15,9 @@ Threading: :meth:`Pipeline.start` / :meth:`~Pipeline.stop` / :meth:`~Pipeline.jo
 owner's thread. The ``generator`` thread is the only one that calls the generator (and
 ``on_row``); the ``decoder`` thread the only one that touches the undelay, the decoder and
 the sink (and ``on_audio`` and the :meth:`~Pipeline.at_frame` hooks). They share only the
-bounded row queue. Any thread may pause (clear :attr:`~Pipeline.running`), request a frame
+bounded row queue. A ``/prime/rows`` control puts a seam marker before the first row of the
+primed sequence; the decoder thread then crossfades into it (:mod:`engine.live.audio.seam`).
+Any thread may pause (clear :attr:`~Pipeline.running`), request a frame
 hook, or swap :attr:`~Pipeline.sink` (the device watchdog: the next block goes to the new
 sink), and read :attr:`~Pipeline.stats` (written by the generator thread alone, plus
 ``samples_out`` by the decoder thread).
@@ -35,11 +37,19 @@ import torch
 from engine import HOP_LENGTH
 from engine.live.audio.gain import GainRamp
 from engine.live.audio.level import LevelMeter
+from engine.live.audio.seam import Crossfade
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
 from engine.model.patterns import StreamingUndelay
 
 _STOP = object()
+
+
+class _Seam:
+    """Queue marker: the rows after it continue these primed rows ``[T, Q]``."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
 
 
 class StepStats:
@@ -98,6 +108,7 @@ class Pipeline:
         self.running = threading.Event()  # cleared = paused
         self.running.set()
         self._frame_hooks: queue.SimpleQueue = queue.SimpleQueue()
+        self._fade: Crossfade | None = None  # decoder thread: a seam being crossfaded
 
     def at_frame(self, frame: int, hook: Callable[[dict, int], None]) -> None:
         """Call ``hook(decoder_state, sample_index)`` on the decoder thread just before frame
@@ -148,6 +159,9 @@ class Pipeline:
                 t0 = time.perf_counter()
                 row = gen.step()
                 self.stats.add((time.perf_counter() - t0) * 1e3)
+                seam = gen.take_seam()
+                if seam is not None:  # before the first row of the primed sequence
+                    self._put(_Seam(seam))
                 if self.on_row is not None:
                     self.on_row(gen.t - 1, row)
                 self._put((row, float(gen.controls.gain_db)))
@@ -175,6 +189,13 @@ class Pipeline:
                 item = self.rows.get()
                 if item is _STOP:
                     break
+                if isinstance(item, _Seam):  # the old stream's unfinished frames are dropped
+                    if chunk:
+                        self._emit(chunk)
+                        chunk = []
+                    self._fade = Crossfade(self.decoder, item.rows)
+                    undelay = self._fade.undelay
+                    continue
                 row, gain_db = item
                 frame = undelay.push(row)
                 if frame is not None:
@@ -203,7 +224,10 @@ class Pipeline:
 
     def _emit(self, frames: list[torch.Tensor]) -> None:
         codes = torch.stack(frames, dim=1)[None]  # [1, Q, n]
-        audio = self.decoder.push(codes)[0, 0].numpy()
+        fade = self._fade
+        audio = (self.decoder.push(codes) if fade is None else fade.push(codes))[0, 0].numpy()
+        if fade is not None and fade.done:
+            self._fade = None
         if audio.size == 0:
             return
         gains = [self._frame_gains.popleft() if self._frame_gains else self.generator.controls

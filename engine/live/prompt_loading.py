@@ -1,4 +1,5 @@
-"""``/prompt/load``: embed an audio or ``.npy`` file into a prompt slot, off the OSC thread.
+"""``/prompt/load``: embed an audio or ``.npy`` file into a prompt slot, off the OSC thread;
+``/prime`` and ``/prime/file``: encode a recording into primed rows on the same thread.
 
 A path is accepted only inside one of the prompt folders (``--prompt-dir``), so an OSC
 sender cannot make the engine read arbitrary files. The file is embedded by a single loader
@@ -17,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 from engine.errors import UserError
 from engine.live.controls import ControlError, ControlEvent
@@ -83,6 +86,33 @@ class PromptLoader:
             failed(f"{path}: could not be embedded ({type(e).__name__}: {e})")
             return
         done(slot, path)
+
+    def prime(self, path: str, make_rows: Callable[[Path], np.ndarray],
+              done: Callable[[str, int], None], failed: Callable[[str], None],
+              check: bool = True) -> None:
+        """Encode ``path`` into primed rows with ``make_rows`` in the loader thread and
+        submit them as a ``/prime/rows`` control; then ``done(path, rows)`` or
+        ``failed(message)``. ``check``: the path must lie inside a prompt folder (a path
+        from OSC); a slot's own source file is the engine's and is not checked."""
+        try:
+            file = self.check_path(path) if check else Path(path)
+        except UserError as e:
+            failed(str(e))
+            return
+        self._worker.submit(self._prime, path, file, make_rows, done, failed)
+
+    def _prime(self, path: str, file: Path, make_rows: Callable[[Path], np.ndarray],
+               done: Callable[[str, int], None], failed: Callable[[str], None]) -> None:
+        try:
+            rows = make_rows(file)
+            self.submit([ControlEvent("/prime/rows", (rows,))])
+        except UserError as e:
+            failed(str(e))
+            return
+        except Exception as e:  # a codec bug must not kill the loader thread
+            failed(f"{path}: could not be encoded ({type(e).__name__}: {e})")
+            return
+        done(path, int(rows.shape[0]))
 
     def close(self) -> None:
         """Drop loads not started yet; one running finishes in the background."""

@@ -118,12 +118,15 @@ def generate_window(
     temperatures: float | np.ndarray | None = None,
     generator: torch.Generator | None = None,
     return_logits: bool = False,
+    primed: torch.Tensor | None = None,
 ) -> Generation:
     """Generator (2): rolling window of ``window`` frames, recomputed whole at every step.
 
     Args:
         prompts: ``[N, P]`` per-step prompt; step ``i`` runs ``[prompts[i], window rows]``.
         window: ``W``; the context never exceeds ``W + 1`` positions.
+        primed: ``[T, Q]`` rows (``T <= W``) the sequence starts with, fed after the prompt
+            as if generated (:mod:`engine.model.priming`); they are not returned.
 
     Returns:
         :class:`Generation` with tokens ``[N, Q]``.
@@ -134,7 +137,11 @@ def generate_window(
     temps = _as_steps(sampling.temperature if temperatures is None else temperatures, steps)
     triangle = start_triangle_mask(window, model.num_q).to(prompts.device)
     ctx = torch.zeros(0, model.num_q, dtype=torch.long, device=prompts.device)  # [L, Q]
-    rows, kept = [], []
+    if primed is not None:
+        if not 1 <= primed.shape[0] <= window:
+            raise ValueError(f"primed rows must number 1..{window}, got {primed.shape[0]}")
+        ctx = primed.to(device=prompts.device, dtype=torch.long)
+    rows, kept = list(ctx), []
     for i in range(steps):
         logits, _ = model(prompts[i : i + 1], ctx[None], last_only=True)
         last = logits[:, -1]
@@ -142,11 +149,12 @@ def generate_window(
         rows.append(tok)
         if return_logits:
             kept.append(last[0].float().clone())
-        if i < window:
+        if len(rows) <= window:
             ctx = torch.cat([ctx, tok[None]])
         else:
             ctx = torch.stack(rows[-window:]).masked_fill(triangle, 0)
-    return Generation(torch.stack(rows), torch.stack(kept) if return_logits else None)
+    new = rows[len(rows) - steps:]
+    return Generation(torch.stack(new), torch.stack(kept) if return_logits else None)
 
 
 def tokens_to_audio(codec: Codec, tokens: torch.Tensor) -> np.ndarray:

@@ -7,7 +7,8 @@ A session folder ``<sessions>/<UTC time>-<name>/`` holds
   of the first recorded frame (header kept valid while it grows);
 * ``tokens.npy`` — ``[N, Q]`` int16 delayed rows, one per frame from ``first_frame``;
 * ``controls.jsonl`` — every applied control: frame, sample (24 kHz), wall time, address,
-  values (an embedding as ``{"embedding": P, "sha256": …}``; the vector is in ``slots/``);
+  values (an embedding as ``{"embedding": P, "sha256": …}``, primed tokens as
+  ``{"tokens": [T, Q], "sha256": …}``; the array is in ``slots/``);
 * ``session.json`` — ``format`` and ``format_version`` (:mod:`engine.session.format`, which
   reads every version), checkpoint/codec identity, engine config, seed, window/hop/mode, the
   first frame, prompt slots (sources, hashes, ``slots/*.npy``);
@@ -86,7 +87,9 @@ def control_record(entry, digest: Callable[[np.ndarray], str] = embedding_digest
     """A frame-log entry as JSON data (an embedding is logged by size and digest)."""
     values = []
     for v in entry.values:
-        if isinstance(v, np.ndarray):
+        if isinstance(v, np.ndarray) and v.ndim == 2:  # /prime/rows: tokens [T, Q]
+            values.append({"tokens": list(v.shape), "sha256": digest(v)})
+        elif isinstance(v, np.ndarray):
             values.append({"embedding": int(v.shape[0]), "sha256": digest(v)})
         elif isinstance(v, (np.integer, np.floating)):
             values.append(v.item())

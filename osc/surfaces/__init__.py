@@ -47,8 +47,9 @@ KNOBS = (
 )
 BUTTONS = ("/play", "/pause", "/reset", "/panic")
 
-# Widgets a phone cannot offer: dropping files, the all-slots mix, typing a seed.
-DESKTOP_ONLY = {"dropfile", "multislider", "number"}
+# Widgets a phone cannot offer: dropping files, the all-slots mix, typing a seed; the
+# per-slot buttons sit beside the slots' files, which only the computer can choose.
+DESKTOP_ONLY = {"dropfile", "multislider", "number", "slotbutton"}
 
 
 def needed(surface: str) -> set[str]:

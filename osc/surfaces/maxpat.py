@@ -178,6 +178,8 @@ def _slots(p: MaxPatch, send: str) -> None:
         path = p.obj(x, 515, "conformpath native absolute", w=90)
         p.connect(drop, 0, path)
         _send(p, x, 540, path, f"/prompt/load {k}", send)
+        cont = p.message(x + 95, 460, f"/prime {k}", w=70)  # continue the slot's sound
+        p.connect(cont, 0, send)
 
 
 def _feedback(p: MaxPatch) -> None:
@@ -211,7 +213,8 @@ def _feedback(p: MaxPatch) -> None:
 def help_patch() -> str:
     """How to start the engine, the ports, and one box per address of the table."""
     rows = len(TABLE)
-    p = MaxPatch(rect=(100, 100, 760, 174 + rows * 24 + 50))
+    bottom = 174 + rows * 24  # below the last address box
+    p = MaxPatch(rect=(100, 100, 760, bottom + 50))
     lines = [
         "encodecgpt_live: play EnCodecGPT from Max.",
         "1. In a terminal: python run_engine.py --feedback 127.0.0.1:"
@@ -228,12 +231,12 @@ def help_patch() -> str:
     for row, text in enumerate(lines):
         p.comment(15, 10 + row * 22, text, w=720)
     top = 130 + 2 * 22  # the two adc~ lines
-    send = p.obj(15, 174 + rows * 24 + 10, f"udpsend 127.0.0.1 {ENGINE_PORT}")
+    send = p.obj(15, bottom + 10, f"udpsend 127.0.0.1 {ENGINE_PORT}")
     examples = {"/morph": "0.5", "/morph/xy": "0.5 0.5", "/mix": "0.25 0.25 0.25 0.25",
                 "/glide": "0.5", "/temperature": "0.9", "/topk": "50", "/topp": "0.9",
                 "/seed": "7", "/prompt/load": "0 /path/to/sound.wav", "/record/start": "take",
                 "/gain": "-6.", "/scene/save": "verse", "/scene/recall": "verse",
-                "/midi/learn": "/morph"}
+                "/midi/learn": "/morph", "/prime": "0", "/prime/file": "/path/to/take.wav"}
     for row, a in enumerate(sorted(TABLE.values(), key=lambda a: a.address)):
         y = top + row * 24
         box = p.message(15, y, f"{a.address} {examples.get(a.address, '')}".strip(), w=240)

@@ -192,6 +192,12 @@ def _slots(p: PdPatch) -> None:
         p.connect(panel, 0, slot, 0)
         p.connect(path, 0, slot, 0)
         _to_osc(p, 820, y + 25, slot, "/prompt/load", "is")
+    y = 70 + SLOTS * 60
+    p.text(700, y, "continue slot (prime):")
+    fmt = p.obj(700, y + 55, _oscformat("/prime", "i"))
+    p.connect(fmt, 0, p.obj(700, y + 80, "s egl-osc"), 0)
+    for k in range(SLOTS):  # click a number: /prime k
+        p.connect(p.msg(700 + k * 40, y + 25, str(k)), 0, fmt, 0)
 
 
 def _feedback(p: PdPatch) -> None:

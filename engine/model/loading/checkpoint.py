@@ -12,6 +12,12 @@ Accepted sources (:func:`load_checkpoint`):
   stored inside (``encodecgpt_live``), so nothing needs to lie beside it.
 * our own folder written by :func:`save_pretrained`: ``config.json`` +
   ``model.safetensors`` + ``codec/`` (a transformers EnCodec folder).
+* a published short name (``nsynth``, ``librilight``, ``audioset``;
+  :mod:`engine.model.loading.published`), unless a local file or folder has that name.
+
+Which EnCodecMAE the model was trained with (its *pairing*) is known from the published table,
+recorded in our folders' ``config.json`` and in our training checkpoints, and unknown for a bare
+original file (:attr:`LoadedCheckpoint.encodecmae` is then None).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from engine.model.loading.hub import (
     resolve_file,
     split_hub_path,
 )
+from engine.model.loading.published import published_model
 
 DEFAULT_CHECKPOINT = "lpepino/encodecgpt/nsynth-base/nsynth-390ksteps-base.ckpt"
 FORMAT_NAME = "encodecgpt-live"
@@ -51,13 +58,20 @@ class LoadedCheckpoint:
     codec: Codec
     source: str
     sha256: str | None = None
+    encodecmae: str | None = None  # the EnCodecMAE it was trained with, where known
+    pairing: str = "unknown"  # how that is known: "published", "recorded" or "unknown"
+    context_s: float | None = None  # seconds of audio priming uses (published models)
 
 
 def load_checkpoint(source: str | Path, *, trust: bool = False) -> LoadedCheckpoint:
-    """Load an EnCodecGPT checkpoint (Lightning file, hub path, or our folder)."""
+    """Load an EnCodecGPT checkpoint (Lightning file, hub path, our folder, or a published
+    short name)."""
     path = Path(source).expanduser()
     if path.is_dir():
         return from_pretrained(path)
+    published = None if path.exists() else published_model(str(source))
+    if published is not None:
+        source = published.checkpoint
     file = resolve_file(source)
     blob = load_torch_file(file, trust=trust)
     state = _lightning_state(blob, file)
@@ -69,7 +83,21 @@ def load_checkpoint(source: str | Path, *, trust: bool = False) -> LoadedCheckpo
     if not is_encodec_package_state(codec_state):
         raise UserError(f"{file}: checkpoint has no encodec_model.* weights (EnCodec 24 kHz)")
     codec = Codec(codec_from_encodec_state(codec_state, str(file)), name=f"{source}#encodec")
-    return LoadedCheckpoint(model, codec, str(source), file_sha256(file))
+    loaded = LoadedCheckpoint(model, codec, str(source), file_sha256(file))
+    if published is not None:
+        loaded.encodecmae, loaded.pairing = published.encodecmae, "published"
+        loaded.context_s = published.context_s
+    elif (recorded := _recorded_encodecmae(blob)) is not None:
+        loaded.encodecmae, loaded.pairing = recorded, "recorded"
+    return loaded
+
+
+def _recorded_encodecmae(blob: dict) -> str | None:
+    """The EnCodecMAE spec `run_engine.py train` stores (from its token cache's plan)."""
+    meta = blob.get("encodecgpt_live")
+    mae = meta.get("encodecmae") if isinstance(meta, dict) else None
+    spec = mae.get("spec") if isinstance(mae, dict) else mae
+    return spec if isinstance(spec, str) and spec else None
 
 
 def _lightning_state(blob: object, file: Path) -> dict[str, torch.Tensor]:
@@ -143,8 +171,13 @@ def model_from_state(state: dict[str, torch.Tensor], cfg: GPT2Config, origin: st
     return model.eval()
 
 
-def save_pretrained(model: EnCodecGPT, codec: Codec, folder: str | Path) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and ``codec/`` into ``folder``."""
+def save_pretrained(model: EnCodecGPT, codec: Codec, folder: str | Path,
+                    encodecmae: str | None = None, context_s: float | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and ``codec/`` into ``folder``.
+
+    ``encodecmae`` (the EnCodecMAE the model was trained with) and ``context_s`` are recorded
+    in ``config.json`` when known, so a later load can check the pairing.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {
@@ -153,6 +186,10 @@ def save_pretrained(model: EnCodecGPT, codec: Codec, folder: str | Path) -> Path
         "prompt_dim": model.prompt_dim,
         "gpt2": model.gpt.config.to_diff_dict(),
     }
+    if encodecmae:
+        config["encodecmae"] = encodecmae
+    if context_s:
+        config["context_s"] = context_s
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
              if k != "gpt.wte.weight"}
@@ -184,4 +221,9 @@ def from_pretrained(folder: str | Path) -> LoadedCheckpoint:
         raise UserError(f"{weights}: cannot read safetensors ({e})") from None
     model = model_from_state(state, gpt_cfg, str(weights))
     codec = load_codec(folder / "codec")
-    return LoadedCheckpoint(model, codec, str(folder), file_sha256(weights))
+    loaded = LoadedCheckpoint(model, codec, str(folder), file_sha256(weights))
+    if isinstance(config.get("encodecmae"), str):
+        loaded.encodecmae, loaded.pairing = config["encodecmae"], "recorded"
+    if isinstance(config.get("context_s"), int | float):
+        loaded.context_s = float(config["context_s"])
+    return loaded

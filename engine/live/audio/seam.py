@@ -1,0 +1,83 @@
+"""The decoder side of priming: from the stream that was playing into the primed continuation.
+
+When ``/prime/rows`` starts a new sequence at row ``t0``, the rows that follow belong to the
+primed sequence, not to the one the decoder was playing:
+
+* The old stream's last ``Q − 1`` frames are unfinished (their high codebooks would have come
+  from rows that will now never be generated); they are dropped. Row ``t0`` completes primed
+  frame ``T − Q + 1``, so one frame per row still comes out and the output's sample clock
+  stays ``320 · (row − Q + 1)``: control-log samples and recording hooks keep their meaning.
+* The new stream gets its own undelay, seeded with the primed rows, and its own decoder
+  state: a fresh stream that has decoded the last :data:`WARM_FRAMES` complete primed frames
+  (unheard), so its convolutions and LSTM carry the recording's context.
+* For :data:`CROSSFADE_FRAMES` frames both decode the new codes — the old state continues the
+  sound that was playing without a jump, the new one is the continuation — and a linear
+  ramp crossfades from the first to the second; then only the new state remains.
+
+Threading: decoder thread only (:class:`engine.live.pipeline.Pipeline`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine import HOP_LENGTH
+from engine.live.decoder import FIRST_CHUNK_FRAMES, StreamingDecoder
+from engine.model.patterns import StreamingUndelay
+
+WARM_FRAMES = 16  # primed frames decoded unheard: the decoder's context for the new stream
+CROSSFADE_FRAMES = 4  # 53 ms at 75 frames/s
+
+
+def min_primed_rows(num_q: int) -> int:
+    """The fewest primed rows a seam needs: ``Q − 1`` in flight plus a decoder's first chunk."""
+    return num_q - 1 + FIRST_CHUNK_FRAMES
+
+
+class Crossfade:
+    """Decode with the old and the new stream state and ramp from one to the other.
+
+    Args:
+        decoder: the pipeline's decoder, currently holding the old stream's state.
+        rows: ``[T, Q]`` int64 primed rows, ``T >= min_primed_rows(Q)``.
+
+    Attributes:
+        undelay: the new stream's undelay (seeded with the primed rows); the pipeline uses it
+            for the rows that follow.
+    """
+
+    def __init__(self, decoder: StreamingDecoder, rows: np.ndarray):
+        num_q = rows.shape[1]
+        if rows.shape[0] < min_primed_rows(num_q):
+            raise ValueError(f"a seam needs at least {min_primed_rows(num_q)} primed rows, "
+                             f"got {rows.shape[0]}")
+        self.decoder = decoder
+        self.undelay = StreamingUndelay(num_q)
+        keep = rows[-(WARM_FRAMES + num_q - 1):]
+        frames = [f for r in torch.from_numpy(keep) if (f := self.undelay.push(r)) is not None]
+        self.old = decoder.get_state()
+        decoder.reset()
+        decoder.push(torch.stack(frames, dim=1)[None])  # [1, Q, n], heard by nobody
+        self.new = decoder.get_state()
+        self.length = CROSSFADE_FRAMES * HOP_LENGTH
+        self.pos = 0  # samples of the ramp done
+
+    @property
+    def done(self) -> bool:
+        return self.pos >= self.length
+
+    def push(self, codes: torch.Tensor) -> torch.Tensor:
+        """``[1, Q, n]`` codes → ``[1, 1, 320·n]`` audio; leaves the decoder in the new
+        stream's state (for good once :attr:`done`)."""
+        d = self.decoder
+        d.set_state(self.old)
+        old = d.push(codes)
+        self.old = d.get_state()
+        d.set_state(self.new)
+        new = d.push(codes)
+        self.new = d.get_state()
+        n = new.shape[-1]
+        ramp = torch.clamp((torch.arange(n) + self.pos + 1) / self.length, max=1.0)
+        self.pos += n
+        return old * (1.0 - ramp) + new * ramp

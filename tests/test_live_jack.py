@@ -3,6 +3,7 @@ client, compared with what the engine sent to the device."""
 
 import glob
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from live_helpers import EngineProcess, free_udp_port, need
+from live_helpers import EngineProcess, free_udp_port, need, run_cli
 
 RATE = 48000
 
@@ -36,11 +37,12 @@ def jack_server():
         if proc.poll() is not None or not glob.glob(f"/dev/shm/jack_sem.*_{name}_system"):
             pytest.skip("jackd (dummy driver) did not start here")
         time.sleep(0.3)
-        yield jack, name
+        yield jack, name, proc
     finally:
         os.environ.pop("JACK_DEFAULT_SERVER", None)
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
 
 
 CAPTURE = """
@@ -75,7 +77,7 @@ def _capture(server: str, seconds: float, out) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_engine_plays_to_jack_and_the_capture_matches(jack_server, tmp_path):
-    jack, server = jack_server
+    jack, server, _ = jack_server
     engine = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",
                            "--hostapi", "JACK", "--device", "system", "--buffer", "0.3",
                            "--osc-port", str(free_udp_port()), "--no-status",
@@ -122,3 +124,45 @@ def _find(sent: np.ndarray, probe: np.ndarray) -> int | None:
                   if np.array_equal(sent[k : k + len(probe)], probe)]
     assert len(candidates) <= 1, f"{len(candidates)} exact matches for one stretch"
     return candidates[0] if candidates else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "stop"])
+def test_jack_server_lost_mid_recording_engine_goes_on_and_stops(jack_server, tmp_path, how):
+    """The JACK server dies while recording: within a second the engine says so and plays on
+    the null sink at the device's rate, the recording's audio goes on, Ctrl-C still ends it
+    cleanly, and the session replays token-identically."""
+    jack, server, jackd = jack_server
+    engine = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",
+                           "--hostapi", "JACK", "--device", "system", "--buffer", "0.3",
+                           "--osc-port", str(free_udp_port()), "--no-status",
+                           "--record", "lost", "--sessions-dir", str(tmp_path / "sessions"),
+                           log=tmp_path / "engine.log")
+    try:
+        engine.wait_for("recording started")
+        time.sleep(2.0)
+        jackd.send_signal(how)
+        jackd.wait(10)
+        lost_at = time.monotonic()
+        engine.wait_for("going on with the null sink at 48000 Hz", timeout=10)
+        noticed_s = time.monotonic() - lost_at  # the bound is the engine's (0.5 + 0.1 s)
+        folder = next((tmp_path / "sessions").iterdir())
+        at_loss = (folder / "audio.wav").stat().st_size
+        time.sleep(4.0)
+    finally:
+        code = engine.stop()
+    assert code == 0, engine.log
+    assert "stopped responding" in engine.log or "stopped unexpectedly" in engine.log
+    print(f"fallback noticed {noticed_s:.2f} s after the server died (polled)")
+    tokens = np.load(folder / "tokens.npy")
+    audio, rate = sf.read(folder / "audio.wav", dtype="float32")
+    assert rate == RATE
+    # Audio kept being recorded after the loss (how much depends on this machine's speed:
+    # at least a second of it in 4 s), at the device rate: one file, its length what the
+    # frames decode to at 48 kHz.
+    assert (folder / "audio.wav").stat().st_size - at_loss > 4 * RATE, "no audio after loss"
+    assert abs(len(audio) / RATE - (len(tokens) - 7) / 75) < 0.5, (len(audio), len(tokens))
+    tail = audio[-2 * RATE :]
+    assert np.abs(tail).max() > 1e-3, "the recording's audio went silent after the loss"
+    replay = run_cli("replay", folder, "--out", tmp_path / "re.wav")
+    assert "identical to the recording" in replay.stderr, replay.stderr[-2000:]

@@ -44,8 +44,9 @@ Which thread may call what, once :meth:`LiveEngine.start` has run:
 * **Recorder** (``recorder``, :mod:`engine.session.recorder`): the only thread that writes
   session files; rows, controls and audio reach it as copies through its own queue. The
   control log and the tap have their own writer threads.
-* **Watchdog** (``device-watchdog``): checks the device every 0.2 s and swaps in a null sink
-  (``pipeline.sink``) if it failed.
+* **Watchdog** (``device-watchdog``): checks the device every 0.1 s (stream ended, or no
+  audio callback for 0.5 s) and, if it is lost, redirects the device's writer side to a null
+  sink at the device's rate (:mod:`engine.live.audio.output`).
 * **Feedback sender** (``osc-feedback``): reads :meth:`~LiveEngine.status` ten times a second.
 
 Shared state, and what guards it: controls go OSC / loader → :class:`ControlInbox` (a lock) →
@@ -199,11 +200,8 @@ class LiveEngine:
         while (self.output.buffered_s < target and time.monotonic() < deadline
                and self.pipeline.error is None):
             time.sleep(0.01)
-        self.output.start(on_fallback=self._use_sink)
+        self.output.start()
         self.transport.playing = True
-
-    def _use_sink(self, sink) -> None:
-        self.pipeline.sink = sink
 
     def stop(self) -> None:
         """Fade out and stop everything (idempotent); a recording is finished first."""

@@ -20,8 +20,8 @@ consumer), which also reads the fade target and writes the counters
 (:attr:`~AudioOut.underruns`, :attr:`~AudioOut.output_underflows`) that status readers read
 without a lock, and counts its calls (:attr:`~AudioOut.callbacks`, the watchdog's heartbeat);
 ``_finished`` on PortAudio's thread when the stream ends (sets :attr:`~AudioOut.failed` for
-the watchdog). :meth:`~AudioOut.redirect` on the watchdog thread. :meth:`~AudioOut.start`, the fades,
-:meth:`~AudioOut.clear` and :meth:`~AudioOut.close` run on the engine's owner or OSC
+the watchdog). :meth:`~AudioOut.redirect` on the watchdog thread. :meth:`~AudioOut.start`,
+the fades, :meth:`~AudioOut.clear` and :meth:`~AudioOut.close` run on the engine's owner or OSC
 thread. Device queries (:func:`list_devices`, :func:`resolve_device`) on any thread.
 """
 

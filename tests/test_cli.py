@@ -180,3 +180,16 @@ def test_live_with_record_train_plays_and_records_a_session_named_train(tmp_path
     tokens = np.load(folder / "tokens.npy")
     assert tokens.shape[1] == 8 and tokens.shape[0] > 0
     assert info["end_frame"] - info["first_frame"] == tokens.shape[0]
+
+
+@pytest.mark.slow
+def test_a_text_file_or_a_wav_as_checkpoint_is_one_line_exit_2(tmp_path):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, np.zeros(2400, np.float32), 24000)
+    for bad, what in [(text, "a text file"), (wav, "a WAV audio file")]:
+        for argv in (["--checkpoint", bad, "--device", "null", "--seconds", "1"],
+                     ["encode", wav, "--checkpoint", bad, "--out", tmp_path / "c.npy"],
+                     ["export", bad, "--out", tmp_path / "exported"]):
+            _one_line_error(run(*argv, ok=False), bad, "not a PyTorch checkpoint", what)

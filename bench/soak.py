@@ -76,6 +76,7 @@ def run_load(port: int, seconds: float, rate: float, burst_s: float, files: list
     probes: list[tuple[float, float]] = []
     bursts: list[tuple[float, float]] = []
     replies: dict[str, int] = {}
+    print("ready", flush=True)  # the engine side samples from now on
     t0 = time.monotonic()
     next_fader = next_probe = t0
     done_events: set[tuple[str, int]] = set()
@@ -255,6 +256,7 @@ def soak(args) -> dict:
     load = subprocess.Popen([sys.executable, __file__, "--load", str(server.address[1]),
                              str(seconds), str(args.rate), str(args.burst_seconds),
                              "--files", *files], stdout=subprocess.PIPE, text=True)
+    load.stdout.readline()  # "ready": the load's clock starts with the samples'
     samples = _sample_until(engine, load, seconds)
     sent = json.loads(load.communicate(timeout=60)[0])
     time.sleep(0.5)

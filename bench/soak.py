@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pythonosc.osc_message_builder import OscMessageBuilder  # noqa: E402
 
 from engine.live.engine import LiveConfig  # noqa: E402
+from engine.model.encodecmae import load_encodecmae  # noqa: E402
 from engine.model.loading.random_model import random_model  # noqa: E402
 from engine.session.live_session import build_live_engine  # noqa: E402
 from engine.session.replay import replay  # noqa: E402
@@ -162,8 +164,6 @@ def _prompt_files(out: Path, dim: int, encodecmae: str | None) -> list[str]:
     (out / "corrupt.npy").write_text("not a prompt\n")
     files = [out / "short.npy", out / "corrupt.npy"]
     if encodecmae:
-        import soundfile as sf  # only with --encodecmae
-
         ten_min = 0.1 * np.random.RandomState(2).randn(600 * 24000).astype(np.float32)
         sf.write(out / "ten_minutes.wav", ten_min, 24000, subtype="PCM_16")
         files.append(out / "ten_minutes.wav")
@@ -238,8 +238,6 @@ def soak(args) -> dict:
     files = _prompt_files(args.out / "prompts", model.prompt_dim, args.encodecmae)
     encoder = None
     if args.encodecmae:
-        from engine.model.encodecmae import load_encodecmae  # only with --encodecmae
-
         def encoder():
             return load_encodecmae(args.encodecmae)
     config = LiveConfig(device=args.device, hostapi=args.hostapi, quantize=args.quantize,

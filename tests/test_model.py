@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from conftest import tiny_random_model
 from fixtures import golden
@@ -123,8 +124,6 @@ def test_a_text_file_a_wav_or_a_truncated_checkpoint_is_refused_by_name(tmp_path
                                                                         trust):
     """What the legacy unpickler chokes on with ``KeyError: 101`` / ``IndexError`` (a text
     file, a WAV) and a cut-off archive: each a UserError naming the file and what it is."""
-    import soundfile as sf
-
     text = tmp_path / "notes.ckpt"
     text.write_text("hello, this is not a checkpoint\n")
     wav = tmp_path / "tone.wav"

@@ -7,12 +7,15 @@ the wire, so these tests do not share an encoder with the code under test.
 
 import copy
 import json
+import threading
 
 import numpy as np
 import pytest
 
 from engine.errors import UserError
 from engine.live.controls import ControlEvent, ControlState
+from engine.live.prompt_loading import PromptLoader
+from engine.model.prompt_files import PromptReader
 from osc.addresses import REPLIES, TABLE, Address
 from osc.dispatcher import HandlerTableError, OSCDispatcher, check_handlers
 from osc.server import build_message
@@ -312,3 +315,27 @@ def test_every_table_entry_has_a_handler_and_every_handler_an_entry(osc):
     with pytest.raises(HandlerTableError, match="/rewind"):
         check_handlers(TABLE, {**dispatcher.commands, "/rewind": lambda args, to: True})
 
+
+
+def test_a_second_load_to_a_slot_supersedes_one_still_waiting(tmp_path):
+    """Loads run one at a time; of two waiting for slot 1 only the later reaches the slot,
+    the earlier is answered as superseded (nothing is lost silently)."""
+    for name, value in [("hold", 0.0), ("a", 1.0), ("b", 2.0)]:
+        np.save(tmp_path / f"{name}.npy", np.full(8, value, np.float32))
+    release, submitted, done, failed = threading.Event(), [], [], []
+
+    def submit(events):
+        slot, vec = events[0].values
+        if slot == 0:
+            release.wait(10)  # the first load holds the loader while two more queue up
+        submitted.append((slot, float(vec[0])))
+
+    loader = PromptLoader(PromptReader(None, expected_dim=8), [tmp_path], 4, submit)
+    for slot, name in [(0, "hold"), (1, "a"), (1, "b")]:
+        loader.load(slot, str(tmp_path / f"{name}.npy"), lambda s, p: done.append(p),
+                    failed.append)
+    release.set()
+    loader._worker.shutdown(wait=True)
+    assert submitted == [(0, 0.0), (1, 2.0)]
+    assert [p.rsplit("/", 1)[1] for p in done] == ["hold.npy", "b.npy"]
+    assert len(failed) == 1 and "a.npy: superseded by a later /prompt/load to slot 1" in failed[0]

@@ -61,6 +61,9 @@ def build_live_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-dir", action="append", metavar="DIR", default=[],
                    help="folder /prompt/load may read from (repeatable; default: the current "
                         "folder and the folders of --prompt files)")
+    g.add_argument("--prompt-seconds", type=float, default=30.0, metavar="S",
+                   help="embed at most the first S seconds of an audio prompt (--prompt and "
+                        "/prompt/load; default 30; 0 = the whole file)")
     g.add_argument("--window", type=int, default=200, help="token window in frames (< 300)")
     add_mode_and_runner(g)
     g.add_argument("--hop", type=int, default=None, help="fast-mode hop (default window/4)")
@@ -197,8 +200,15 @@ def _initial_prompts(args, model, encoder_factory) -> list[np.ndarray]:
         print("prompts: " + ", ".join(f.stem for f in files) + " (synthesized)",
               file=sys.stderr)
     args.slot_sources = [str(f.resolve()) for f in files]
-    reader = PromptReader(encoder_factory, expected_dim=model.prompt_dim)
+    reader = PromptReader(encoder_factory, expected_dim=model.prompt_dim,
+                          max_seconds=_prompt_seconds(args))
     return [reader.read(f) for f in files]
+
+
+def _prompt_seconds(args) -> float | None:
+    if args.prompt_seconds < 0:
+        raise UserError(f"--prompt-seconds must be >= 0, got {args.prompt_seconds}")
+    return args.prompt_seconds or None
 
 
 def _build_engine(args, choice, model, codec, slots, encoder_factory):
@@ -220,6 +230,7 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
                         latency=latency, threads=args.threads, prompt_dirs=dirs,
                         decode_chunk=choice.decode_chunk(args.decode_chunk),
                         num_slots=max(4, len(slots)), control_log=args.control_log,
+                        prompt_seconds=_prompt_seconds(args),
                         tap=args.tap, sessions_dir=args.sessions_dir,
                         identity=dict(args.identity, prompt_dim=model.prompt_dim),
                         slot_sources=list(args.slot_sources))

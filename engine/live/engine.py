@@ -104,6 +104,7 @@ class LiveConfig:
     threads: int = 1
     prompt_dirs: list[Path] = field(default_factory=list)
     num_slots: int = 4
+    prompt_seconds: float | None = 30.0  # /prompt/load embeds at most this much of a file
     control_log: Path | None = None  # JSON lines of every applied control
     tap: Path | None = None  # everything sent to the output, at its rate (WAV float)
     sessions_dir: Path = Path("sessions")  # control_log, tap, sessions_dir: engine.session
@@ -145,7 +146,9 @@ class LiveEngine:
         self.pipeline = Pipeline(self.generator, decoder, self.output.sink,
                                  decode_chunk=config.decode_chunk, threads=config.threads)
         self.events = Listeners(log, rate=lambda: self.output.rate)
-        self.prompts = PromptLoader(PromptReader(encoder_factory, expected_dim=model.prompt_dim),
+        reader = PromptReader(encoder_factory, expected_dim=model.prompt_dim,
+                              max_seconds=config.prompt_seconds)
+        self.prompts = PromptLoader(reader,
                                     config.prompt_dirs, controls.num_slots, self.submit,
                                     sources=config.slot_sources)
         self.transport = Transport(self.pipeline, self.output, self.generator, self.events)

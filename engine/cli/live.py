@@ -87,7 +87,8 @@ def build_live_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default loopback; a LAN address lets phones in)")
     o.add_argument("--osc-port", type=int, default=9000)
     o.add_argument("--allow", nargs="+", metavar="IP", default=None,
-                   help="accept OSC only from these sender addresses")
+                   help="accept OSC only from these sender addresses ('any': every sender; "
+                        "needed with a non-loopback --osc-host)")
     o.add_argument("--feedback", metavar="HOST:PORT", default=None,
                    help="also send /engine/status and replies here")
     r = p.add_argument_group("run")
@@ -112,10 +113,7 @@ def cmd_live(argv: list[str]) -> int:
         return 0
     torch.set_num_threads(max(1, args.threads))
     feedback = _parse_target(args.feedback) if args.feedback else None
-    if args.osc_host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"WARNING: OSC listens on {args.osc_host}: anyone on that network can control "
-              "the engine and make it read prompt files in the prompt folders. Use --allow "
-              "to restrict senders.", file=sys.stderr)
+    _check_exposure(args)
     choice = resolve_engine(args.compute, args.quantize, args.mode, args.step_runner)
     print(choice.describe(), file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -126,6 +124,24 @@ def cmd_live(argv: list[str]) -> int:
     print(_startup_line(loaded, engine.startup, time.perf_counter() - start), file=sys.stderr,
           flush=True)
     return _run(args, engine, feedback)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _check_exposure(args) -> None:
+    """A non-loopback ``--osc-host`` needs ``--allow IP…`` or an explicit ``--allow any``: on
+    stage a warning scrolls by unseen, and anyone on the network could play the engine."""
+    if args.osc_host in LOOPBACK:
+        return
+    if not args.allow:
+        raise UserError(f"--osc-host {args.osc_host} lets anyone on that network control the "
+                        "engine and make it read prompt files; name the senders with --allow "
+                        "IP... (e.g. your phone's address), or pass --allow any")
+    if "any" in args.allow:
+        args.allow = None
+        print(f"WARNING: OSC listens on {args.osc_host} for any sender (--allow any).",
+              file=sys.stderr)
 
 
 def _startup_line(load_s: float, startup: dict, total_s: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import signal
+import socket
 import sys
 import threading
 import time
@@ -158,6 +159,11 @@ def _parse_target(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UserError(f"--feedback expects HOST:PORT, got {text!r}")
+    try:  # now, not at the first reply: a typo must not pass silently on stage
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"--feedback {text}: the host {host!r} does not resolve "
+                        f"({getattr(e, 'strerror', None) or e})") from None
     return host, int(port)
 
 

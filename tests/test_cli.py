@@ -199,3 +199,26 @@ def test_render_writes_a_wav_without_tokens_out(tmp_path):
     audio, rate = sf.read(wav)
     assert rate == 24000 and len(audio) == (24 - 7) * 320 and not list(tmp_path.glob("*.npy"))[1:]
     assert main(["render", "--random-weights", "--prompt", str(prompt), "--frames", "4"]) == 2
+
+
+@pytest.mark.slow
+def test_a_text_file_or_a_wav_as_checkpoint_is_one_line_exit_2(tmp_path):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, np.zeros(2400, np.float32), 24000)
+    for bad, what in [(text, "a text file"), (wav, "a WAV audio file")]:
+        for argv in (["--checkpoint", bad, "--device", "null", "--seconds", "1"],
+                     ["encode", wav, "--checkpoint", bad, "--out", tmp_path / "c.npy"],
+                     ["export", bad, "--out", tmp_path / "exported"]):
+            _one_line_error(run(*argv, ok=False), bad, "not a PyTorch checkpoint", what)
+
+
+def test_a_lan_osc_host_without_allow_or_an_unknown_feedback_host_refuse_to_start(tmp_path):
+    proc = run("--random-weights", "--device", "null", "--seconds", "1", "--osc-host",
+               "0.0.0.0", ok=False, timeout=120)
+    _one_line_error(proc, "--osc-host 0.0.0.0", "--allow any")
+    assert "playing" not in proc.stderr
+    proc = run("--random-weights", "--device", "null", "--seconds", "1", "--feedback",
+               "nosuchhost.invalid:9001", ok=False, timeout=120)
+    _one_line_error(proc, "nosuchhost.invalid", "does not resolve")

@@ -9,7 +9,8 @@ from conftest import tiny_random_model
 from fixtures import golden
 
 from engine.live.control_input import initial_controls
-from engine.live.controls import ControlEvent, ControlState
+from engine.live.control_queue import MAX_PENDING
+from engine.live.controls import ControlError, ControlEvent, ControlState
 from engine.live.generator import RollingGenerator
 from engine.model.patterns import start_triangle_mask
 from engine.model.reference import generate_window, prompt_schedule
@@ -204,3 +205,47 @@ def test_reset_starts_a_fresh_sequence(model, prompts):
     fresh = _run(RollingGenerator(model, _controls(prompts[0]), window=10, mode="fast", hop=3,
                                   greedy=True), 20)
     assert torch.equal(rows[30:], fresh)
+
+
+def test_a_burst_of_10000_morphs_coalesces_to_the_last_and_keeps_discrete_ones(model, prompts):
+    """10 000 fader messages queued between two frames: the step applies O(1) of them (the
+    last mix setter of each run; a discrete /temperature in the middle is kept, in order),
+    and the tokens are those of a generator that only got what took effect."""
+    p0, p1 = prompts
+    slots = (p0, p1, p0[::-1].copy(), p1[::-1].copy())
+    flooded = RollingGenerator(model, _controls(*slots), window=16, mode="fast", seed=3)
+    plain = RollingGenerator(model, _controls(*slots), window=16, mode="fast", seed=3)
+    rows = [flooded.step() for _ in range(3)]
+    assert all(torch.equal(r, plain.step()) for r in rows)
+    for i in range(10_000):
+        if i == 5_000:
+            flooded.submit([ControlEvent("/temperature", (0.7,))])
+        x = i / 9_999
+        flooded.submit([ControlEvent("/morph/xy" if i % 2 else "/morph",
+                                     (x, 1 - x) if i % 2 else (x,))])
+    flooded.step()
+    applied = [(e.frame, e.address, e.values) for e in flooded.control_log]
+    half = (4999 / 9999, 1 - 4999 / 9999)
+    assert applied == [(3, "/morph/xy", half), (3, "/temperature", (0.7,)),
+                       (3, "/morph/xy", (1.0, 0.0))]
+    assert flooded.queue.coalesced == 9_998
+    for ev in [("/morph/xy", half), ("/temperature", (0.7,)),
+               ("/morph/xy", (1.0, 0.0))]:
+        plain.submit([ControlEvent(*ev)])
+    plain.step()
+    assert np.allclose(flooded.controls.weights, [0, 1, 0, 0])
+    tail = [(flooded.step(), plain.step()) for _ in range(20)]
+    flooded.close()
+    plain.close()
+    assert all(torch.equal(a, b) for a, b in tail)
+
+
+def test_a_full_control_queue_refuses_instead_of_growing(model, prompts):
+    gen = RollingGenerator(model, _controls(*prompts), window=16, mode="exact")
+    for _ in range(MAX_PENDING):
+        gen.submit([ControlEvent("/topk", (5,))])
+    with pytest.raises(ControlError, match="waiting"):
+        gen.submit([ControlEvent("/topk", (6,))])
+    gen.step()  # the generator takes them all; there is room again
+    gen.submit([ControlEvent("/topk", (7,))])
+    gen.close()

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from conftest import tiny_random_model
 from fixtures import golden
@@ -127,3 +128,23 @@ def test_exported_model_files_are_readable_by_everyone(tmp_path):
     modes = {p.relative_to(folder).as_posix(): p.stat().st_mode & 0o777
              for p in folder.rglob("*") if p.is_file()}
     assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
+
+
+@pytest.mark.parametrize("trust", [False, True], ids=["weights-only", "trusted"])
+def test_a_text_file_a_wav_or_a_truncated_checkpoint_is_refused_by_name(tmp_path, ckpt_path,
+                                                                        trust):
+    """What the legacy unpickler chokes on with ``KeyError: 101`` / ``IndexError`` (a text
+    file, a WAV) and a cut-off archive: each a UserError naming the file and what it is."""
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello, this is not a checkpoint\n")
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, np.zeros(2400, np.float32), 24000)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(ckpt_path.read_bytes()[:5000])
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(bytes(range(250, 256)) * 100)
+    for path, what in [(text, "a text file"), (wav, "a WAV audio file"),
+                       (cut, "not a readable PyTorch checkpoint"), (junk, "unknown contents")]:
+        with pytest.raises(UserError, match=what) as err:
+            load_checkpoint(path, trust=trust)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)

@@ -7,6 +7,7 @@ the wire, so these tests do not share an encoder with the code under test.
 
 import copy
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ import pytest
 from engine.cli.console import slots_line
 from engine.errors import UserError
 from engine.live.controls import ControlEvent, ControlState
+from engine.live.prompt_loading import PromptLoader
+from engine.model.prompt_files import PromptReader
 from osc.addresses import REPLIES, TABLE, Address
 from osc.dispatcher import HandlerTableError, OSCDispatcher, check_handlers
 from osc.server import build_message
@@ -371,3 +374,27 @@ def test_a_finished_load_is_confirmed_on_the_console_and_the_status_shows_each_s
     assert logs == ["prompt: loaded kick.wav into slot 2"]
     sources = {0: "/home/me/sounds/pad.wav", 1: "random", 2: "/tmp/kick.wav"}
     assert slots_line(sources, 4) == "slots: 0 pad.wav  1 random  2 kick.wav  3 empty"
+
+
+def test_a_second_load_to_a_slot_supersedes_one_still_waiting(tmp_path):
+    """Loads run one at a time; of two waiting for slot 1 only the later reaches the slot,
+    the earlier is answered as superseded (nothing is lost silently)."""
+    for name, value in [("hold", 0.0), ("a", 1.0), ("b", 2.0)]:
+        np.save(tmp_path / f"{name}.npy", np.full(8, value, np.float32))
+    release, submitted, done, failed = threading.Event(), [], [], []
+
+    def submit(events):
+        slot, vec = events[0].values
+        if slot == 0:
+            release.wait(10)  # the first load holds the loader while two more queue up
+        submitted.append((slot, float(vec[0])))
+
+    loader = PromptLoader(PromptReader(None, expected_dim=8), [tmp_path], 4, submit)
+    for slot, name in [(0, "hold"), (1, "a"), (1, "b")]:
+        loader.load(slot, str(tmp_path / f"{name}.npy"), lambda s, p: done.append(p),
+                    failed.append)
+    release.set()
+    loader._worker.shutdown(wait=True)
+    assert submitted == [(0, 0.0), (1, 2.0)]
+    assert [p.rsplit("/", 1)[1] for p in done] == ["hold.npy", "b.npy"]
+    assert len(failed) == 1 and "a.npy: superseded by a later /prompt/load to slot 1" in failed[0]

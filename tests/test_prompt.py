@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from fixtures import golden, ref
 
@@ -78,3 +79,17 @@ def test_missing_files_are_clear(tmp_path):
         load_encodecmae(str(tmp_path))
     with pytest.raises(UserError, match="names: small, base"):
         load_encodecmae("nonsense")
+
+
+def test_a_long_file_is_embedded_from_its_first_seconds_only(encoder, tmp_path):
+    """``max_seconds`` (the live engine's ``--prompt-seconds``): the prompt of a long file is
+    the prompt of a file holding only its first seconds, and the cache keeps them apart."""
+    a = read_audio(ref("signal_A.wav"), 24000)
+    long = np.concatenate([a, a[::-1], 0.5 * a] * 4)
+    sf.write(tmp_path / "long.wav", long, 24000, subtype="FLOAT")
+    sf.write(tmp_path / "head.wav", long[: 3 * 24000], 24000, subtype="FLOAT")
+    head = encoder.prompt(tmp_path / "head.wav")
+    assert np.allclose(encoder.prompt(tmp_path / "long.wav", max_seconds=3), head, atol=1e-6)
+    whole = encoder.prompt(tmp_path / "long.wav")
+    assert not np.allclose(whole, head, atol=1e-3)
+    assert np.allclose(encoder.prompt(tmp_path / "long.wav", max_seconds=3), head, atol=1e-6)

@@ -201,3 +201,31 @@ def test_replay_of_an_unrecovered_session_suggests_recover(session, tmp_path):
         f.write('{"frame": 9')  # the half-written last line
     with pytest.raises(UserError, match=r"not a control record .*run `run_engine.py recover "):
         replay(cut)
+
+
+@pytest.mark.slow
+def test_sigterm_while_recording_leaves_a_complete_session(tmp_path):
+    """SIGTERM (a service manager, ``kill``): the engine stops as on Ctrl-C and the session
+    is finished: headers, session.json's end frame, token-identical replay, no recover."""
+    sessions = tmp_path / "sessions"
+    proc = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",
+                         "--device", "null", "--osc-port", str(free_udp_port()), "--no-status",
+                         "--record", "term", "--sessions-dir", str(sessions),
+                         log=tmp_path / "engine.log")
+    try:
+        proc.wait_for("recording started")
+        time.sleep(3.0)
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(30) == 0, proc.log
+    finally:
+        proc.stop()
+    assert "recording stopped" in proc.log
+    folder = next(sessions.iterdir())
+    info = read_session(folder)
+    tokens = np.load(folder / "tokens.npy")  # a complete .npy header: loads as it is
+    audio, rate = sf.read(folder / "audio.wav", dtype="float32")
+    assert not info.get("recovered") and info["end_frame"] is not None
+    assert tokens.shape[0] == info["end_frame"] - info["first_frame"] > 0
+    assert abs(len(audio) / rate - (tokens.shape[0] - 7) / 75) < 0.5
+    replayed, _ = replay(folder)
+    assert np.array_equal(replayed, tokens.astype(np.int64))

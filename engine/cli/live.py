@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import signal
+import socket
 import sys
 import threading
 import time
@@ -77,6 +78,9 @@ def build_live_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-dir", action="append", metavar="DIR", default=[],
                    help="folder /prompt/load may read from (repeatable; default: the current "
                         "folder and the folders of --prompt files)")
+    g.add_argument("--prompt-seconds", type=float, default=30.0, metavar="S",
+                   help="embed at most the first S seconds of an audio prompt (--prompt and "
+                        "/prompt/load; default 30; 0 = the whole file)")
     g.add_argument("--window", type=int, default=200, help="token window in frames (< 300)")
     add_mode_and_runner(g)
     g.add_argument("--hop", type=int, default=None, help="fast-mode hop (default window/4)")
@@ -102,7 +106,8 @@ def build_live_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default loopback; a LAN address lets phones in)")
     o.add_argument("--osc-port", type=int, default=9000, help="UDP port OSC arrives on")
     o.add_argument("--allow", nargs="+", metavar="IP", default=None,
-                   help="accept OSC only from these sender addresses")
+                   help="accept OSC only from these sender addresses ('any': every sender; "
+                        "needed with a non-loopback --osc-host)")
     o.add_argument("--feedback", metavar="HOST:PORT", default=None,
                    help="also send /engine/status and replies here")
     o.add_argument("--midi", metavar="PORT", default=None,
@@ -141,10 +146,7 @@ def cmd_live(argv: list[str]) -> int:
     torch.set_num_threads(max(1, args.threads))
     _check_slots(args)
     feedback = _parse_target(args.feedback) if args.feedback else None
-    if args.osc_host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"WARNING: OSC listens on {args.osc_host}: anyone on that network can control "
-              "the engine and make it read prompt files in the prompt folders. Use --allow "
-              "to restrict senders.", file=sys.stderr)
+    _check_exposure(args)
     choice = resolve_engine(args.compute, args.quantize, args.mode, args.step_runner)
     print(choice.describe(), file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -165,6 +167,24 @@ def _check_slots(args) -> None:
                         "pass a larger --slots")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _check_exposure(args) -> None:
+    """A non-loopback ``--osc-host`` needs ``--allow IP…`` or an explicit ``--allow any``: on
+    stage a warning scrolls by unseen, and anyone on the network could play the engine."""
+    if args.osc_host in LOOPBACK:
+        return
+    if not args.allow:
+        raise UserError(f"--osc-host {args.osc_host} lets anyone on that network control the "
+                        "engine and make it read prompt files; name the senders with --allow "
+                        "IP... (e.g. your phone's address), or pass --allow any")
+    if "any" in args.allow:
+        args.allow = None
+        print(f"WARNING: OSC listens on {args.osc_host} for any sender (--allow any).",
+              file=sys.stderr)
+
+
 def _startup_line(load_s: float, startup: dict, total_s: float) -> str:
     """Startup time: load (model, codec, prompts), then capture and warm-up where a GPU runs."""
     parts = [f"load {load_s:.1f} s"]
@@ -179,6 +199,11 @@ def _parse_target(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UserError(f"--feedback expects HOST:PORT, got {text!r}")
+    try:  # now, not at the first reply: a typo must not pass silently on stage
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"--feedback {text}: the host {host!r} does not resolve "
+                        f"({getattr(e, 'strerror', None) or e})") from None
     return host, int(port)
 
 
@@ -250,8 +275,15 @@ def _initial_prompts(args, model, encoder_factory) -> list[np.ndarray]:
         print("prompts: " + ", ".join(f.stem for f in files) + " (synthesized)",
               file=sys.stderr)
     args.slot_sources = [str(f.resolve()) for f in files]
-    reader = PromptReader(encoder_factory, expected_dim=model.prompt_dim)
+    reader = PromptReader(encoder_factory, expected_dim=model.prompt_dim,
+                          max_seconds=_prompt_seconds(args))
     return [reader.read(f) for f in files]
+
+
+def _prompt_seconds(args) -> float | None:
+    if args.prompt_seconds < 0:
+        raise UserError(f"--prompt-seconds must be >= 0, got {args.prompt_seconds}")
+    return args.prompt_seconds or None
 
 
 def _build_engine(args, choice, model, codec, slots, encoder_factory):
@@ -273,6 +305,7 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
                         latency=latency, threads=args.threads, prompt_dirs=dirs,
                         decode_chunk=choice.decode_chunk(args.decode_chunk),
                         num_slots=args.slots, control_log=args.control_log,
+                        prompt_seconds=_prompt_seconds(args),
                         tap=args.tap, sessions_dir=args.sessions_dir,
                         scenes_dir=args.scenes_dir,
                         identity=dict(args.identity, prompt_dim=model.prompt_dim),

@@ -66,5 +66,5 @@ class ControlInbox:
             trial = self._future.copy()
             for ev in events:
                 trial.apply(ev)
+            self.generator.submit(events)  # may refuse (queue full): the future stays
             self._future = trial
-            self.generator.submit(events)

@@ -7,6 +7,17 @@ its control state (:meth:`ControlQueue.try_bundle`): all events of a bundle take
 same frame, or none does. Each applied event is appended to :attr:`ControlQueue.log` with its
 frame index, so a run can be replayed by scheduling the log's events at the same frames.
 
+Floods (a fader at 200 messages/s, a burst as fast as a socket takes) cost a frame boundary
+O(1) applications: the live bundles waiting for a frame are taken at once, and of a run of
+consecutive bundles that only set the mix (:data:`~engine.live.controls.WEIGHT_SETTERS`:
+``/morph``, ``/morph/xy``, ``/mix``) only the last is applied — the earlier ones could not
+take effect anyway (glide starts at the frame, from the last target) — and counted in
+:attr:`ControlQueue.coalesced`. Bundles stay atomic; discrete controls are never dropped.
+At most :data:`MAX_PENDING` bundles wait (the generator paused, or not keeping up): one more
+is refused with a :class:`ControlError` (an ``/error`` reply), nothing is dropped silently.
+The frame log keeps the last :data:`LOG_KEEP` entries in memory (a show's hour of faders
+would otherwise grow it without end); recordings and ``--control-log`` get every entry.
+
 Threading: :meth:`submit` and :meth:`at_boundary` may be called from any thread (lock-free
 ``SimpleQueue``); everything else runs on the generator thread (or before it starts).
 """
@@ -15,17 +26,29 @@ from __future__ import annotations
 
 import queue
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
-from engine.live.controls import AppliedControl, ControlError, ControlEvent, ControlState
+from engine.live.controls import (
+    WEIGHT_SETTERS,
+    AppliedControl,
+    ControlError,
+    ControlEvent,
+    ControlState,
+)
+
+MAX_PENDING = 16_384  # live bundles waiting for a frame boundary (a few MB at most)
+LOG_KEEP = 10_000  # frame-log entries kept in memory (the last ones)
 
 
 class ControlQueue:
     """Pending, scheduled and boundary work of one generator, and its frame log.
 
     Attributes:
-        log: every applied event, in order (:class:`AppliedControl`).
-        errors: ``(frame, message)`` of every refused bundle.
+        log: the last :data:`LOG_KEEP` applied events, in order (:class:`AppliedControl`).
+        errors: ``(frame, message)`` of the last :data:`LOG_KEEP` refused bundles.
+        coalesced: events that never took effect because a later mix setter replaced them
+            at the same frame boundary.
         on_control: called with each :class:`AppliedControl` (generator thread).
         on_error: called with ``(frame, event, message)`` for a refused bundle.
     """
@@ -34,14 +57,22 @@ class ControlQueue:
         self._pending: queue.SimpleQueue = queue.SimpleQueue()  # (events, wall time)
         self._scheduled: dict[int, list[list[ControlEvent]]] = {}
         self._boundary: queue.SimpleQueue = queue.SimpleQueue()
-        self.log: list[AppliedControl] = []
-        self.errors: list[tuple[int, str]] = []
+        self.log: deque[AppliedControl] = deque(maxlen=LOG_KEEP)
+        self.errors: deque[tuple[int, str]] = deque(maxlen=LOG_KEEP)
+        self.coalesced = 0
         self.on_control: Callable[[AppliedControl], None] | None = None
         self.on_error: Callable[[int, ControlEvent, str], None] | None = None
 
     # -- any thread ----------------------------------------------------------------------
     def submit(self, events: Sequence[ControlEvent]) -> None:
-        """Queue a bundle for the next frame boundary."""
+        """Queue a bundle for the next frame boundary.
+
+        Raises:
+            ControlError: :data:`MAX_PENDING` bundles are already waiting.
+        """
+        if self._pending.qsize() >= MAX_PENDING:
+            raise ControlError(f"{MAX_PENDING} controls are waiting for the generator (paused "
+                               "or not keeping up); this one was refused")
         self._pending.put((list(events), time.time()))
 
     def at_boundary(self, fn: Callable) -> None:
@@ -60,14 +91,21 @@ class ControlQueue:
 
     def due(self, frame: int) -> Iterator[tuple[list[ControlEvent], float | None]]:
         """``(events, wall time)`` of the bundles for ``frame``: scheduled ones (wall time
-        None), then live ones, including those submitted while this runs."""
+        None), then the live ones waiting now, runs of mix setters coalesced to their last."""
         for events in self._scheduled.pop(frame, ()):
             yield events, None
-        while True:
+        live = []
+        for _ in range(self._pending.qsize()):
             try:
-                yield self._pending.get_nowait()
+                live.append(self._pending.get_nowait())
             except queue.Empty:
-                return
+                break
+        for i, (events, wall) in enumerate(live):
+            if (i + 1 < len(live) and _sets_mix_only(events)
+                    and _sets_mix_only(live[i + 1][0])):
+                self.coalesced += len(events)
+                continue
+            yield events, wall
 
     def try_bundle(self, frame: int, controls: ControlState, events: Sequence[ControlEvent],
                    wall: float | None = None) -> tuple[ControlState, list[AppliedControl]] | None:
@@ -95,3 +133,7 @@ class ControlQueue:
         self.log.append(entry)
         if self.on_control is not None:
             self.on_control(entry)
+
+
+def _sets_mix_only(events: Sequence[ControlEvent]) -> bool:
+    return bool(events) and all(ev.address in WEIGHT_SETTERS for ev in events)

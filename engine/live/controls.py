@@ -17,6 +17,7 @@ and keeps the resulting state:
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -70,6 +71,10 @@ GENERATOR_CONTROLS: tuple[ControlSpec, ...] = (
                 "[T, Q] (engine.model.priming)"),
 )
 SPECS = {s.address: s for s in GENERATOR_CONTROLS}
+WEIGHT_SETTERS = frozenset({"/morph", "/morph/xy", "/mix"})
+"""Continuous controls that each set the whole mix target: of several queued for one frame
+boundary only the last can take effect, so the others are coalesced away (see
+:mod:`engine.live.control_queue`). Every other control is discrete and always applied."""
 
 
 @dataclass
@@ -269,9 +274,11 @@ class ControlState:
             setattr(self, key, value)
 
     def copy(self) -> ControlState:
-        """An independent copy (what a bundle is tried on before it is applied)."""
-        new = ControlState(num_slots=self.num_slots)
-        new.set_state(self.get_state())
+        """An independent copy (what a bundle is tried on before it is applied, once per OSC
+        message: it must be cheap). The arrays (slots, weights) are shared: every change
+        replaces an array, none is written in place."""
+        new = copy.copy(self)
+        new.slots = list(self.slots)
         return new
 
 

@@ -45,8 +45,9 @@ Which thread may call what, once :meth:`LiveEngine.start` has run:
 * **Recorder** (``recorder``, :mod:`engine.session.recorder`): the only thread that writes
   session files; rows, controls and audio reach it as copies through its own queue. The
   control log and the tap have their own writer threads.
-* **Watchdog** (``device-watchdog``): checks the device every 0.2 s and swaps in a null sink
-  (``pipeline.sink``) if it failed.
+* **Watchdog** (``device-watchdog``): checks the device every 0.1 s (stream ended, or no
+  audio callback for 0.5 s) and, if it is lost, redirects the device's writer side to a null
+  sink at the device's rate (:mod:`engine.live.audio.output`).
 * **Feedback sender** (``osc-feedback``): reads :meth:`~LiveEngine.status` ten times a second.
 
 Shared state, and what guards it: controls go OSC / loader → :class:`ControlInbox` (a lock) →
@@ -106,6 +107,7 @@ class LiveConfig:
     threads: int = 1
     prompt_dirs: list[Path] = field(default_factory=list)
     num_slots: int = 4
+    prompt_seconds: float | None = 30.0  # /prompt/load embeds at most this much of a file
     control_log: Path | None = None  # JSON lines of every applied control
     tap: Path | None = None  # everything sent to the output, at its rate (WAV float)
     sessions_dir: Path = Path("sessions")  # control_log, tap, sessions_dir: engine.session
@@ -150,7 +152,9 @@ class LiveEngine:
         self.pipeline = Pipeline(self.generator, decoder, self.output.sink,
                                  decode_chunk=config.decode_chunk, threads=config.threads)
         self.events = Listeners(log, rate=lambda: self.output.rate)
-        self.prompts = PromptLoader(PromptReader(encoder_factory, expected_dim=model.prompt_dim),
+        reader = PromptReader(encoder_factory, expected_dim=model.prompt_dim,
+                              max_seconds=config.prompt_seconds)
+        self.prompts = PromptLoader(reader,
                                     config.prompt_dirs, controls.num_slots, self.submit,
                                     sources=config.slot_sources)
         self.transport = Transport(self.pipeline, self.output, self.generator, self.events)
@@ -211,11 +215,8 @@ class LiveEngine:
         while (self.output.buffered_s < target and time.monotonic() < deadline
                and self.pipeline.error is None):
             time.sleep(0.01)
-        self.output.start(on_fallback=self._use_sink)
+        self.output.start()
         self.transport.playing = True
-
-    def _use_sink(self, sink) -> None:
-        self.pipeline.sink = sink
 
     def stop(self) -> None:
         """Fade out and stop everything (idempotent); a recording is finished first."""

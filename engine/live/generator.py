@@ -256,13 +256,14 @@ class RollingGenerator:
 
     @property
     def control_log(self) -> list[AppliedControl]:
-        """Every applied event with its frame (the frame log)."""
-        return self.queue.log
+        """The applied events with their frames (the frame log; the last
+        :data:`~engine.live.control_queue.LOG_KEEP` of them)."""
+        return list(self.queue.log)
 
     @property
     def errors(self) -> list[tuple[int, str]]:
-        """``(frame, message)`` of every refused bundle."""
-        return self.queue.errors
+        """``(frame, message)`` of the refused bundles (the last ``LOG_KEEP``)."""
+        return list(self.queue.errors)
 
     @property
     def on_control(self) -> Callable[[AppliedControl], None] | None:

@@ -5,7 +5,11 @@ A path is accepted only inside one of the prompt folders (``--prompt-dir``), so 
 sender cannot make the engine read arbitrary files. The file is embedded by a single loader
 thread (EnCodecMAE on audio takes long; the encoder is built on the first load) and then
 submitted as a ``/prompt/slot`` control, validated like any other bundle, so it takes
-effect at a frame boundary.
+effect at a frame boundary. The loader thread runs at a lower CPU priority than generation
+(nice +10 on Linux) and the reader embeds at most a stated length of a file
+(``LiveConfig.prompt_seconds``), so a long song dropped on a slot cannot starve playback. A
+second load to a slot supersedes one still waiting or running for it: the older one is
+answered ``failed(... superseded ...)`` and never reaches the slot.
 
 Threading: :meth:`PromptLoader.load` and :meth:`~PromptLoader.check_path` may be called
 from any thread (the OSC thread); reading, embedding, ``submit`` and the ``done`` /
@@ -15,6 +19,8 @@ written there and read by the generator thread (a recording's session.json).
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,7 +49,11 @@ class PromptLoader:
         self.reader, self.num_slots, self.submit = reader, num_slots, submit
         self.prompt_dirs = [Path(d) for d in prompt_dirs]
         self.sources: dict[int, str] = {i: str(src) for i, src in enumerate(sources)}
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="prompt-load")
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="prompt-load",
+                                          initializer=_lower_priority)
+        self._latest: dict[int, int] = {}  # slot -> number of the newest load asked for it
+        self._count = 0
+        self._lock = threading.Lock()
 
     def check_path(self, path: str) -> Path:
         """The resolved file if ``path`` lies inside a prompt folder and exists.
@@ -71,13 +81,26 @@ class PromptLoader:
         except UserError as e:
             failed(str(e))
             return
-        self._worker.submit(self._load, slot, path, file, done, failed)
+        with self._lock:
+            self._count += 1
+            self._latest[slot] = ticket = self._count
+        self._worker.submit(self._load, slot, path, file, done, failed, ticket)
+
+    def _superseded(self, slot: int, ticket: int) -> bool:
+        with self._lock:
+            return self._latest.get(slot) != ticket
 
     def _load(self, slot: int, path: str, file: Path, done: Callable[[int, str], None],
-              failed: Callable[[str], None]) -> None:
+              failed: Callable[[str], None], ticket: int) -> None:
+        superseded = f"{path}: superseded by a later /prompt/load to slot {slot}"
         try:
+            if self._superseded(slot, ticket):
+                raise UserError(superseded)
             vec = self.reader.read(file)
-            self.submit([ControlEvent("/prompt/slot", (slot, vec))])
+            with self._lock:  # the check and the queueing as one step
+                if self._latest.get(slot) != ticket:
+                    raise UserError(superseded)
+                self.submit([ControlEvent("/prompt/slot", (slot, vec))])
             self.sources[slot] = str(file)
         except UserError as e:
             failed(str(e))
@@ -117,3 +140,12 @@ class PromptLoader:
     def close(self) -> None:
         """Drop loads not started yet; one running finishes in the background."""
         self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority() -> None:
+    """Nice the loader thread (Linux: a thread's own priority) so embedding yields to
+    generation; where that is not possible it runs at normal priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass

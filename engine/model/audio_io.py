@@ -14,11 +14,13 @@ import soxr
 from engine.errors import UserError
 
 
-def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+def read_audio(path: str | Path, sample_rate: int,
+               max_seconds: float | None = None) -> np.ndarray:
     """Read an audio file as mono float32 at ``sample_rate``.
 
     Channels are averaged (as ``librosa.load(mono=True)``, which the reference used) and the
-    rate converted with soxr "HQ" (librosa's default ``soxr_hq``).
+    rate converted with soxr "HQ" (librosa's default ``soxr_hq``). ``max_seconds``: read
+    only the file's first seconds (the rest is never decoded).
 
     Returns:
         ``[N]`` float32 samples.
@@ -33,7 +35,10 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     try:
         with sf.SoundFile(path) as f:
             rate, declared = f.samplerate, f.frames
-            data = f.read(dtype="float32", always_2d=True)  # [N, C]
+            want = -1 if max_seconds is None else max(1, int(max_seconds * rate))
+            if want > 0 and declared > 0:
+                declared = min(declared, want)
+            data = f.read(frames=want, dtype="float32", always_2d=True)  # [N, C]
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise UserError(f"{path}: not a readable audio file ({_first_line(e)})") from None
     if 0 < declared and data.shape[0] < declared:

@@ -169,13 +169,15 @@ class PromptEncoder:
     def dim(self) -> int:
         return self.mae.dim
 
-    def frames(self, path: str | Path) -> np.ndarray:
-        """``[T, D]`` float32 layer −1 features of an audio file."""
-        return self.mae.features(read_audio(path, SAMPLE_RATE))
+    def frames(self, path: str | Path, max_seconds: float | None = None) -> np.ndarray:
+        """``[T, D]`` float32 layer −1 features of an audio file (of its first
+        ``max_seconds`` if given)."""
+        return self.mae.features(read_audio(path, SAMPLE_RATE, max_seconds))
 
-    def prompt(self, path: str | Path) -> np.ndarray:
-        """``[D]`` float32 prompt vector (time mean of the features), cached."""
-        cached = self._cache_file(Path(path))
+    def prompt(self, path: str | Path, max_seconds: float | None = None) -> np.ndarray:
+        """``[D]`` float32 prompt vector (time mean of the features), cached; of the file's
+        first ``max_seconds`` if given (part of the cache key)."""
+        cached = self._cache_file(Path(path), max_seconds)
         if cached is not None and cached.is_file():
             try:
                 vec = np.load(cached)
@@ -183,16 +185,18 @@ class PromptEncoder:
                     return vec
             except (OSError, ValueError):
                 pass  # a damaged cache entry is recomputed
-        vec = self.frames(path).mean(axis=0).astype(np.float32)
+        frames = self.frames(path) if max_seconds is None else self.frames(path, max_seconds)
+        vec = frames.mean(axis=0).astype(np.float32)
         if cached is not None:
             _atomic_save(cached, vec)
         return vec
 
-    def _cache_file(self, path: Path) -> Path | None:
+    def _cache_file(self, path: Path, max_seconds: float | None = None) -> Path | None:
         if self.cache_dir is None or not path.is_file():
             return None
+        limit = "" if max_seconds is None else f"|first {float(max_seconds)} s"
         key = hashlib.sha256(f"{self.weights_sha256}|{CHUNK_SECONDS}|"
-                             f"{file_sha256(path)}".encode()).hexdigest()
+                             f"{file_sha256(path)}{limit}".encode()).hexdigest()
         return self.cache_dir / key[:2] / f"{key}.npy"
 
 

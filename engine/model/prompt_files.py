@@ -41,13 +41,16 @@ class PromptReader:
         encoder_factory: builds the EnCodecMAE (``.prompt(path) -> [P]``) on first use, or
             None where only ``.npy`` prompts are allowed.
         expected_dim: the model's prompt size; a vector of another size is refused.
+        max_seconds: embed only an audio file's first seconds (the live engine: a long song
+            dropped on a slot must not compete with generation for minutes); None = all.
     """
 
     def __init__(self, encoder_factory: Callable[[], object] | None,
-                 expected_dim: int | None = None):
+                 expected_dim: int | None = None, max_seconds: float | None = None):
         self._factory = encoder_factory
         self._encoder = None
         self.expected_dim = expected_dim
+        self.max_seconds = max_seconds
 
     def read(self, path: str | Path) -> np.ndarray:
         """``path`` → ``[P]`` float32 (raises :class:`UserError` with the file's name)."""
@@ -55,7 +58,8 @@ class PromptReader:
         if path.suffix.lower() == ".npy":
             vec = load_prompt_npy(path)
         else:
-            vec = self.encoder.prompt(path)
+            vec = (self.encoder.prompt(path) if self.max_seconds is None
+                   else self.encoder.prompt(path, max_seconds=self.max_seconds))
         if self.expected_dim is not None and vec.shape[0] != self.expected_dim:
             raise UserError(f"{path}: prompt has {vec.shape[0]} values, the model expects "
                             f"{self.expected_dim} (use the EnCodecMAE the model was trained "

@@ -2,19 +2,25 @@
 
 :class:`LiveOutput` opens the device named on the command line; if it cannot (no such device,
 no PortAudio), it says so on the console and uses the null sink, so generation and OSC
-control go on. A watchdog thread does the same when an open device stops while playing
-(unplugged, server gone): the pipeline is told to write to a new null sink from then on.
-Fades and clearing only exist on a device; on the null sink they do nothing.
+control go on. A watchdog thread does the same when an open device stops while playing:
+PortAudio ends the stream (unplugged), or its callbacks stop coming for :data:`STALL_S`
+(a killed JACK server ends nothing and may leave every PortAudio call blocked). It says so
+on the console and redirects the device's writer side to a null sink at the device's rate,
+so generation, OSC, the recording's audio and the tap go on unchanged (within
+``STALL_S + WATCH_PERIOD_S`` ≤ 1 s). Fades and clearing only exist on a device; on the null
+sink they do nothing. Closing a lost device is given :data:`~sound_device.CLOSE_TIMEOUT_S`.
 
 Threading: opened, started and closed by the thread that owns the engine; fades, clear and
 the figures (:attr:`buffered_s`, :attr:`underruns`, ...) from any thread (the OSC thread on
-/play, /pause, /panic, /status); the watchdog thread only swaps :attr:`sink`. The sink's
+/play, /pause, /panic, /status); the watchdog thread only redirects the lost device and
+swaps :attr:`sink`. The sink's
 ``write`` is called by the pipeline's decoder thread, its callback by PortAudio.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from engine import SAMPLE_RATE
@@ -22,7 +28,8 @@ from engine.errors import UserError
 from engine.live.audio.sinks import NullSink
 from engine.live.audio.sound_device import AudioOut, open_output
 
-WATCH_PERIOD_S = 0.2
+WATCH_PERIOD_S = 0.1
+STALL_S = 0.5  # no audio callback for this long while started = the device is gone
 
 
 class LiveOutput:
@@ -42,6 +49,7 @@ class LiveOutput:
         self.sink: AudioOut | NullSink = self._open(device, hostapi, latency)
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self.lost: AudioOut | None = None  # the device we fell back from, if any
 
     def _open(self, device: str | None, hostapi: str | None,
               latency: float | str) -> AudioOut | NullSink:
@@ -60,8 +68,8 @@ class LiveOutput:
         self.log(f"audio: {out.device_name} at {out.rate} Hz, {out.channels} ch{resample}")
         return out
 
-    def _null_sink(self) -> NullSink:
-        return NullSink(buffer_s=self.buffer_s, block=self.blocksize,
+    def _null_sink(self, rate: int = SAMPLE_RATE) -> NullSink:
+        return NullSink(rate=rate, buffer_s=self.buffer_s, block=self.blocksize,
                         prefill_s=self.buffer_s / 2)
 
     # -- what it is, and its figures --------------------------------------------------------
@@ -92,23 +100,37 @@ class LiveOutput:
         return device.output_underflows if device is not None else 0
 
     # -- lifecycle and transport -----------------------------------------------------------
-    def start(self, on_fallback: Callable[[NullSink], None]) -> None:
+    def start(self) -> None:
         """Start the device (the null sink starts by itself once prefilled) and the watchdog,
-        which calls ``on_fallback(null_sink)`` if the device fails."""
-        if self.device is not None:
-            self.device.start()
-        self._watchdog = threading.Thread(target=self._watch, args=(on_fallback,),
-                                          daemon=True, name="device-watchdog")
+        which falls back to the null sink if the device fails."""
+        if self.device is None:
+            return
+        self.device.start()
+        self._watchdog = threading.Thread(target=self._watch, daemon=True,
+                                          name="device-watchdog")
         self._watchdog.start()
 
-    def _watch(self, on_fallback: Callable[[NullSink], None]) -> None:
+    def _watch(self) -> None:
+        device = self.device
+        beats, since = device.callbacks, time.monotonic()
         while not self._stop.wait(WATCH_PERIOD_S):
-            device = self.device
-            if device is not None and device.failed:
-                self.log(f"audio: {device.failed}; going on with the null sink")
-                sink = self._null_sink()
-                on_fallback(sink)
-                self.sink = sink
+            now = time.monotonic()
+            if device.callbacks != beats:
+                beats, since = device.callbacks, now
+            elif now - since >= STALL_S and device.failed is None:
+                device.failed = (f"audio device '{device.device_name}' stopped responding "
+                                 f"(no audio callback for {now - since:.1f} s)")
+            if device.failed:
+                self._fall_back(device)
+                return
+
+    def _fall_back(self, device: AudioOut) -> None:
+        """Go on at the device's rate in a null sink (the device's resampler and tap stay)."""
+        sink = self._null_sink(device.rate)
+        device.redirect(sink)
+        self.lost, self.sink = device, sink
+        self.log(f"audio: {device.failed}; going on with the null sink at {device.rate} Hz "
+                 "(generation, OSC and recording continue)")
 
     def fade_in(self) -> None:
         if isinstance(self.sink, NullSink):  # it counts underruns again (play)
@@ -128,6 +150,11 @@ class LiveOutput:
         self.sink.clear()
 
     def close(self) -> None:
-        """Stop the watchdog and close the sink (a device fades out first; idempotent)."""
+        """Stop the watchdog and close the sink (a device fades out first; idempotent); a
+        lost device gets a bounded time to close."""
         self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=1.0)
         self.sink.close()
+        if self.lost is not None and not self.lost.close():
+            self.log(f"audio: '{self.lost.device_name}' did not close (lost); left behind")

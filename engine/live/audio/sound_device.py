@@ -7,18 +7,28 @@ zero-fills and counts an underrun if the ring ran dry, and applies the fade gain
 callback only does numpy copies/multiplies on preallocated arrays: no locks, no logging,
 no torch, no allocation of buffers.
 
+When the device is lost (:attr:`AudioOut.failed`, set by PortAudio's finished callback or by
+the watchdog when the callbacks stop: a killed JACK server ends neither the stream nor the
+callbacks' absence with any call), :meth:`AudioOut.redirect` sends what is written to a
+stand-in sink at the same rate (the null sink): the resampler and the tap go on, so a
+recording and ``--tap`` keep every block without a change of rate. PortAudio calls on a lost
+device may block for good, so :meth:`AudioOut.close` gives them a bounded time.
+
 Threading: :meth:`AudioOut.write` runs on the pipeline's decoder thread (the ring's only
 producer); :meth:`AudioOut._callback` on PortAudio's audio thread (the ring's only
 consumer), which also reads the fade target and writes the counters
 (:attr:`~AudioOut.underruns`, :attr:`~AudioOut.output_underflows`) that status readers read
-without a lock; ``_finished`` on PortAudio's thread when the stream ends (sets
-:attr:`~AudioOut.failed` for the watchdog). :meth:`~AudioOut.start`, the fades,
-:meth:`~AudioOut.clear` and :meth:`~AudioOut.close` run on the engine's owner or OSC
+without a lock, and counts its calls (:attr:`~AudioOut.callbacks`, the watchdog's heartbeat);
+``_finished`` on PortAudio's thread when the stream ends (sets :attr:`~AudioOut.failed` for
+the watchdog). :meth:`~AudioOut.redirect` on the watchdog thread. :meth:`~AudioOut.start`,
+the fades, :meth:`~AudioOut.clear` and :meth:`~AudioOut.close` run on the engine's owner or OSC
 thread. Device queries (:func:`list_devices`, :func:`resolve_device`) on any thread.
 """
 
 from __future__ import annotations
 
+import atexit
+import threading
 import time
 
 import numpy as np
@@ -28,6 +38,7 @@ from engine.errors import UserError
 from engine.live.audio.ringbuffer import SampleRing
 
 FADE_S = 0.02
+CLOSE_TIMEOUT_S = 1.0  # a lost device's stop/close may never return (JACK server killed)
 
 
 def _sd():
@@ -153,7 +164,9 @@ class AudioOut:
         self.gain, self.target_gain = 0.0, 1.0
         self.underruns = 0  # callbacks our ring could not fill (the generator was late)
         self.output_underflows = 0  # callbacks PortAudio ran late (the device ran dry first)
+        self.callbacks = 0  # the watchdog's heartbeat
         self.failed: str | None = None
+        self.fallback = None  # where writes go once the device is lost (see redirect)
         self.tap = None  # callable(block at device rate, start24) on the writer side
         self._in24 = 0  # 24 kHz samples received so far
         try:
@@ -184,13 +197,24 @@ class AudioOut:
             block = self._resampler.resample_chunk(np.asarray(block, dtype=np.float32))
         if self.tap is not None:
             self.tap(block, start24)
+        fallback = self.fallback
+        if fallback is not None:
+            fallback.write(block)
+            return
         done = 0
         while done < len(block):
             done += self.ring.write(block[done:])
             if done < len(block):
                 if self.failed or self._stopping:
-                    return
+                    return  # the rest of this block was tapped, never played
                 time.sleep(0.002)
+
+    def redirect(self, sink) -> None:
+        """From now on write (resampled, tapped) blocks to ``sink`` (its ``rate`` must be
+        :attr:`rate`) instead of the lost device's ring."""
+        if getattr(sink, "rate", self.rate) != self.rate:
+            raise ValueError(f"stand-in sink at {sink.rate} Hz for a {self.rate} Hz device")
+        self.fallback = sink
 
     @property
     def buffered_s(self) -> float:
@@ -203,7 +227,7 @@ class AudioOut:
     def fade_out(self, wait: bool = True) -> None:
         """Ramp to silence over :data:`FADE_S`."""
         self.target_gain = 0.0
-        if wait and self.stream.active:
+        if wait and self.failed is None and self.stream.active:
             deadline = time.monotonic() + FADE_S + 0.2
             while self.gain > 0.0 and time.monotonic() < deadline:
                 time.sleep(0.005)
@@ -215,10 +239,26 @@ class AudioOut:
         """Drop buffered audio (after a fade-out)."""
         self.ring.clear()
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> bool:
+        """Fade out, stop and close the stream, waiting at most ``timeout`` seconds.
+
+        Returns:
+            False when PortAudio did not return in time (a lost device: the call is left
+            blocked in a daemon thread, the engine goes on).
+        """
         self._stopping = True
-        try:
+        if self.failed is None:
             self.fade_out()
+        closer = threading.Thread(target=self._stop_stream, daemon=True, name="device-close")
+        closer.start()
+        closer.join(timeout)
+        if closer.is_alive():
+            _skip_portaudio_exit()
+            return False
+        return True
+
+    def _stop_stream(self) -> None:
+        try:
             self.stream.stop()
             self.stream.close()
         except Exception:  # a device that vanished cannot be stopped cleanly
@@ -226,6 +266,7 @@ class AudioOut:
 
     # -- real-time side --------------------------------------------------------------------
     def _callback(self, outdata: np.ndarray, frames: int, time_info, status) -> None:
+        self.callbacks += 1
         if status.output_underflow:
             self.output_underflows += 1
         mono = self._mono[:frames]
@@ -256,6 +297,13 @@ class AudioOut:
     def _finished(self) -> None:
         if not self._stopping:
             self.failed = f"audio device '{self.device_name}' stopped unexpectedly"
+
+
+def _skip_portaudio_exit() -> None:
+    """Do not terminate PortAudio at exit: ``Pa_Terminate`` closes every stream, and closing
+    a stream whose server died blocks for good, so the process would never end."""
+    sd = _sd()
+    atexit.unregister(sd._exit_handler)  # sounddevice's own atexit hook (private name)
 
 
 def open_output(spec: str | None, hostapi: str | None, **kw) -> AudioOut:

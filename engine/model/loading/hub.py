@@ -100,6 +100,10 @@ def load_torch_file(path: Path, *, trust: bool = False) -> object:
     """
     if path.stat().st_size == 0:
         raise UserError(f"{path}: file is empty (expected a PyTorch checkpoint)")
+    kind = _not_a_checkpoint(path)
+    if kind is not None:
+        raise UserError(f"{path}: not a PyTorch checkpoint ({kind}; expected a file written by "
+                        "torch.save, e.g. a Lightning .ckpt)")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
@@ -109,9 +113,33 @@ def load_torch_file(path: Path, *, trust: bool = False) -> object:
                 "its source, pass --trust-checkpoint"
             ) from None
         raise UserError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+    except Exception as e:  # a damaged pickle fails in any of its opcodes (KeyError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
+                        f"{first})") from None
+
+
+_OTHER_FORMATS = {b"RIFF": "a WAV audio file", b"fLaC": "a FLAC audio file",
+                  b"OggS": "an Ogg audio file", b"ID3": "an MP3 file", b"\x89HDF": "an HDF5 file"}
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """What ``path`` is instead, when its first bytes say it cannot be a ``torch.save`` file
+    (a zip archive, or a pickle from before PyTorch 1.6, which starts with the PROTO opcode
+    0x80); None when it may be one. Checked first because the legacy unpickler fails on
+    other files with errors that say nothing (``KeyError: 101``)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    for magic, name in _OTHER_FORMATS.items():
+        if head.startswith(magic):
+            return name
+    try:
+        head.decode("utf-8")
+        return f"a text file starting {head[:24].decode('utf-8', 'replace')!r}"
+    except UnicodeDecodeError:
+        return f"unknown contents starting {head[:8].hex()}"
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

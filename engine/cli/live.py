@@ -215,11 +215,12 @@ def _load(args):
     if args.random_weights:
         print("WARNING: --random-weights: an UNTRAINED model and codec — the sound is noise. "
               "For smoke tests and benchmarks only.", file=sys.stderr)
+        prompt_dim = _random_prompt_dim(args, encoder_factory)  # before the default below
+        args.embed_random_prompts = args.encodecmae is not None  # else random vectors
         args.encodecmae = args.encodecmae or DEFAULT_ENCODECMAE
         args.context_s = None
         args.identity = {"random_weights": True, "preset": args.preset,
-                         "weights_seed": args.weights_seed,
-                         "prompt_dim": _random_prompt_dim(args, encoder_factory)}
+                         "weights_seed": args.weights_seed, "prompt_dim": prompt_dim}
         model, codec = random_model(args.identity)
         return model, codec, encoder_factory
     source = args.checkpoint or DEFAULT_CHECKPOINT
@@ -264,7 +265,7 @@ def _random_prompt_dim(args, encoder_factory) -> int | None:
 def _initial_prompts(args, model, encoder_factory) -> list[np.ndarray]:
     files = [Path(p) for p in args.prompt]
     count = min(args.slots, DEFAULT_SLOTS)  # every slot the XY pad uses
-    if not files and args.random_weights and args.encodecmae is None:
+    if not files and args.random_weights and not args.embed_random_prompts:
         rng = np.random.RandomState(args.weights_seed)
         print(f"prompts: {count} random vectors (random weights: nothing to embed)",
               file=sys.stderr)

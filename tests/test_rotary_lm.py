@@ -163,3 +163,16 @@ def test_fast_equals_exact_at_depth_one():
     for token in torch.randint(0, 1024, (40,), generator=torch.Generator().manual_seed(3)):
         assert (a - b).abs().max() < 1e-4
         a, b = fast.push(int(token)), exact.push(int(token))
+
+
+def test_fast_rebase_and_long_prefix_change_nothing():
+    """Rotating the cache back every 10 tokens, after a prefix longer than the window,
+    gives the same logits as never re-basing (positions only matter relatively)."""
+    ours = load_rotary_state(recipe_model(depth=2).state_dict(), {"heads": 4}, "depth2")
+    prefix = torch.randint(0, 1024, (31,), generator=torch.Generator().manual_seed(4))
+    plain, rebased = SlidingStep(ours, window=12), SlidingStep(ours, window=12, rebase_every=10)
+    a, b = plain.start(prefix), rebased.start(prefix)
+    for token in torch.randint(0, 1024, (60,), generator=torch.Generator().manual_seed(5)):
+        assert (a - b).abs().max() < 1e-4
+        a, b = plain.push(int(token)), rebased.push(int(token))
+    assert rebased.next_pos < 12 + 10 and plain.next_pos > 60

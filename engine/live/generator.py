@@ -58,7 +58,7 @@ from engine.live.step.reprefill import ShadowPrefill
 from engine.live.step.static_window import StaticWindowStep
 from engine.live.step.weight_formats import build_kv_step
 from engine.model.encodecgpt import EnCodecGPT
-from engine.model.patterns import start_triangle_mask
+from engine.model.patterns import StreamingUndelay, start_triangle_mask
 from engine.model.sampling import sample_frame
 
 MAX_WINDOW = 299  # < 300 frames = 4 s at 75 Hz
@@ -170,6 +170,11 @@ class RollingGenerator:
         row = sample_frame(logits[None], temperature=c.temperature, top_k=c.top_k,
                            top_p=c.top_p, greedy=self.greedy, generator=self.rng)[0]
         return self._finish_step(row)
+
+    def frame_assembler(self) -> StreamingUndelay:
+        """Rows in, complete frames out: the streaming inverse of the delay pattern (the
+        pipeline's decoder thread asks each model family for its own)."""
+        return StreamingUndelay(self.num_q)
 
     def _static_row(self) -> torch.Tensor:
         """The static step: the window, its advance and the draw live on the device; only

@@ -1,8 +1,9 @@
 """Generator → decoder → sink, on two threads.
 
 The generator thread only runs the language model (plus the background re-prefill worker
-of ``fast`` mode); the decoder thread turns rows into frames (:class:`StreamingUndelay`),
-decodes them in chunks of ``decode_chunk`` frames with the carried-state
+of ``fast`` mode); the decoder thread turns rows into frames (the generator's
+``frame_assembler()``: the streaming inverse of its model family's token pattern), decodes them
+in chunks of ``decode_chunk`` frames with the carried-state
 :class:`~engine.live.decoder.StreamingDecoder` and writes the audio to the sink. A bounded queue
 between them plus the sink's own back-pressure keeps the generator at most a buffer ahead
 of playback, which bounds control latency. Both threads share one torch intra-op setting
@@ -32,7 +33,6 @@ import torch
 from engine import HOP_LENGTH
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
-from engine.model.patterns import StreamingUndelay
 
 _STOP = object()
 
@@ -158,7 +158,7 @@ class Pipeline:
                     return
 
     def _decode(self) -> None:
-        undelay = StreamingUndelay(self.generator.num_q)
+        undelay = self.generator.frame_assembler()  # the family's streaming un-pattern
         chunk: list[torch.Tensor] = []
         hooks: list[tuple[int, Callable]] = []
         frames = 0  # frames completed so far = index of the next one

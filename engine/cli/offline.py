@@ -11,7 +11,8 @@ import torch
 
 from engine import FRAME_RATE, SAMPLE_RATE
 from engine.cli.compute_flags import add_compute, resolve_engine
-from engine.cli.models import add_model_source, load_model, save_npy
+from engine.cli.models import add_model_source, load_any, load_model, model_source, save_npy
+from engine.cli.render_rotary import render_rotary
 from engine.errors import UserError
 from engine.live.audio.sinks import FileSink, MemorySink
 from engine.live.control_input import initial_controls
@@ -51,8 +52,9 @@ def add_parsers(sub) -> None:
 
     ren = sub.add_parser("render", help="generate tokens (and audio) offline")
     add_model_source(ren)
-    ren.add_argument("--prompt", required=True, metavar="P0",
-                     help="prompt: a .npy vector or an audio file (embedded with --encodecmae)")
+    ren.add_argument("--prompt", metavar="P0",
+                     help="prompt: a .npy vector or an audio file (embedded with --encodecmae); "
+                          "required for EnCodecGPT. Rotary family: an audio prefix to continue")
     ren.add_argument("--prompt-to", metavar="P1", help="morph linearly from P0 to P1")
     ren.add_argument("--encodecmae", default="base", metavar="SRC",
                      help="EnCodecMAE used for audio prompts (default: base from the hub)")
@@ -106,13 +108,21 @@ def cmd_render(args: argparse.Namespace) -> int:
     steps = args.frames if args.frames is not None else round(args.seconds * FRAME_RATE)
     if steps < 1:
         raise UserError(f"--frames/--seconds must give at least 1 frame (got {steps})")
+    loaded = load_any(args) if model_source(args) else None
+    if loaded is not None and loaded.facts.name == "rotary":
+        return render_rotary(args, loaded, steps)
+    if not args.prompt:
+        raise UserError("render: --prompt is required for EnCodecGPT models")
     prompts = PromptReader(lambda: load_encodecmae(args.encodecmae, trust=args.trust_checkpoint))
     p0 = prompts.read(args.prompt)
     p1 = prompts.read(args.prompt_to) if args.prompt_to else None
     if p1 is not None and p1.shape != p0.shape:
         raise UserError(f"--prompt-to {args.prompt_to}: size {p1.shape[0]} differs from "
                         f"--prompt {args.prompt} ({p0.shape[0]})")
-    model, codec = load_model(args, prompt_dim=p0.shape[0])
+    if loaded is not None:
+        model, codec = loaded.model, loaded.codec
+    else:
+        model, codec = load_model(args, prompt_dim=p0.shape[0])
     if p0.shape[0] != model.prompt_dim:
         raise UserError(f"{args.prompt}: prompt has {p0.shape[0]} values, the model expects "
                         f"{model.prompt_dim} (use the EnCodecMAE the model was trained with)")

@@ -183,7 +183,7 @@ def config_beside(file: Path) -> dict:
                 data = json.loads(candidate.read_text())
             except (OSError, ValueError) as e:
                 raise UserError(f"{candidate}: not a JSON config ({e})") from None
-            if isinstance(data, dict) and "dim" in data:
+            if isinstance(data, dict) and any(k in data for k in _JSON_FIELDS):
                 return {k: data[k] for k in _JSON_FIELDS if k in data}
     return {}
 

@@ -27,7 +27,8 @@ from engine.live.engine import LiveConfig
 from engine.live.step.compute import out_of_memory_as_user_error
 from engine.model.config import PRESETS
 from engine.model.encodecmae import default_cache_dir, load_encodecmae
-from engine.model.loading.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from engine.model.loading.checkpoint import DEFAULT_CHECKPOINT
+from engine.model.loading.family import load_family
 from engine.model.loading.random_model import random_model
 from engine.model.prompt_files import PromptReader, load_prompt_npy
 from engine.session.live_session import build_live_engine
@@ -42,9 +43,10 @@ def build_live_parser() -> argparse.ArgumentParser:
                     "messages (Max/MSP, TouchOSC, Pure Data) morph the prompt.",
         epilog="Offline commands: run_engine.py encode|embed|render --help.")
     m = p.add_argument_group("model")
-    m.add_argument("--checkpoint", metavar="CKPT", default=None,
+    m.add_argument("--checkpoint", "--model", dest="checkpoint", metavar="SRC", default=None,
                    help="EnCodecGPT checkpoint (.ckpt, hub path owner/repo/file.ckpt, or a "
-                        "save_pretrained folder); default: the NSynth model from the hub")
+                        "save_pretrained folder); default: the NSynth model from the hub. "
+                        "--model is the same option (the family is recognised from SRC)")
     m.add_argument("--random-weights", action="store_true",
                    help="untrained model and codec: smoke tests and benchmarks ONLY")
     m.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -158,11 +160,15 @@ def _load(args):
     source = args.checkpoint or DEFAULT_CHECKPOINT
     print(f"loading {source} ...", file=sys.stderr, flush=True)
     try:
-        loaded = load_checkpoint(source, trust=args.trust_checkpoint)
+        loaded = load_family(source, trust=args.trust_checkpoint)
     except UserError as e:
         if args.checkpoint is None and "cannot be reached" in str(e):
             raise UserError(OFFLINE_HELP.format(reason=e)) from None
         raise
+    if loaded.facts.name != "encodecgpt":
+        raise UserError(f"{source}: a {loaded.facts.name} model (x-transformers, flattened "
+                        "codebooks); live play of this family is not wired into the engine yet: "
+                        "render it with `run_engine.py render --model SRC`")
     args.identity = {"checkpoint": str(source), "sha256": loaded.sha256,
                      "codec": loaded.codec.name}
     return loaded.model, loaded.codec, encoder_factory

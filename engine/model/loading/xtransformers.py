@@ -70,7 +70,7 @@ def _norm_layout(state: dict[str, torch.Tensor]) -> str:
     return "gamma" if "attn_layers.final_norm.gamma" in state else "weight"
 
 
-def _rename(key: str, layout: str) -> str | None:
+def _rename(key: str) -> str | None:
     """Our parameter name for an x-transformers key (None: checked elsewhere, not loaded)."""
     norm = {"gamma": "weight", "weight": "weight", "bias": "bias"}
     if key == "token_emb.emb.weight" or key.startswith("to_logits."):
@@ -139,7 +139,7 @@ def load_rotary_state(state: dict[str, torch.Tensor], given: dict, origin: str) 
         if key.endswith(".beta") and not value.any():
             continue  # 1.27-era bias-free LayerNorm kept a zero 'beta' buffer
         try:
-            name = _rename(key, _norm_layout(state))
+            name = _rename(key)
         except KeyError:
             raise UserError(f"{origin}: unexpected key {key!r} for a rotary Decoder "
                             "(TransformerWrapper + Decoder(rotary_pos_emb=True))") from None

@@ -21,7 +21,7 @@ def _const(name, steps=40):
 def _check_audio(loaded, tokens, golden_audio):
     """The blog decodes N − 8 frames (its drop-8 quirk); ours decodes N − 7: compare the
     golden's frames by decoding the same 32."""
-    from engine.model.patterns import tokens_to_codes, undelay
+    from engine.model.tokens.patterns import tokens_to_codes, undelay
     codes = tokens_to_codes(undelay(tokens.T[None]))
     assert codes.shape[-1] == 33
     audio = loaded.codec.decode(codes[:, :, :32])[0].numpy()

@@ -12,8 +12,8 @@ from engine.live.control_input import initial_controls
 from engine.live.control_queue import MAX_PENDING
 from engine.live.controls import ControlError, ControlEvent, ControlState
 from engine.live.generator import RollingGenerator
-from engine.model.patterns import start_triangle_mask
 from engine.model.reference import generate_window, prompt_schedule
+from engine.model.tokens.patterns import start_triangle_mask
 
 
 def _controls(*prompts, **kw) -> ControlState:

@@ -1,7 +1,7 @@
 import torch
 from fixtures import golden, needs_fixtures
 
-from engine.model.patterns import apply_delay, start_triangle_mask, tokens_to_codes, undelay
+from engine.model.tokens.patterns import apply_delay, start_triangle_mask, tokens_to_codes, undelay
 
 
 def reference_roll_along(arr, shifts, dim):

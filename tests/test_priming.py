@@ -15,9 +15,9 @@ from engine.cli.main import main
 from engine.live.control_input import initial_controls
 from engine.live.generator import RollingGenerator
 from engine.model.config import SamplingConfig
-from engine.model.priming import prime_frames, prime_rows
 from engine.model.reference import generate_window
 from engine.model.sampling import sample_frame
+from engine.model.tokens.priming import prime_frames, prime_rows
 
 Q = 8
 

@@ -132,7 +132,7 @@ def test_bare_file_pairing_unknown_warns(ckpt_path, capsys):
 
     args = Args()
     loaded = load_paired_checkpoint(args)
-    assert loaded.pairing == "unknown" and args.encodecmae == "base"
+    assert loaded.checkpoint.pairing == "unknown" and args.encodecmae == "base"
     assert "unknown" in capsys.readouterr().err
 
 

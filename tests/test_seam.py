@@ -12,7 +12,7 @@ from test_priming import original_priming
 from engine import HOP_LENGTH, SAMPLE_RATE
 from engine.live.audio.seam import CROSSFADE_FRAMES, Crossfade
 from engine.live.decoder import StreamingDecoder
-from engine.model.patterns import apply_delay
+from engine.model.tokens.patterns import apply_delay
 
 Q = 8
 

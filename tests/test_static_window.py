@@ -15,7 +15,7 @@ from engine.live.step.compute import WeightFormat, apply_precision
 from engine.live.step.graph_runner import GraphRunner
 from engine.live.step.static_window import StaticWindowStep
 from engine.live.step.window_gpt import WindowGPT
-from engine.model.patterns import start_triangle_mask
+from engine.model.tokens.patterns import start_triangle_mask
 
 W = 12
 Q = 8

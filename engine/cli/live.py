@@ -31,7 +31,8 @@ from engine.live.engine import LiveConfig
 from engine.live.step.compute import out_of_memory_as_user_error
 from engine.model.config import PRESETS
 from engine.model.encodecmae import DEFAULT_ENCODECMAE, default_cache_dir, load_encodecmae
-from engine.model.loading.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from engine.model.loading.checkpoint import DEFAULT_CHECKPOINT
+from engine.model.loading.family import load_family
 from engine.model.loading.pairing import choose_encodecmae
 from engine.model.loading.published import models_table
 from engine.model.loading.random_model import random_model
@@ -50,10 +51,11 @@ def build_live_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Commands (run_engine.py COMMAND --help): " + ", ".join(COMMANDS) + ".")
     m = p.add_argument_group("model")
-    m.add_argument("--checkpoint", metavar="CKPT", default=None,
-                   help="EnCodecGPT checkpoint: a published name (nsynth, librilight, "
-                        "audioset; see --list-models), .ckpt, hub path owner/repo/file.ckpt, or "
-                        "a save_pretrained folder; default: nsynth")
+    m.add_argument("--checkpoint", "--model", dest="checkpoint", metavar="SRC", default=None,
+                   help="the model: a published name (nsynth, librilight, audioset; see "
+                        "--list-models), an EnCodecGPT .ckpt, hub path owner/repo/file.ckpt or "
+                        "save_pretrained folder; default: nsynth. --model is the same option "
+                        "(the family is recognised from SRC)")
     m.add_argument("--random-weights", action="store_true",
                    help="untrained model and codec: smoke tests and benchmarks ONLY")
     m.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -226,18 +228,23 @@ def _load(args):
     source = args.checkpoint or DEFAULT_CHECKPOINT
     print(f"loading {source} ...", file=sys.stderr, flush=True)
     try:
-        loaded = load_checkpoint(source, trust=args.trust_checkpoint)
+        loaded = load_family(source, trust=args.trust_checkpoint)
     except UserError as e:
         if args.checkpoint is None and "cannot be reached" in str(e):
             raise UserError(OFFLINE_HELP.format(reason=e)) from None
         raise
+    if loaded.facts.name != "encodecgpt":
+        raise UserError(f"{source}: a {loaded.facts.name} model (x-transformers, flattened "
+                        "codebooks); live play of this family is not wired into the engine yet: "
+                        "render it with `run_engine.py render --model SRC`")
+    ckpt = loaded.checkpoint
     args.encodecmae, warning = choose_encodecmae(
-        loaded.encodecmae, loaded.pairing, args.encodecmae, args.force_encodecmae, str(source))
+        ckpt.encodecmae, ckpt.pairing, args.encodecmae, args.force_encodecmae, str(source))
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    args.context_s = loaded.context_s
-    args.identity = {"checkpoint": loaded.source, "sha256": loaded.sha256,
-                     "codec": loaded.codec.name, "encodecmae": args.encodecmae}
+    args.context_s = ckpt.context_s
+    args.identity = {"checkpoint": ckpt.source, "sha256": ckpt.sha256,
+                     "codec": ckpt.codec.name, "encodecmae": args.encodecmae}
     return loaded.model, loaded.codec, encoder_factory
 
 

@@ -13,7 +13,7 @@ from engine.model.codec import Codec
 from engine.model.config import PRESETS
 from engine.model.encodecgpt import EnCodecGPT
 from engine.model.encodecmae import DEFAULT_ENCODECMAE
-from engine.model.loading.checkpoint import LoadedCheckpoint, load_checkpoint
+from engine.model.loading.family import LoadedFamilyModel, load_family
 from engine.model.loading.pairing import choose_encodecmae
 from engine.model.loading.random_model import random_model
 
@@ -24,6 +24,10 @@ def add_model_source(p: argparse.ArgumentParser) -> None:
                      help="EnCodecGPT checkpoint: a published name (nsynth, librilight, "
                           "audioset), .ckpt file, hub path owner/repo/file.ckpt, or a "
                           "save_pretrained folder")
+    src.add_argument("--model", metavar="SRC",
+                     help="any model family, recognised from what SRC holds: whatever "
+                          "--checkpoint accepts, or an x-transformers rotary state dict file "
+                          "(the NSynth-guitar tutorial model; sizes from a JSON beside it)")
     src.add_argument("--random-weights", action="store_true",
                      help="untrained model and codec (smoke tests and benchmarks only)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
@@ -31,12 +35,44 @@ def add_model_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-seed", type=int, default=0, help="seed for --random-weights")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow checkpoints that hold pickled Python objects (trusted sources only)")
+    add_rotary_options(p)
+
+
+def add_rotary_options(p: argparse.ArgumentParser) -> None:
+    """Sizes of a rotary (x-transformers) model the weights cannot tell, and its codec."""
+    r = p.add_argument_group("rotary family (--model with an x-transformers state dict)")
+    r.add_argument("--heads", type=int, help="attention heads (default: JSON beside, else 4)")
+    r.add_argument("--codebooks", type=int, help="flattened codebooks (default: JSON, else 2)")
+    r.add_argument("--max-seq-len", type=int, help="trained length W (default: JSON, else 250)")
+    r.add_argument("--codec", metavar="SRC", default=None,
+                   help="EnCodec 24 kHz for the rotary family (default facebook/encodec_24khz; "
+                        "random:SEED for tests)")
+
+
+def rotary_given(args: argparse.Namespace) -> dict:
+    """The rotary sizes given on the command line (they override the JSON beside the file)."""
+    names = {"heads": "heads", "codebooks": "codebooks", "max_seq_len": "max_seq_len"}
+    return {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
+
+
+def model_source(args: argparse.Namespace) -> str | None:
+    """``--model`` or its alias ``--checkpoint``."""
+    return getattr(args, "model", None) or getattr(args, "checkpoint", None)
+
+
+def load_any(args: argparse.Namespace) -> LoadedFamilyModel:
+    """Whatever family ``--model``/``--checkpoint`` holds."""
+    return load_family(model_source(args), trust=args.trust_checkpoint,
+                       codec=getattr(args, "codec", None), given=rotary_given(args))
 
 
 def load_model(args: argparse.Namespace, prompt_dim: int | None) -> tuple[EnCodecGPT, Codec]:
     """The checkpoint's model and codec, or random ones with a loud warning."""
-    if args.checkpoint:
-        loaded = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
+    if model_source(args):
+        loaded = load_any(args)
+        if loaded.facts.name != "encodecgpt":
+            raise UserError(f"{model_source(args)}: a {loaded.facts.name} model; this command "
+                            "runs EnCodecGPT models only")
         return loaded.model, loaded.codec
     print(f"WARNING: --random-weights: untrained '{args.preset}' model and random codec; the "
           "output is noise. For smoke tests and benchmarks only.", file=sys.stderr)
@@ -44,20 +80,24 @@ def load_model(args: argparse.Namespace, prompt_dim: int | None) -> tuple[EnCode
                          "prompt_dim": prompt_dim})
 
 
-def load_paired_checkpoint(args: argparse.Namespace) -> LoadedCheckpoint | None:
-    """Load ``--checkpoint`` (None with ``--random-weights``) and set ``args.encodecmae`` to
-    the EnCodecMAE its prompts need: its own unless ``--encodecmae`` names another and
-    ``--force-encodecmae`` is given (refused otherwise); a warning when the pairing is unknown.
+def load_paired_checkpoint(args: argparse.Namespace) -> LoadedFamilyModel | None:
+    """Load ``--model``/``--checkpoint`` (None with ``--random-weights``). For EnCodecGPT, set
+    ``args.encodecmae`` to the EnCodecMAE its prompts need: its own unless ``--encodecmae``
+    names another and ``--force-encodecmae`` is given (refused otherwise); a warning when the
+    pairing is unknown.
     """
-    if not args.checkpoint:
+    source = model_source(args)
+    if not source:
         args.encodecmae = args.encodecmae or DEFAULT_ENCODECMAE
         return None
-    loaded = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
-    args.encodecmae, warning = choose_encodecmae(loaded.encodecmae, loaded.pairing,
-                                                 args.encodecmae, args.force_encodecmae,
-                                                 args.checkpoint)
-    if warning:
-        print(warning, file=sys.stderr)
+    loaded = load_any(args)
+    ckpt = loaded.checkpoint
+    if ckpt is not None:
+        args.encodecmae, warning = choose_encodecmae(ckpt.encodecmae, ckpt.pairing,
+                                                     args.encodecmae, args.force_encodecmae,
+                                                     source)
+        if warning:
+            print(warning, file=sys.stderr)
     return loaded
 
 

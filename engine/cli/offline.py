@@ -12,6 +12,7 @@ import torch
 from engine import FRAME_RATE, SAMPLE_RATE
 from engine.cli.compute_flags import add_compute, add_threads, resolve_engine
 from engine.cli.models import add_model_source, load_model, load_paired_checkpoint, save_npy
+from engine.cli.render_rotary import render_rotary
 from engine.errors import UserError
 from engine.live.audio.sinks import FileSink, MemorySink
 from engine.live.control_input import initial_controls
@@ -25,9 +26,9 @@ from engine.model.codec import codebooks_for_bandwidth, load_codec
 from engine.model.config import SamplingConfig
 from engine.model.encodecmae import load_encodecmae
 from engine.model.loading.checkpoint import load_checkpoint
-from engine.model.priming import prime_frames, read_prime
 from engine.model.prompt_files import PromptReader
 from engine.model.reference import generate_kv, generate_window, prompt_schedule, tokens_to_audio
+from engine.model.tokens.priming import prime_frames, read_prime
 
 
 def add_parsers(sub) -> None:
@@ -52,8 +53,9 @@ def add_parsers(sub) -> None:
 
     ren = sub.add_parser("render", help="generate tokens (and audio) offline")
     add_model_source(ren)
-    ren.add_argument("--prompt", required=True, metavar="P0",
-                     help="prompt: a .npy vector or an audio file (embedded with --encodecmae)")
+    ren.add_argument("--prompt", metavar="P0",
+                     help="prompt: a .npy vector or an audio file (embedded with --encodecmae); "
+                          "required for EnCodecGPT. Rotary family: an audio prefix to continue")
     ren.add_argument("--prompt-to", metavar="P1", help="morph linearly from P0 to P1")
     ren.add_argument("--encodecmae", default=None, metavar="SRC",
                      help="EnCodecMAE used for audio prompts (default: the one the checkpoint "
@@ -120,6 +122,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     if steps < 1:
         raise UserError(f"--frames/--seconds must give at least 1 frame (got {steps})")
     loaded = load_paired_checkpoint(args)  # before the prompts: it picks their EnCodecMAE
+    if loaded is not None and loaded.facts.name == "rotary":
+        return render_rotary(args, loaded, steps)
+    if not args.prompt:
+        raise UserError("render: --prompt is required for EnCodecGPT models")
     prompts = PromptReader(lambda: load_encodecmae(args.encodecmae, trust=args.trust_checkpoint))
     p0 = prompts.read(args.prompt)
     p1 = prompts.read(args.prompt_to) if args.prompt_to else None
@@ -138,7 +144,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     schedule = torch.from_numpy(prompt_schedule(p0, p1, steps))
     gpu = args.compute.strip().lower() not in ("auto", "cpu")
     if args.window is not None or args.mode is not None or gpu or args.prime:
-        primed = _primed_rows(args, codec, model.num_q, loaded)
+        primed = _primed_rows(args, codec, model.num_q, loaded.checkpoint if loaded else None)
         return _render_rolling(args, model, codec, sampling, p0, p1, steps, primed)
     if args.quantize not in ("auto", "none"):
         raise UserError(f"--quantize {args.quantize} applies to the rolling modes (--window or "
@@ -166,7 +172,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _primed_rows(args, codec, num_q: int, loaded) -> torch.Tensor | None:
-    """``--prime FILE``: its last seconds as ``[T, Q]`` rows (see engine.model.priming)."""
+    """``--prime FILE``: its last seconds as ``[T, Q]`` rows (see engine.model.tokens.priming)."""
     if not args.prime:
         return None
     frames, note = prime_frames(loaded.context_s if loaded else None,

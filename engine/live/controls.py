@@ -68,7 +68,7 @@ GENERATOR_CONTROLS: tuple[ControlSpec, ...] = (
     ControlSpec("/prompt/slot", "ib", "(internal) put an embedding into a slot", 0,
                 MAX_SLOTS - 1),
     ControlSpec("/prime/rows", "b", "(internal) start a new sequence from primed token rows "
-                "[T, Q] (engine.model.priming)"),
+                "[T, Q] (engine.model.tokens.priming)"),
 )
 SPECS = {s.address: s for s in GENERATOR_CONTROLS}
 WEIGHT_SETTERS = frozenset({"/morph", "/morph/xy", "/mix"})

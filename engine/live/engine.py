@@ -8,7 +8,7 @@
 * the output: a PortAudio device, or the null sink, with the watchdog that falls back to the
   null sink when the device fails (:mod:`engine.live.audio.output`);
 * prompt loading for ``/prompt/load``, and priming for ``/prime`` and ``/prime/file``
-  (:mod:`engine.live.prompt_loading`; :mod:`engine.model.priming`);
+  (:mod:`engine.live.prompt_loading`; :mod:`engine.model.tokens.priming`);
 * transport: play / pause / panic (:mod:`engine.live.transport`);
 * the listeners (recorder, control log, tap) and notices (:mod:`engine.live.listeners`);
 
@@ -80,8 +80,8 @@ from engine.live.listeners import EngineListener, Listeners
 from engine.live.pipeline import Pipeline
 from engine.live.prompt_loading import PromptLoader
 from engine.live.transport import Transport
-from engine.model.priming import prime_frames, read_prime
 from engine.model.prompt_files import PromptReader
+from engine.model.tokens.priming import prime_frames, read_prime
 
 WARM_UP_TIMEOUT_S = 30.0
 

@@ -3,8 +3,8 @@
 Row ``t`` (delayed layout, ``[Q]`` int64, +1 / 0 = empty) is generated at step ``t`` from the
 prompt and at most the ``W`` previous rows of the current sequence (a ``/reset`` starts a new
 sequence). Once a window no longer starts at the sequence start, its first rows get the empty
-start triangle re-created (:func:`engine.model.patterns.start_triangle_mask`), as in the original
-demo. Two modes:
+start triangle re-created (:func:`engine.model.tokens.patterns.start_triangle_mask`), as in
+the original demo. Two modes:
 
 ``exact``
     The whole ``[prompt, last W rows]`` is recomputed every step through the reference model
@@ -58,8 +58,8 @@ from engine.live.step.reprefill import ShadowPrefill
 from engine.live.step.static_window import StaticWindowStep
 from engine.live.step.weight_formats import build_kv_step
 from engine.model.encodecgpt import EnCodecGPT
-from engine.model.patterns import start_triangle_mask
 from engine.model.sampling import sample_frame
+from engine.model.tokens.patterns import StreamingUndelay, start_triangle_mask
 
 MAX_WINDOW = 299  # < 300 frames = 4 s at 75 Hz
 DEFAULT_WINDOW = 200  # 2.67 s, the original demo's buffer
@@ -172,6 +172,11 @@ class RollingGenerator:
                            top_p=c.top_p, greedy=self.greedy, generator=self.rng)[0]
         return self._finish_step(row)
 
+    def frame_assembler(self) -> StreamingUndelay:
+        """Rows in, complete frames out: the streaming inverse of the delay pattern (the
+        pipeline's decoder thread asks each model family for its own)."""
+        return StreamingUndelay(self.num_q)
+
     def _static_row(self) -> torch.Tensor:
         """The static step: the window, its advance and the draw live on the device; only
         the controls go in and the ``[Q]`` row comes out."""
@@ -192,7 +197,7 @@ class RollingGenerator:
 
     def prime(self, rows: torch.Tensor) -> None:
         """Start a new sequence whose first rows are ``rows``, as if they had been generated
-        (:mod:`engine.model.priming`); the next step continues them. Generator thread only
+        (:mod:`engine.model.tokens.priming`); the next step continues them. Generator thread only
         (or before it runs); the frame counter ``t`` does not move.
 
         Args:

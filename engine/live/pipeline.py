@@ -1,8 +1,9 @@
 """Generator → decoder → sink, on two threads.
 
 The generator thread only runs the language model (plus the background re-prefill worker
-of ``fast`` mode); the decoder thread turns rows into frames (:class:`StreamingUndelay`),
-decodes them in chunks of ``decode_chunk`` frames with the carried-state
+of ``fast`` mode); the decoder thread turns rows into frames (the generator's
+``frame_assembler()``: the streaming inverse of its model family's token pattern), decodes them
+in chunks of ``decode_chunk`` frames with the carried-state
 :class:`~engine.live.decoder.StreamingDecoder`, applies the master gain (each row carries the
 ``/gain`` in force when it was generated, ramped per frame by
 :class:`~engine.live.audio.gain.GainRamp`), measures the level
@@ -40,7 +41,6 @@ from engine.live.audio.level import LevelMeter
 from engine.live.audio.seam import Crossfade
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
-from engine.model.patterns import StreamingUndelay
 
 _STOP = object()
 
@@ -180,7 +180,7 @@ class Pipeline:
                     return
 
     def _decode(self) -> None:
-        undelay = StreamingUndelay(self.generator.num_q)
+        undelay = self.generator.frame_assembler()  # the family's streaming un-pattern
         chunk: list[torch.Tensor] = []
         hooks: list[tuple[int, Callable]] = []
         frames = 0  # frames completed so far = index of the next one

@@ -7,7 +7,8 @@
 (2) :func:`generate_window` — a rolling window of ``W`` frames recomputed whole at every step
     (encodecgpt's ``gen_utils.generate_interp``): before each forward, position 0 is the
     step's prompt; once ``W`` rows exist the window is the last ``W`` rows with the
-    start-of-sequence triangle re-created (:func:`engine.model.patterns.start_triangle_mask`).
+    start-of-sequence triangle re-created
+    (:func:`engine.model.tokens.patterns.start_triangle_mask`).
 
 Both return tokens ``[N, Q]`` in the delayed layout (+1, 0 = empty).
 """
@@ -22,8 +23,8 @@ import torch
 from engine.model.codec import Codec
 from engine.model.config import SamplingConfig
 from engine.model.encodecgpt import EnCodecGPT
-from engine.model.patterns import start_triangle_mask, tokens_to_codes, undelay
 from engine.model.sampling import sample_frame
+from engine.model.tokens.patterns import start_triangle_mask, tokens_to_codes, undelay
 
 GREEDY = SamplingConfig(greedy=True)
 
@@ -126,7 +127,7 @@ def generate_window(
         prompts: ``[N, P]`` per-step prompt; step ``i`` runs ``[prompts[i], window rows]``.
         window: ``W``; the context never exceeds ``W + 1`` positions.
         primed: ``[T, Q]`` rows (``T <= W``) the sequence starts with, fed after the prompt
-            as if generated (:mod:`engine.model.priming`); they are not returned.
+            as if generated (:mod:`engine.model.tokens.priming`); they are not returned.
 
     Returns:
         :class:`Generation` with tokens ``[N, Q]``.

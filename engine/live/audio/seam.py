@@ -24,7 +24,7 @@ import torch
 
 from engine import HOP_LENGTH
 from engine.live.decoder import FIRST_CHUNK_FRAMES, StreamingDecoder
-from engine.model.patterns import StreamingUndelay
+from engine.model.tokens.patterns import StreamingUndelay
 
 WARM_FRAMES = 16  # primed frames decoded unheard: the decoder's context for the new stream
 CROSSFADE_FRAMES = 4  # 53 ms at 75 frames/s

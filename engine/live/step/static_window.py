@@ -47,7 +47,7 @@ from engine.live.step.window_gpt import WindowGPT
 from engine.model.config import VOCAB_PER_CODEBOOK
 from engine.model.device_sampling import DeviceSampling, draw_noise, sample_on_device
 from engine.model.encodecgpt import EnCodecGPT
-from engine.model.patterns import start_triangle_mask
+from engine.model.tokens.patterns import start_triangle_mask
 
 RUNNERS = ("graph", "compile", "eager")
 

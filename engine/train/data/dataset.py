@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from engine.model.patterns import apply_delay
+from engine.model.tokens.patterns import apply_delay
 from engine.train.data.cache import load_shards, read_index
 
 IGNORE = -100

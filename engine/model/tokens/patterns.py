@@ -97,3 +97,71 @@ class StreamingUndelay:
             self.rows.pop(0)
         frame = torch.stack([self.rows[k][k] for k in range(self.num_q)])
         return tokens_to_codes(frame)
+
+
+PATTERNS = ("delay", "flatten")
+
+
+def flatten_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Codes to one flat token stream, frame by frame (the NSynth-guitar tutorial's layout).
+
+    No offset is added: token value = code value, and the tutorial's start token 0 is a
+    separate position in front (it shares its value with code 0, as in the recipe).
+    With Q = 2 codebooks and T = 3 frames ``a..c`` (subscript = codebook)::
+
+        codes [Q, T]          flat tokens [Q * T]
+        a0 b0 c0      -->     a0 a1 b0 b1 c0 c1
+        a1 b1 c1
+
+    Token ``i`` holds codebook ``i % Q`` of frame ``i // Q``; a frame is complete once its
+    last codebook (``i % Q == Q - 1``) is known.
+
+    Args:
+        codes: ``[B, Q, T]`` integer codes.
+
+    Returns:
+        ``[B, Q * T]``: ``out[b, t * Q + k] = codes[b, k, t]``.
+    """
+    b, q, t = codes.shape
+    return codes.transpose(1, 2).reshape(b, t * q)  # [B, T, Q] -> [B, T*Q]
+
+
+def unflatten_tokens(tokens: torch.Tensor, num_q: int) -> torch.Tensor:
+    """Flat tokens back to codes: the inverse of :func:`flatten_codes`.
+
+    A trailing, unfinished frame (fewer than ``num_q`` tokens) is dropped.
+
+    Args:
+        tokens: ``[B, L]`` flat tokens starting on codebook 0 (no start token).
+        num_q: codebooks per frame.
+
+    Returns:
+        ``[B, Q, L // Q]`` codes.
+    """
+    b, length = tokens.shape
+    t = length // num_q
+    return tokens[:, : t * num_q].reshape(b, t, num_q).transpose(1, 2)  # [B, Q, T]
+
+
+class StreamingUnflatten:
+    """Flat tokens in, complete frames out: the streaming form of :func:`unflatten_tokens`.
+
+    :meth:`push` takes one token (codebook ``i % Q`` of the current frame) and returns the
+    frame's codes ``[Q]`` when its last codebook arrives, else None.
+    """
+
+    def __init__(self, num_q: int):
+        self.num_q = num_q
+        self.pending: list[int] = []
+
+    def push(self, token: int) -> torch.Tensor | None:
+        self.pending.append(int(token))
+        if len(self.pending) < self.num_q:
+            return None
+        frame = torch.tensor(self.pending, dtype=torch.long)
+        self.pending = []
+        return frame
+
+    def reset(self) -> None:
+        """Forget a half-received frame (the window was re-primed on a frame boundary)."""
+        self.pending = []

@@ -28,7 +28,7 @@ from engine import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE
 from engine.errors import UserError
 from engine.model.audio_io import read_audio
 from engine.model.codec import Codec
-from engine.model.patterns import apply_delay
+from engine.model.tokens.patterns import apply_delay
 
 
 def prime_frames(context_s: float | None, window: int) -> tuple[int, str | None]:

@@ -26,11 +26,13 @@ MODES = ("fast", "exact")
 
 @dataclass
 class RotarySampling:
-    """The controls this family has: temperature, top-k, top-p (seed/reset at the engine)."""
+    """The controls this family has: temperature, top-k, top-p (seed/reset at the engine),
+    and the output gain the pipeline applies."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    gain_db: float = 0.0
 
 
 class UnflattenRows:
@@ -69,6 +71,7 @@ class RotaryGenerator:
         step_class = SlidingStep if mode == "fast" else RecomputeStep
         self.stepper = step_class(model, self.window)
         self.sampling = RotarySampling()
+        self.controls = self.sampling  # what the pipeline reads (gain_db)
         self.greedy, self.rng = greedy, torch.Generator().manual_seed(seed)
         self.t = 0
         self._pending_prefix: torch.Tensor | None = None
@@ -81,6 +84,11 @@ class RotaryGenerator:
 
     def frame_assembler(self) -> UnflattenRows:
         return UnflattenRows(self.num_q)
+
+    def take_seam(self) -> None:
+        """No decoder crossfade for this family: a re-prime cuts at a frame boundary and the
+        decoder carries its state on (the pipeline asks every family)."""
+        return None
 
     def prime(self, prefix: torch.Tensor) -> None:
         """Re-prime the window from codes ``[Q, T]`` at the next frame boundary (any thread:

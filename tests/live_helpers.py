@@ -56,6 +56,14 @@ def run_cli(*args, ok: bool = True, timeout: float = 300,
     return proc
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A test run started in the
+    background of a non-interactive shell (``cmd &``, ``nohup``) ignores SIGINT, children
+    inherit that, and Python then installs no Ctrl-C handler: :meth:`EngineProcess.stop`
+    would test nothing and wait for its timeout."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class EngineProcess:
     """``python run_engine.py ARGS`` until :meth:`stop` (SIGINT, like Ctrl-C); its output
     goes to the file ``log``."""
@@ -64,7 +72,8 @@ class EngineProcess:
         self.log_path = log
         self._log = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cli_command(*args), stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=cli_env())
+                                     stderr=subprocess.STDOUT, env=cli_env(),
+                                     preexec_fn=_default_sigint)
 
     def wait_for(self, text: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

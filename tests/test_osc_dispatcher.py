@@ -372,7 +372,7 @@ def test_a_finished_load_is_confirmed_on_the_console_and_the_status_shows_each_s
                                log=logs.append)
     assert dispatcher.handle(MAX_PROMPT_LOAD, SENDER)
     assert logs == ["prompt: loaded kick.wav into slot 2"]
-    sources = {0: "/home/me/sounds/pad.wav", 1: "random", 2: "/tmp/kick.wav"}
+    sources = {0: "sounds/pads/pad.wav", 1: "random", 2: "kick.wav"}
     assert slots_line(sources, 4) == "slots: 0 pad.wav  1 random  2 kick.wav  3 empty"
 
 

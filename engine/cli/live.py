@@ -23,6 +23,7 @@ from engine.cli.compute_flags import (
 )
 from engine.cli.console import StatusConsole
 from engine.cli.default_prompts import write_default_prompts
+from engine.cli.models import add_encodecmae
 from engine.errors import UserError
 from engine.live.audio.sound_device import list_devices, set_jack_client_name
 from engine.live.control_input import DEFAULT_SLOTS
@@ -61,11 +62,7 @@ def build_live_parser() -> argparse.ArgumentParser:
     m.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     m.add_argument("--weights-seed", type=int, default=0)
     m.add_argument("--trust-checkpoint", action="store_true")
-    m.add_argument("--encodecmae", default=None, metavar="SRC",
-                   help="EnCodecMAE for audio prompts: small|base|large|..., hub id or folder "
-                        "(default: the one the checkpoint was trained with, else base)")
-    m.add_argument("--force-encodecmae", action="store_true",
-                   help="use --encodecmae even where the checkpoint was trained with another")
+    add_encodecmae(m)
     m.add_argument("--list-models", action="store_true",
                    help="list the published models and what the local cache holds, and exit")
     m.add_argument("--threads", type=int, default=1, help="torch threads per op (default 1)")

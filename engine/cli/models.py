@@ -80,6 +80,16 @@ def load_model(args: argparse.Namespace, prompt_dim: int | None) -> tuple[EnCode
                          "prompt_dim": prompt_dim})
 
 
+def add_encodecmae(p: argparse._ActionsContainer) -> None:
+    """``--encodecmae`` and ``--force-encodecmae``: the prompts' encoder and its pairing check
+    (:func:`load_paired_checkpoint`)."""
+    p.add_argument("--encodecmae", default=None, metavar="SRC",
+                   help="EnCodecMAE for audio prompts: small|base|large|..., hub id or folder "
+                        "(default: the one the checkpoint was trained with, else base)")
+    p.add_argument("--force-encodecmae", action="store_true",
+                   help="use --encodecmae even where the checkpoint was trained with another")
+
+
 def load_paired_checkpoint(args: argparse.Namespace) -> LoadedFamilyModel | None:
     """Load ``--model``/``--checkpoint`` (None with ``--random-weights``). For EnCodecGPT, set
     ``args.encodecmae`` to the EnCodecMAE its prompts need: its own unless ``--encodecmae``

@@ -11,7 +11,13 @@ import torch
 
 from engine import FRAME_RATE, SAMPLE_RATE
 from engine.cli.compute_flags import add_compute, add_threads, resolve_engine
-from engine.cli.models import add_model_source, load_model, load_paired_checkpoint, save_npy
+from engine.cli.models import (
+    add_encodecmae,
+    add_model_source,
+    load_model,
+    load_paired_checkpoint,
+    save_npy,
+)
 from engine.cli.render_rotary import render_rotary
 from engine.errors import UserError
 from engine.live.audio.sinks import FileSink, MemorySink
@@ -57,11 +63,7 @@ def add_parsers(sub) -> None:
                      help="prompt: a .npy vector or an audio file (embedded with --encodecmae); "
                           "required for EnCodecGPT. Rotary family: an audio prefix to continue")
     ren.add_argument("--prompt-to", metavar="P1", help="morph linearly from P0 to P1")
-    ren.add_argument("--encodecmae", default=None, metavar="SRC",
-                     help="EnCodecMAE used for audio prompts (default: the one the checkpoint "
-                          "was trained with, else base)")
-    ren.add_argument("--force-encodecmae", action="store_true",
-                     help="use --encodecmae even where the checkpoint was trained with another")
+    add_encodecmae(ren)
     ren.add_argument("--prime", metavar="FILE",
                      help="continue this recording: its last seconds (the model's context, at "
                           "most the window) are encoded and generation goes on from them; "

@@ -3,8 +3,8 @@
 Run once per version, with that release unpacked on sys.path (the tests themselves only
 need the files this writes)::
 
-    pip download x-transformers==1.26.0 --no-deps -d /tmp/xt/1.26.0 && unzip ...
-    python tests/data/xtransformers/make_fixtures.py /tmp/xt/1.26.0 1.26.0
+    pip download x-transformers==1.26.0 --no-deps -d build/xt/1.26.0 && unzip ...
+    python tests/data/xtransformers/make_fixtures.py build/xt/1.26.0 1.26.0
 
 Each file holds a randomly initialised and then perturbed ``TransformerWrapper`` state dict
 (dim 64, depth 2, heads 2 of width 32, 64 tokens, rotary), a token sequence and the logits that

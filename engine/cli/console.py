@@ -20,7 +20,17 @@ def status_line(s: dict) -> str:
             f"T {s['temperature']:.2f} k {s['topk']} p {s['topp']:.2f}"
             f"  gain {s.get('gain_db', 0.0):+.1f} dB  level {s.get('peak_db', -120):.0f}/"
             f"{s.get('rms_db', -120):.0f} dBFS"
+            f"{_faults(s)}"
             f"{'  REC' if s['recording'] else ''}  ({s['weights']}, {s['device']})")
+
+
+def _faults(s: dict) -> str:
+    """Only when something went wrong: non-finite steps/samples, frames limited."""
+    parts = [f"{s[k]} {name}" for k, name in (("nonfinite_steps", "NaN steps"),
+                                               ("nonfinite_samples", "NaN samples"),
+                                               ("limited_frames", "limited"))
+             if s.get(k)]
+    return ("  " + ", ".join(parts)) if parts else ""
 
 
 def slots_line(sources: dict[int, str], num_slots: int) -> str:

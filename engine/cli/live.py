@@ -100,6 +100,9 @@ def build_live_parser() -> argparse.ArgumentParser:
     a.add_argument("--decode-chunk", type=int, default=None, metavar="FRAMES",
                    help="frames decoded per call (smaller: lower latency, more work; default "
                         "8 on the CPU, 2 on a GPU)")
+    a.add_argument("--no-limiter", dest="limiter", action="store_false",
+                   help="turn off the safety limiter (peaks held at -0.3 dBFS; non-finite "
+                        "samples are replaced by silence either way)")
     o = p.add_argument_group("OSC")
     o.add_argument("--osc-host", default="127.0.0.1",
                    help="address to listen on (default loopback; a LAN address lets phones in)")
@@ -314,7 +317,8 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
                         tap=args.tap, sessions_dir=args.sessions_dir,
                         scenes_dir=args.scenes_dir,
                         identity=dict(args.identity, prompt_dim=model.prompt_dim),
-                        slot_sources=list(args.slot_sources), context_s=args.context_s)
+                        slot_sources=list(args.slot_sources), context_s=args.context_s,
+                        limiter=args.limiter)
     size = f"a {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M-parameter model " \
            f"({choice.weights.label})"
     try:

@@ -115,6 +115,7 @@ class LiveConfig:
     identity: dict = field(default_factory=dict)  # checkpoint/codec ids for session.json
     slot_sources: list = field(default_factory=list)  # where each initial prompt came from
     context_s: float | None = None  # the model's priming context (None: the window)
+    limiter: bool = True  # the safety limiter at -0.3 dBFS (engine.live.audio.safety)
 
 
 class LiveEngine:
@@ -151,6 +152,8 @@ class LiveEngine:
                                  blocksize=config.blocksize, latency=config.latency, log=log)
         self.pipeline = Pipeline(self.generator, decoder, self.output.sink,
                                  decode_chunk=config.decode_chunk, threads=config.threads)
+        if not config.limiter:
+            self.pipeline.safety = None
         self.events = Listeners(log, rate=lambda: self.output.rate)
         reader = PromptReader(encoder_factory, expected_dim=model.prompt_dim,
                               max_seconds=config.prompt_seconds)
@@ -166,11 +169,19 @@ class LiveEngine:
         """Route the generator's, the pipeline's and the output's events to the listeners."""
         self.generator.on_control = self.events.on_control
         self.generator.on_error = lambda frame, event, message: self.events.error(message)
+        self.generator.on_fault = self._fault
+        self.pipeline.on_fault = self._fault
         self.pipeline.on_row = self.events.on_row
         if self.output.device is not None:  # what was played, at the device rate
             self.output.device.tap = self.events.on_output
         else:
             self.pipeline.on_audio = self.events.on_output
+
+    def _fault(self, message: str) -> None:
+        """A non-finite step or decoded block (generator or decoder thread): once per run of
+        them, on the console and as ``/error``; the stream goes on."""
+        self.log(f"warning: {message}")
+        self.events.error(message)
 
     # -- wiring for the layers above (before start) -------------------------------------------
     def add_listener(self, listener: EngineListener) -> None:
@@ -311,6 +322,7 @@ class LiveEngine:
         c = self.generator.controls
         recording = self.recorder is not None and self.recorder.recording
         level = self.pipeline.level.read()
+        safety = self.pipeline.safety
         return {
             "rtf": (1000.0 / FRAME_RATE) / mean if mean > 0 else 0.0,
             "step_ms_p50": stats.percentile(50), "step_ms_p99": stats.percentile(99),
@@ -325,4 +337,7 @@ class LiveEngine:
             "weights": self.generator.weight_format,
             "gain_db": float(c.gain_db), "peak_db": level["peak_db"],
             "rms_db": level["rms_db"],
+            "nonfinite_steps": self.generator.nonfinite_steps,
+            "nonfinite_samples": safety.nonfinite if safety is not None else 0,
+            "limited_frames": safety.limited_frames if safety is not None else 0,
         }

@@ -139,6 +139,9 @@ class RollingGenerator:
         self._clear_sequence(start=0)
         self.t = 0
         self.seam = None  # np [T, Q]: rows primed at this step (pipeline: take_seam)
+        self.nonfinite_steps = 0  # steps whose logits were not finite (see _nonfinite_row)
+        self._faulted = False
+        self.on_fault: Callable[[str], None] | None = None  # generator thread
 
     def _static_step(self, quantize: str, runner: str | None,
                      seed: int) -> StaticWindowStep | None:
@@ -167,10 +170,31 @@ class RollingGenerator:
         else:
             logits = self._fast_logits(prompt)
         self.last_logits = logits  # [Q, 1025] of this step (read by tests and meters)
+        if not bool(torch.isfinite(logits).all()):
+            return self._finish_step(self._nonfinite_row())
+        self._faulted = False
         c = self.controls
         row = sample_frame(logits[None], temperature=c.temperature, top_k=c.top_k,
                            top_p=c.top_p, greedy=self.greedy, generator=self.rng)[0]
         return self._finish_step(row)
+
+    def _nonfinite_row(self) -> torch.Tensor:
+        """The step's logits hold NaN or Inf (a broken prompt, weights or cache): repeat the
+        last row instead of sampling from them, and rebuild the caches from the window's
+        tokens, so a poisoned KV cache does not keep the stream broken. Reported once per run
+        of such steps (``on_fault``); counted in :attr:`nonfinite_steps`."""
+        self.nonfinite_steps += 1
+        if not self._faulted and self.on_fault is not None:
+            self.on_fault(f"frame {self.t}: the model's logits are not finite (NaN or Inf); "
+                          "repeating the last row and rebuilding the window's cache")
+        self._faulted = True
+        last = self._history[-1] if self._history else torch.zeros(self.num_q,
+                                                                    dtype=torch.long)
+        if self._history:  # the tokens are fine: only the cached activations are suspect
+            rows = torch.stack(self._history[-self.window:])
+            self._clear_sequence(start=self.t - rows.shape[0])
+            self._history = list(rows)
+        return last.clone()
 
     def frame_assembler(self) -> StreamingUndelay:
         """Rows in, complete frames out: the streaming inverse of the delay pattern (the

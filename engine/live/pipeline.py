@@ -38,6 +38,7 @@ import torch
 from engine import HOP_LENGTH
 from engine.live.audio.gain import GainRamp
 from engine.live.audio.level import LevelMeter
+from engine.live.audio.safety import SafetyLimiter
 from engine.live.audio.seam import Crossfade
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
@@ -96,6 +97,9 @@ class Pipeline:
         self.on_row, self.on_audio = on_row, on_audio
         self.stats = StepStats()
         self.gain = GainRamp()  # decoder thread only
+        self.safety = SafetyLimiter()  # decoder thread only; None = off (--no-limiter)
+        self.on_fault: Callable[[str], None] | None = None  # decoder or generator thread
+        self._audio_fault = False  # in a run of blocks with non-finite samples
         self.level = LevelMeter()  # written by the decoder thread, read by anyone
         self._frame_gains: deque[float] = deque()  # dB of each frame not decoded yet
         # Small: rows waiting here are generated but unheard, i.e. control latency.
@@ -222,6 +226,19 @@ class Pipeline:
             self.error = e
             self._stop.set()
 
+    def _guard(self, audio: np.ndarray) -> None:
+        """Non-finite samples out and peaks limited (:mod:`engine.live.audio.safety`); the
+        first block of a run of broken ones is reported, not every block."""
+        if self.safety is None:
+            if not np.isfinite(audio).all():  # even without the limiter nothing non-finite
+                np.nan_to_num(audio, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            return
+        bad = self.safety.process(audio)
+        if bad and not self._audio_fault and self.on_fault is not None:
+            self.on_fault(f"the decoder produced {bad} non-finite samples; they were replaced "
+                          "by silence (the limiter guards the output)")
+        self._audio_fault = bool(bad)
+
     def _emit(self, frames: list[torch.Tensor]) -> None:
         codes = torch.stack(frames, dim=1)[None]  # [1, Q, n]
         fade = self._fade
@@ -233,6 +250,7 @@ class Pipeline:
         gains = [self._frame_gains.popleft() if self._frame_gains else self.generator.controls
                  .gain_db for _ in range(audio.size // HOP_LENGTH)]
         self.gain.process(audio, gains)
+        self._guard(audio)
         self.level.add(audio)
         if self.on_audio is not None:
             self.on_audio(audio, self.stats.samples_out)

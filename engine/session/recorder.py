@@ -443,6 +443,7 @@ def session_info(engine: LiveEngine) -> dict:
                        "quantize": gen.weight_format, "compute": str(gen.compute),
                        "seed": cfg.seed, "greedy": gen.greedy,
                        "num_q": gen.num_q, "num_slots": gen.controls.num_slots,
+                       "limiter": cfg.limiter,
                        "device": "device" if engine.is_device else "null"},
             "prompt_slots": slots}
 

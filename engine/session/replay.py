@@ -151,6 +151,8 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
     # them, even to the same count, changes MKL's and so the audio's last bits).
     pipeline = Pipeline(gen, decoder, sink, decode_chunk=REPLAY_DECODE_CHUNK, threads=None,
                         on_row=lambda frame, row: rows.append(row))
+    if not eng.get("limiter", True):  # recorded with --no-limiter
+        pipeline.safety = None
     try:
         pipeline.run(frames)
     finally:

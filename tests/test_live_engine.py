@@ -1,6 +1,7 @@
 """LiveEngine without a sound card: device fallback, transport, /reset and /panic, prompt
 folders, OSC allow-list and bundles."""
 
+import socket
 import threading
 import time
 
@@ -203,4 +204,33 @@ def test_null_sink_counts_no_underruns_while_paused(tmp_path):
         engine.play()
         assert wait_until(lambda: engine.generator.t > 0)
     finally:
+        engine.stop()
+
+
+def test_an_osc_burst_waits_in_the_socket_instead_of_being_dropped(tmp_path):
+    """3 000 messages arrive while the ``osc`` thread is not reading (e.g. busy with a scene
+    recall): the grown receive buffer holds them all; the kernel's default one (212 KiB,
+    about 300 such datagrams) would drop most of them."""
+    engine, _ = _engine(tmp_path)
+    server = OSCServer(engine, port=0, log=lambda m: None)
+    plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    default = plain.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    plain.close()
+    assert server.rcvbuf == server.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if server.rcvbuf < 4 * default:
+        server.close()
+        engine.stop()
+        pytest.skip(f"the kernel grants only {server.rcvbuf} bytes (net.core.rmem_max)")
+    msg = OscMessageBuilder(address="/temperature")
+    msg.add_arg(0.5, "f")
+    data = msg.build().dgram
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(3000):
+            client.sendto(data, server.address)
+        server.start()
+        assert wait_until(lambda: server.received == 3000, timeout=20), server.received
+    finally:
+        client.close()
+        server.close()
         engine.stop()

@@ -11,13 +11,13 @@ import threading
 
 import numpy as np
 import torch
+from conftest import tiny_random_model
+from live_helpers import null_engine, wait_until
 
 from engine.live.audio.safety import CEILING_DB, SafetyLimiter
 from engine.live.control_input import initial_controls
 from engine.live.engine import EngineListener
 from engine.live.generator import RollingGenerator
-from tests.conftest import tiny_random_model
-from tests.live_helpers import null_engine, wait_until
 
 CEILING = 10 ** (CEILING_DB / 20)
 

@@ -41,7 +41,7 @@ from engine.model.prompt_files import PromptReader, load_prompt_npy
 from engine.session.live_session import build_live_engine
 from osc.feedback import FeedbackSender
 from osc.midi import MidiMapper, open_midi_input, read_mapping
-from osc.server import OSCServer
+from osc.server import RECEIVE_BUFFER, OSCServer
 
 
 def build_live_parser() -> argparse.ArgumentParser:
@@ -362,6 +362,11 @@ def _run(args, engine, feedback) -> int:
         host, port = server.address
         print(f"playing; OSC on {host}:{port} (send /schema for the address table); "
               "Ctrl-C stops", file=sys.stderr, flush=True)
+        print(f"osc: receive buffer {server.rcvbuf // 1024} KiB"
+              + ("" if server.rcvbuf >= RECEIVE_BUFFER else
+                 f" (asked {RECEIVE_BUFFER // 1024} KiB; the kernel's limit is "
+                 "net.core.rmem_max: raise it with sysctl for bigger OSC bursts)"),
+              file=sys.stderr, flush=True)
         deadline = None if args.seconds is None else time.monotonic() + args.seconds
         with console:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):

@@ -29,6 +29,8 @@ class Address:
     clamp: bool = False
     kind: str = "control"  # control (applied at a frame) | command (engine) | reply (sent)
     widget: str = ""  # what a control surface shows for it (fader, xy, dial, button, ...)
+    flow: str = "discrete"  # continuous: a later value supersedes (coalesced in a flood);
+    # discrete: every message acts, none is dropped; "" for what the engine sends
 
 
 _WIDGETS = {"/morph": "fader", "/morph/xy": "xy", "/mix": "multislider", "/glide": "dial",
@@ -39,7 +41,7 @@ _INTERNAL = ("/prompt/slot", "/prime/rows")  # made by the engine itself, never 
 
 CONTROLS = tuple(
     Address(s.address, s.types, s.help, s.low, s.high, s.default, s.clamp, "control",
-            _WIDGETS.get(s.address, ""))
+            _WIDGETS.get(s.address, ""), "continuous" if s.continuous else "discrete")
     for s in GENERATOR_CONTROLS if s.address not in _INTERNAL
 )
 
@@ -70,7 +72,7 @@ COMMANDS = (
     Address("/schema", "", "reply /schema s: this table as JSON", kind="command"),
 )
 
-REPLIES = (
+REPLIES = tuple(replace(a, flow="") for a in (  # sent: no flow
     Address("/engine/status", "fffffiffiii",
             "~10 Hz: rtf, step_ms_p50, step_ms_p99, buffer_ms, morph (weight of slot 1), "
             "underruns, temperature, topp, topk, recording (0/1), playing (0/1)", kind="reply",
@@ -97,7 +99,7 @@ REPLIES = (
     Address("/error", "s", "what was wrong with the last message (state unchanged)",
             kind="reply", widget="label"),
     Address("/schema", "s", "reply to /schema", kind="reply"),
-)
+))
 
 TABLE: dict[str, Address] = {a.address: a for a in CONTROLS + COMMANDS}
 """Addresses the engine accepts."""
@@ -116,7 +118,8 @@ def schema_json(num_slots: int = MAX_SLOTS) -> str:
     ``num_slots`` prompt slots."""
     def row(a: Address) -> dict:
         return {"address": a.address, "types": a.types, "low": a.low, "high": a.high,
-                "default": list(a.default), "clamp": a.clamp, "kind": a.kind, "help": a.help}
+                "default": list(a.default), "clamp": a.clamp, "kind": a.kind, "flow": a.flow,
+                "help": a.help}
 
     accepts = table_for(num_slots)
     return json.dumps({"num_slots": num_slots,
@@ -126,15 +129,16 @@ def schema_json(num_slots: int = MAX_SLOTS) -> str:
 
 def markdown_table() -> str:
     """The README's OSC table (``python -m osc.addresses`` prints it)."""
-    lines = ["| address | args | range | default | what it does |",
-             "|---|---|---|---|---|"]
+    lines = ["| address | args | flow | range | default | what it does |",
+             "|---|---|---|---|---|---|"]
     for a in CONTROLS + COMMANDS + REPLIES:
         rng = "" if a.low is None and a.high is None else (
             f"{_fmt(a.low)}..{_fmt(a.high)}" + (" (clamped)" if a.clamp else ""))
         args = a.types or "-"
         direction = " (sent by the engine)" if a.kind == "reply" else ""
         default = " ".join(_fmt(v) for v in a.default)
-        lines.append(f"| `{a.address}` | `{args}` | {rng} | {default} | {a.help}{direction} |")
+        lines.append(f"| `{a.address}` | `{args}` | {a.flow} | {rng} | {default} | "
+                     f"{a.help}{direction} |")
     return "\n".join(lines)
 
 

@@ -125,7 +125,8 @@ def null_engine(tmp_path: Path, slots: int = 2, log: Callable[[str], None] = lam
     rng = np.random.RandomState(0)
     vectors = [rng.randn(128).astype(np.float32) for _ in range(slots)]
     fields = {"window": 32, "device": "null", "prompt_dirs": [tmp_path],
-              "sessions_dir": tmp_path / "sessions", "identity": TINY_IDENTITY,
+              "sessions_dir": tmp_path / "sessions", "scenes_dir": tmp_path / "scenes",
+              "identity": TINY_IDENTITY,
               "slot_sources": [f"random {i}" for i in range(slots)], **config}
     return build_live_engine(model, codec, vectors, LiveConfig(**fields), log=log)
 

@@ -208,9 +208,10 @@ def test_reset_starts_a_fresh_sequence(model, prompts):
 
 
 def test_a_burst_of_10000_morphs_coalesces_to_the_last_and_keeps_discrete_ones(model, prompts):
-    """10 000 fader messages queued between two frames: the step applies O(1) of them (the
-    last mix setter of each run; a discrete /temperature in the middle is kept, in order),
-    and the tokens are those of a generator that only got what took effect."""
+    """10 000 fader messages (and a temperature dial now and then) queued between two frames:
+    the step applies O(1) of them — the last value of each continuous setting in each run; a
+    discrete /seed in the middle is kept, in order, and ends the run — and the tokens are
+    those of a generator that only got what took effect."""
     p0, p1 = prompts
     slots = (p0, p1, p0[::-1].copy(), p1[::-1].copy())
     flooded = RollingGenerator(model, _controls(*slots), window=16, mode="fast", seed=3)
@@ -219,18 +220,20 @@ def test_a_burst_of_10000_morphs_coalesces_to_the_last_and_keeps_discrete_ones(m
     assert all(torch.equal(r, plain.step()) for r in rows)
     for i in range(10_000):
         if i == 5_000:
-            flooded.submit([ControlEvent("/temperature", (0.7,))])
+            flooded.submit([ControlEvent("/seed", (9,))])
+        if i % 1_000 == 0:
+            flooded.submit([ControlEvent("/temperature", (round(0.5 + i / 20_000, 3),))])
         x = i / 9_999
         flooded.submit([ControlEvent("/morph/xy" if i % 2 else "/morph",
                                      (x, 1 - x) if i % 2 else (x,))])
     flooded.step()
     applied = [(e.frame, e.address, e.values) for e in flooded.control_log]
     half = (4999 / 9999, 1 - 4999 / 9999)
-    assert applied == [(3, "/morph/xy", half), (3, "/temperature", (0.7,)),
-                       (3, "/morph/xy", (1.0, 0.0))]
-    assert flooded.queue.coalesced == 9_998
-    for ev in [("/morph/xy", half), ("/temperature", (0.7,)),
-               ("/morph/xy", (1.0, 0.0))]:
+    expected = [("/temperature", (0.7,)), ("/morph/xy", half), ("/seed", (9,)),
+                ("/temperature", (0.95,)), ("/morph/xy", (1.0, 0.0))]
+    assert applied == [(3, *ev) for ev in expected]
+    assert flooded.queue.coalesced == 10_011 - 5
+    for ev in expected:
         plain.submit([ControlEvent(*ev)])
     plain.step()
     assert np.allclose(flooded.controls.weights, [0, 1, 0, 0])

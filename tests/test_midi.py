@@ -41,6 +41,7 @@ def test_cc_stream_moves_the_morph_and_learn_binds_a_cc(tmp_path):
                                                   - v / 127) < 1e-6)
         assert dispatcher.handle(LEARN_TEMPERATURE, SENDER) and mapper.learning
         mapper.handle(mido.Message("control_change", channel=2, control=74, value=127))
+        assert wait_until(lambda: engine.generator.controls.target_temperature == 2.0)
         mapper.handle(mido.Message("control_change", channel=2, control=74, value=0))
         mapper.handle(mido.Message("note_on", note=36, velocity=100))
         assert wait_until(lambda: engine.generator.controls.temperature == 0.0)

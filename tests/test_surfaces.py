@@ -204,8 +204,8 @@ PD_DRIVER = """#N canvas 0 0 450 300 12;
 #X msg 10 40 \\; pd open encodecgpt_live.pd {folder};
 #X obj 10 80 delay 400;
 #X msg 10 110 \\; egl-connect localhost {port} \\; egl-listen {listen} \\; egl-morph 0.25 \\; \
-egl-temperature 0.6 \\; egl-topk 40 \\; egl-topp 0.9 \\; egl-glide 0.5 \\; \
-egl-xy-y 0.75 \\; egl-seed 11 \\; egl-load-0 symbol {slot} \\; egl-load-1 symbol /etc/passwd \\; \
+egl-seed 11 \\; egl-temperature 0.6 \\; egl-topk 40 \\; egl-topp 0.9 \\; egl-glide 0.5 \\; \
+egl-xy-y 0.75 \\; egl-load-0 symbol {slot} \\; egl-load-1 symbol /etc/passwd \\; \
 egl-record-name symbol pdtake \\; egl-record 1;
 #X obj 10 150 delay 1500;
 #X msg 10 180 \\; egl-record 0 \\; egl-pause bang;
@@ -252,6 +252,8 @@ def test_pd_patch_run_headless_drives_a_running_engine(tmp_path):
         assert engine.stop() == 0, engine.log
     log = [json.loads(line) for line in (tmp_path / "controls.jsonl").read_text().splitlines()]
     applied = {c["address"]: c["values"] for c in log}
+    # /seed (discrete) sits between /morph and /morph/xy: both move the mix, so without it
+    # the /morph would be coalesced away (it arrives in the same frame and is never heard)
     assert applied["/morph"] == [pytest.approx(0.25)]
     assert applied["/temperature"] == [pytest.approx(0.6)]
     assert applied["/topk"] == [40] and applied["/seed"] == [11]

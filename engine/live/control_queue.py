@@ -8,11 +8,13 @@ same frame, or none does. Each applied event is appended to :attr:`ControlQueue.
 frame index, so a run can be replayed by scheduling the log's events at the same frames.
 
 Floods (a fader at 200 messages/s, a burst as fast as a socket takes) cost a frame boundary
-O(1) applications: the live bundles waiting for a frame are taken at once, and of a run of
-consecutive bundles that only set the mix (:data:`~engine.live.controls.WEIGHT_SETTERS`:
-``/morph``, ``/morph/xy``, ``/mix``) only the last is applied — the earlier ones could not
-take effect anyway (glide starts at the frame, from the last target) — and counted in
-:attr:`ControlQueue.coalesced`. Bundles stay atomic; discrete controls are never dropped.
+O(1) applications: the live bundles waiting for a frame are taken at once, and in a run of
+consecutive bundles of continuous controls only (:data:`~engine.live.controls.CONTINUOUS`:
+the mix setters ``/morph``, ``/morph/xy``, ``/mix``, and ``/glide``, ``/temperature``,
+``/topk``, ``/topp``, ``/gain``) a bundle whose every setting is set again by a later bundle
+of the run is skipped — it could not take effect anyway (a glide starts at the frame, from
+the last target) — and counted in :attr:`ControlQueue.coalesced`. Bundles stay atomic;
+discrete controls are never dropped and end a run.
 At most :data:`MAX_PENDING` bundles wait (the generator paused, or not keeping up): one more
 is refused with a :class:`ControlError` (an ``/error`` reply), nothing is dropped silently.
 The frame log keeps the last :data:`LOG_KEEP` entries in memory (a show's hour of faders
@@ -30,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from engine.live.controls import (
-    WEIGHT_SETTERS,
+    CONTINUOUS,
     AppliedControl,
     ControlError,
     ControlEvent,
@@ -100,9 +102,9 @@ class ControlQueue:
                 live.append(self._pending.get_nowait())
             except queue.Empty:
                 break
+        skip = _superseded([events for events, _ in live])
         for i, (events, wall) in enumerate(live):
-            if (i + 1 < len(live) and _sets_mix_only(events)
-                    and _sets_mix_only(live[i + 1][0])):
+            if skip[i]:
                 self.coalesced += len(events)
                 continue
             yield events, wall
@@ -135,5 +137,27 @@ class ControlQueue:
             self.on_control(entry)
 
 
-def _sets_mix_only(events: Sequence[ControlEvent]) -> bool:
-    return bool(events) and all(ev.address in WEIGHT_SETTERS for ev in events)
+def _settings(events: Sequence[ControlEvent]) -> set[str] | None:
+    """The settings a bundle of continuous controls moves; None if it holds a discrete one."""
+    out = set()
+    for ev in events:
+        target = CONTINUOUS.get(ev.address)
+        if target is None:
+            return None
+        out.add(target)
+    return out or None
+
+
+def _superseded(bundles: list[list[ControlEvent]]) -> list[bool]:
+    """For each bundle: True if it moves only continuous settings that a later bundle of the
+    same run (no discrete control in between) moves again."""
+    skip = [False] * len(bundles)
+    later: set[str] = set()
+    for i in range(len(bundles) - 1, -1, -1):
+        settings = _settings(bundles[i])
+        if settings is None:
+            later = set()  # a discrete control ends the run: it may depend on what came before
+            continue
+        skip[i] = settings <= later
+        later |= settings
+    return skip

@@ -48,33 +48,46 @@ class ControlSpec:
     high: float | None = None
     default: tuple = ()
     clamp: bool = False
+    target: str = ""  # continuous: the one setting it moves (a later value supersedes)
+
+    @property
+    def continuous(self) -> bool:
+        """A fader-like control: of several values for one frame only the last matters.
+        Discrete controls (``/seed``, ``/reset``, the internal ones) are events: each acts."""
+        return bool(self.target)
 
 
 GENERATOR_CONTROLS: tuple[ControlSpec, ...] = (
-    ControlSpec("/morph", "f", "2-slot morph: 0 = slot 0, 1 = slot 1", 0.0, 1.0, (0.0,), True),
+    ControlSpec("/morph", "f", "2-slot morph: 0 = slot 0, 1 = slot 1", 0.0, 1.0, (0.0,), True,
+                "mix"),
     ControlSpec("/morph/xy", "ff", "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) "
-                "slot 1, (0,1) slot 2, (1,1) slot 3", 0.0, 1.0, (0.0, 0.0), True),
-    ControlSpec("/mix", "f…", "weights of slots 0..N-1 (>= 0, normalised to sum 1)", 0.0, None),
+                "slot 1, (0,1) slot 2, (1,1) slot 3", 0.0, 1.0, (0.0, 0.0), True, "mix"),
+    ControlSpec("/mix", "f…", "weights of slots 0..N-1 (>= 0, normalised to sum 1)", 0.0, None,
+                target="mix"),
     ControlSpec("/glide", "f", "glide time constant in seconds for mix, temperature, top-p",
-                0.0, 60.0, (0.0,)),
-    ControlSpec("/temperature", "f", "sampling temperature (0 = greedy)", 0.0, 10.0, (1.0,)),
+                0.0, 60.0, (0.0,), target="glide"),
+    ControlSpec("/temperature", "f", "sampling temperature (0 = greedy)", 0.0, 10.0, (1.0,),
+                target="temperature"),
     ControlSpec("/topk", "i", "keep the k most likely tokens per codebook (0 = off)",
-                0, 1025, (0,)),
-    ControlSpec("/topp", "f", "nucleus mass per codebook (1 = off)", 0.001, 1.0, (1.0,)),
+                0, 1025, (0,), target="topk"),
+    ControlSpec("/topp", "f", "nucleus mass per codebook (1 = off)", 0.001, 1.0, (1.0,),
+                target="topp"),
     ControlSpec("/seed", "i", "reseed the sampler at this frame", 0, 2**31 - 1),
     ControlSpec("/reset", "", "forget the token window and start a fresh sequence"),
     ControlSpec("/gain", "f", "output gain in dB (ceiling +6; a change ramps over 20 ms)",
-                -60.0, 6.0, (0.0,), True),
+                -60.0, 6.0, (0.0,), True, "gain"),
     ControlSpec("/prompt/slot", "ib", "(internal) put an embedding into a slot", 0,
                 MAX_SLOTS - 1),
     ControlSpec("/prime/rows", "b", "(internal) start a new sequence from primed token rows "
                 "[T, Q] (engine.model.tokens.priming)"),
 )
 SPECS = {s.address: s for s in GENERATOR_CONTROLS}
-WEIGHT_SETTERS = frozenset({"/morph", "/morph/xy", "/mix"})
-"""Continuous controls that each set the whole mix target: of several queued for one frame
-boundary only the last can take effect, so the others are coalesced away (see
-:mod:`engine.live.control_queue`). Every other control is discrete and always applied."""
+CONTINUOUS = {s.address: s.target for s in GENERATOR_CONTROLS if s.continuous}
+"""Continuous controls and the setting each moves (``/morph``, ``/morph/xy`` and ``/mix`` all
+move the mix): of several queued for one frame boundary only the last value of each setting
+can take effect, so the earlier ones are coalesced away (see :mod:`engine.live.control_queue`).
+Every other control is discrete and always applied. The OSC table shows this as its ``flow``
+column (:mod:`osc.addresses`)."""
 
 
 @dataclass

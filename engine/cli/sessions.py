@@ -66,7 +66,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
           f"(x{seconds / max(elapsed, 1e-9):.1f} real time); tokens "
           f"{'identical to' if same else 'differ from'} the recording -> {args.out}",
           file=sys.stderr)
+    if not same:
+        print(token_difference(recorded.astype(np.int64), tokens), file=sys.stderr)
     return 0
+
+
+def token_difference(recorded: np.ndarray, replayed: np.ndarray) -> str:
+    """One line: where two token arrays ``[T, Q]`` part, and how much of them differs."""
+    n = min(len(recorded), len(replayed))
+    rows = np.flatnonzero((recorded[:n] != replayed[:n]).any(axis=1))
+    parts = []
+    if len(recorded) != len(replayed):
+        parts.append(f"{len(replayed)} rows replayed, {len(recorded)} recorded")
+    if rows.size:
+        first = int(rows[0])
+        parts.append(f"first differing row {first} ({first / FRAME_RATE:.2f} s into the "
+                     f"recording); {rows.size} of {n} rows differ")
+    return "tokens: " + "; ".join(parts)
 
 
 def _replay_compute(flag: str, recorded: torch.device) -> torch.device:

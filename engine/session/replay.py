@@ -36,6 +36,7 @@ from engine.session.format import (
     load_generator_state,
     read_session,
 )
+from engine.session.recorder import embedding_digest
 
 REPLAY_DECODE_CHUNK = 16  # frames per decoder call; a live decode in other chunks gives the
 # same audio but for float rounding
@@ -73,15 +74,22 @@ def read_controls(path: Path, slots_dir: Path,
                 vec_path = slots_dir / f"{v['sha256']}.npy"
                 if not vec_path.is_file():
                     raise UserError(f"{path}:{n}: embedding {vec_path} is missing")
-                vals.append(np.load(vec_path))
+                vec = np.load(vec_path)
+                if embedding_digest(vec) != v["sha256"]:
+                    raise UserError(f"{path}:{n}: {vec_path} was changed (its content hashes "
+                                    f"to sha256 {embedding_digest(vec)}, the log names "
+                                    f"{v['sha256']})")
+                vals.append(vec)
             else:
                 vals.append(v)
         by_frame.setdefault(frame, []).append(ControlEvent(address, tuple(vals)))
     return by_frame
 
 
-def load_session_model(info: dict, checkpoint: str | None, trust: bool):
-    """The model and codec the session was recorded with (or ``checkpoint`` instead)."""
+def load_session_model(info: dict, checkpoint: str | None, trust: bool,
+                       notice: Callable[[str], None] = lambda m: None):
+    """The model and codec the session was recorded with (or ``checkpoint`` instead; then
+    ``notice`` says which hashes differ, if they do)."""
     ident = info.get("model", {})
     if checkpoint is None and ident.get("random_weights"):
         return random_model(ident)
@@ -89,10 +97,17 @@ def load_session_model(info: dict, checkpoint: str | None, trust: bool):
     if not source:
         raise UserError("the session names no checkpoint; pass --checkpoint")
     loaded = load_checkpoint(source, trust=trust)
-    if checkpoint is None and ident.get("sha256") and loaded.sha256 != ident["sha256"]:
-        raise UserError(f"{source}: content differs from the recorded checkpoint "
-                        f"(sha256 {loaded.sha256[:12]} != {ident['sha256'][:12]}); pass "
-                        "--checkpoint to replay with another model anyway")
+    recorded = ident.get("sha256")
+    if recorded and loaded.sha256 and loaded.sha256 != recorded:
+        if checkpoint is None:
+            raise UserError(f"{source}: content differs from the recorded checkpoint "
+                            f"(sha256 {loaded.sha256[:12]} != {recorded[:12]}, recorded); "
+                            "pass --checkpoint to replay with another model anyway")
+        notice(f"notice: {source} (sha256 {loaded.sha256[:12]}) is not the recorded "
+               f"checkpoint (sha256 {recorded[:12]}): the tokens will differ")
+    elif checkpoint is not None and ident.get("random_weights"):
+        notice(f"notice: the session was recorded with random weights ({ident.get('preset')}, "
+               f"seed {ident.get('seed')}), replayed with {source}: the tokens will differ")
     return loaded.model, loaded.codec
 
 
@@ -123,7 +138,7 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
         notice(f"notice: this session was recorded on {recorded} and replays on {compute}: "
                "not bit-identical (another sampler and float rounding; same rows, controls "
                "and window)")
-    model, codec = load_session_model(info, checkpoint, trust)
+    model, codec = load_session_model(info, checkpoint, trust, notice)
     try:  # e.g. int4 weights recorded, onnxruntime not installed here
         gen = RollingGenerator(model, ControlState(num_slots=eng["num_slots"]),
                                window=eng["window"], mode=eng["mode"], hop=eng["hop"],

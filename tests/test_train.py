@@ -10,7 +10,7 @@ from fixtures import golden, needs_fixtures
 from live_helpers import run_cli
 
 from engine.train.data.dataset import IGNORE, StepBatches, collate
-from engine.train.report import loss_curves
+from engine.train.report import loss_curves, smooth_losses
 from engine.train.task import lm_loss
 
 pytestmark = needs_fixtures
@@ -48,6 +48,29 @@ def test_training_loss_falls_and_validation_improves(trained_run):
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     assert ckpts == ["last.ckpt", "step0000100.ckpt", "step0000200.ckpt"]
     assert "done at step 200" in proc.stdout
+
+
+def test_training_prints_one_plain_line_per_interval_and_no_lightning_chatter(trained_run):
+    _, _, proc = trained_run
+    out = proc.stdout + proc.stderr
+    for noise in ("Epoch 0/", "Tip:", "litmodels", "GPU available", "| Name", "it/s]"):
+        assert noise not in out, noise
+    steps = [line for line in proc.stdout.splitlines() if " loss " in line]
+    assert len(steps) == 200 and steps[-1].startswith("step 200/200  loss ")
+    assert "steps/s" in steps[-1] and "eta 0:00:00" in steps[-1]
+    vals = [line for line in proc.stdout.splitlines() if "val_loss" in line]
+    assert len(vals) == 4 and vals[-1].startswith("step 200/200  val_loss ")
+
+
+def test_the_smoothed_loss_follows_sparse_logs_and_smooths_dense_ones():
+    sparse = list(range(0, 301, 50))  # the case: at step 300 it showed 3.7, not 2.5
+    assert smooth_losses(sparse, [5 - 2.5 * s / 300 for s in sparse])[-1] == pytest.approx(
+        2.5, abs=0.05)
+    rng = np.random.RandomState(0)
+    dense = list(range(3000))
+    noisy = [3 + 0.5 * rng.randn() for _ in dense]
+    smoothed = smooth_losses(dense, noisy)
+    assert np.std(smoothed[300:]) < 0.2 * np.std(noisy)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 
@@ -37,7 +38,8 @@ def plot_losses(run: str | Path, out: str | Path | None = None) -> Path:
     if train:
         steps, losses = zip(*train, strict=True)
         ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="train (per step)")
-        ax.plot(steps, _smooth(losses), color="tab:blue", lw=1.6, label="train (smoothed)")
+        ax.plot(steps, smooth_losses(steps, losses), color="tab:blue", lw=1.6,
+                label="train (smoothed)")
     val = sorted(curves["val_loss"].items())
     if val:
         ax.plot(*zip(*val, strict=True), "o-", color="tab:orange", lw=1.6, label="validation")
@@ -52,9 +54,22 @@ def plot_losses(run: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
-def _smooth(values, alpha: float = 0.1) -> list[float]:
-    out, acc = [], values[0]
-    for v in values:
-        acc = alpha * v + (1 - alpha) * acc
+def smooth_losses(steps, losses, fraction: float = 1 / 30) -> list[float]:
+    """An exponential moving average over *steps*, not over logged points: its time constant
+    is ``fraction`` of the run's span in steps, and each logged point weighs by the steps
+    since the previous one. So sparse logs (every 50 steps of a 300-step run) are followed
+    closely instead of lagging by many intervals, and dense ones are smoothed over ~3 % of
+    the run.
+
+    Args:
+        steps: increasing optimizer steps ``[n]``.
+        losses: the loss logged at each ``[n]``.
+    """
+    tau = max(1.0, (steps[-1] - steps[0]) * fraction)
+    out, acc, prev = [], float(losses[0]), steps[0]
+    for step, loss in zip(steps, losses, strict=True):
+        alpha = 1.0 - math.exp(-(step - prev) / tau)
+        acc = alpha * float(loss) + (1.0 - alpha) * acc
         out.append(acc)
+        prev = step
     return out

@@ -43,6 +43,7 @@ from engine.train.data.dataset import (
     val_batches,
 )
 from engine.train.options import TrainOptions, adamw, lr_factor
+from engine.train.progress import ProgressLines, quiet_lightning
 from engine.train.report import plot_losses
 
 META_KEY = "encodecgpt_live"
@@ -176,6 +177,7 @@ def train(cache: str, run: str, opts: TrainOptions, resume: str | None = None,
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 
+    quiet_lightning()
     L.seed_everything(opts.seed, workers=True, verbose=False)
     clips = TokenClips(cache, opts.val_fraction, opts.max_val_clips)
     if resume is not None and resume_meta is None:
@@ -202,12 +204,14 @@ def train(cache: str, run: str, opts: TrainOptions, resume: str | None = None,
         val_check_interval=opts.val_every * opts.accumulate, check_val_every_n_epoch=None,
         limit_val_batches=None if has_val else 0, num_sanity_val_steps=1 if has_val else 0,
         log_every_n_steps=opts.log_every, use_distributed_sampler=False,
+        enable_progress_bar=False, enable_model_summary=False,  # ProgressLines prints
         logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tensorboard")],
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}",
                                    auto_insert_metric_name=False,
                                    every_n_train_steps=opts.ckpt_every, save_top_k=-1,
                                    save_last=True),
-                   LearningRateMonitor(logging_interval="step")])
+                   LearningRateMonitor(logging_interval="step"),
+                   ProgressLines(opts.log_every, opts.max_steps, log)])
     log(f"train: {len(clips.train)} train / {len(clips.val)} validation clips, "
         f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters → {run_dir}")
     trainer.fit(task, ckpt_path=resume)

@@ -13,7 +13,7 @@
    100,
    100,
    760,
-   776
+   824
   ],
   "bglocked": 0,
   "openinpresentation": 0,
@@ -136,7 +136,7 @@
      "numoutlets": 0,
      "patching_rect": [
       15,
-      736,
+      784,
       164,
       22
      ],
@@ -518,7 +518,7 @@
       240,
       22
      ],
-     "text": "/prompt/load 0 /path/to/sound.wav",
+     "text": "/prompt/listen 1 2.",
      "outlettype": [
       ""
      ]
@@ -536,7 +536,7 @@
       480,
       20
      ],
-     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
+     "text": "bind slot i to the live input (--input): every update interval its last f second"
     }
    },
    {
@@ -551,7 +551,7 @@
       240,
       22
      ],
-     "text": "/record/start take",
+     "text": "/prompt/load 0 /path/to/sound.wav",
      "outlettype": [
       ""
      ]
@@ -569,7 +569,7 @@
       480,
       20
      ],
-     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
+     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
     }
    },
    {
@@ -584,7 +584,7 @@
       240,
       22
      ],
-     "text": "/record/stop",
+     "text": "/prompt/unlisten 1",
      "outlettype": [
       ""
      ]
@@ -602,7 +602,7 @@
       480,
       20
      ],
-     "text": "finish the recording; replies /record/stopped s:folder"
+     "text": "freeze slot i at its last vector from the input"
     }
    },
    {
@@ -617,7 +617,7 @@
       240,
       22
      ],
-     "text": "/reset",
+     "text": "/record/start take",
      "outlettype": [
       ""
      ]
@@ -635,7 +635,7 @@
       480,
       20
      ],
-     "text": "forget the token window and start a fresh sequence"
+     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
     }
    },
    {
@@ -650,7 +650,7 @@
       240,
       22
      ],
-     "text": "/scene/recall verse",
+     "text": "/record/stop",
      "outlettype": [
       ""
      ]
@@ -668,7 +668,7 @@
       480,
       20
      ],
-     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
+     "text": "finish the recording; replies /record/stopped s:folder"
     }
    },
    {
@@ -683,7 +683,7 @@
       240,
       22
      ],
-     "text": "/scene/save verse",
+     "text": "/reset",
      "outlettype": [
       ""
      ]
@@ -701,7 +701,7 @@
       480,
       20
      ],
-     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
+     "text": "forget the token window and start a fresh sequence"
     }
    },
    {
@@ -716,7 +716,7 @@
       240,
       22
      ],
-     "text": "/schema",
+     "text": "/scene/recall verse",
      "outlettype": [
       ""
      ]
@@ -734,7 +734,7 @@
       480,
       20
      ],
-     "text": "reply /schema s: this table as JSON"
+     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
     }
    },
    {
@@ -749,7 +749,7 @@
       240,
       22
      ],
-     "text": "/seed 7",
+     "text": "/scene/save verse",
      "outlettype": [
       ""
      ]
@@ -767,7 +767,7 @@
       480,
       20
      ],
-     "text": "reseed the sampler at this frame"
+     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
     }
    },
    {
@@ -782,7 +782,7 @@
       240,
       22
      ],
-     "text": "/status",
+     "text": "/schema",
      "outlettype": [
       ""
      ]
@@ -800,7 +800,7 @@
       480,
       20
      ],
-     "text": "reply once with /engine/status and /engine/info"
+     "text": "reply /schema s: this table as JSON"
     }
    },
    {
@@ -815,7 +815,7 @@
       240,
       22
      ],
-     "text": "/temperature 0.9",
+     "text": "/seed 7",
      "outlettype": [
       ""
      ]
@@ -833,7 +833,7 @@
       480,
       20
      ],
-     "text": "sampling temperature (0 = greedy)"
+     "text": "reseed the sampler at this frame"
     }
    },
    {
@@ -848,7 +848,7 @@
       240,
       22
      ],
-     "text": "/topk 50",
+     "text": "/status",
      "outlettype": [
       ""
      ]
@@ -866,7 +866,7 @@
       480,
       20
      ],
-     "text": "keep the k most likely tokens per codebook (0 = off)"
+     "text": "reply once with /engine/status and /engine/info"
     }
    },
    {
@@ -881,7 +881,7 @@
       240,
       22
      ],
-     "text": "/topp 0.9",
+     "text": "/temperature 0.9",
      "outlettype": [
       ""
      ]
@@ -896,6 +896,72 @@
      "patching_rect": [
       265,
       702,
+      480,
+      20
+     ],
+     "text": "sampling temperature (0 = greedy)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-55",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      726,
+      240,
+      22
+     ],
+     "text": "/topk 50",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-56",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      726,
+      480,
+      20
+     ],
+     "text": "keep the k most likely tokens per codebook (0 = off)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-57",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      750,
+      240,
+      22
+     ],
+     "text": "/topp 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-58",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      750,
       480,
       20
      ],
@@ -1172,6 +1238,30 @@
     "patchline": {
      "source": [
       "obj-53",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-55",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-57",
       0
      ],
      "destination": [

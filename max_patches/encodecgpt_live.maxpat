@@ -1094,6 +1094,42 @@
    {
     "box": {
      "id": "obj-62",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      110,
+      485,
+      75,
+      22
+     ],
+     "text": "/prompt/listen 0",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-63",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      110,
+      510,
+      75,
+      22
+     ],
+     "text": "/prompt/unlisten 0",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-64",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1108,7 +1144,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-65",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1126,7 +1162,7 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-66",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1145,7 +1181,7 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-67",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1163,7 +1199,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-68",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1181,7 +1217,43 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-69",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      285,
+      485,
+      75,
+      22
+     ],
+     "text": "/prompt/listen 1",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-70",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      285,
+      510,
+      75,
+      22
+     ],
+     "text": "/prompt/unlisten 1",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-71",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1196,7 +1268,7 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-72",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1214,7 +1286,7 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-73",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1233,7 +1305,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-74",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1251,7 +1323,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-75",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1269,7 +1341,43 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-76",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      460,
+      485,
+      75,
+      22
+     ],
+     "text": "/prompt/listen 2",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-77",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      460,
+      510,
+      75,
+      22
+     ],
+     "text": "/prompt/unlisten 2",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-78",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1284,7 +1392,7 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-79",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1302,7 +1410,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-80",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1321,7 +1429,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-81",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1339,7 +1447,7 @@
    },
    {
     "box": {
-     "id": "obj-76",
+     "id": "obj-82",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1357,7 +1465,43 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-83",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      635,
+      485,
+      75,
+      22
+     ],
+     "text": "/prompt/listen 3",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-84",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      635,
+      510,
+      75,
+      22
+     ],
+     "text": "/prompt/unlisten 3",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-85",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1375,7 +1519,7 @@
    },
    {
     "box": {
-     "id": "obj-78",
+     "id": "obj-86",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 7,
@@ -1399,7 +1543,7 @@
    },
    {
     "box": {
-     "id": "obj-79",
+     "id": "obj-87",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 11,
@@ -1427,7 +1571,7 @@
    },
    {
     "box": {
-     "id": "obj-80",
+     "id": "obj-88",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1445,7 +1589,7 @@
    },
    {
     "box": {
-     "id": "obj-81",
+     "id": "obj-89",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1460,7 +1604,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-90",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1478,7 +1622,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-91",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1493,7 +1637,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-92",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1511,7 +1655,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-93",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1526,7 +1670,7 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-94",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1545,7 +1689,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-95",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1563,7 +1707,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-96",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1578,7 +1722,7 @@
    },
    {
     "box": {
-     "id": "obj-89",
+     "id": "obj-97",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1596,7 +1740,7 @@
    },
    {
     "box": {
-     "id": "obj-90",
+     "id": "obj-98",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1611,7 +1755,7 @@
    },
    {
     "box": {
-     "id": "obj-91",
+     "id": "obj-99",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1626,7 +1770,7 @@
    },
    {
     "box": {
-     "id": "obj-92",
+     "id": "obj-100",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1644,7 +1788,7 @@
    },
    {
     "box": {
-     "id": "obj-93",
+     "id": "obj-101",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1662,7 +1806,7 @@
    },
    {
     "box": {
-     "id": "obj-94",
+     "id": "obj-102",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1677,7 +1821,7 @@
    },
    {
     "box": {
-     "id": "obj-95",
+     "id": "obj-103",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1695,7 +1839,7 @@
    },
    {
     "box": {
-     "id": "obj-96",
+     "id": "obj-104",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1713,7 +1857,7 @@
    },
    {
     "box": {
-     "id": "obj-97",
+     "id": "obj-105",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1728,7 +1872,7 @@
    },
    {
     "box": {
-     "id": "obj-98",
+     "id": "obj-106",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1746,7 +1890,7 @@
    },
    {
     "box": {
-     "id": "obj-99",
+     "id": "obj-107",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1764,7 +1908,7 @@
    },
    {
     "box": {
-     "id": "obj-100",
+     "id": "obj-108",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1779,7 +1923,7 @@
    },
    {
     "box": {
-     "id": "obj-101",
+     "id": "obj-109",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1797,7 +1941,7 @@
    },
    {
     "box": {
-     "id": "obj-102",
+     "id": "obj-110",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2418,31 +2562,7 @@
    {
     "patchline": {
      "source": [
-      "obj-63",
-      0
-     ],
-     "destination": [
-      "obj-64",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-64",
-      0
-     ],
-     "destination": [
-      "obj-65",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-65",
+      "obj-62",
       0
      ],
      "destination": [
@@ -2454,7 +2574,43 @@
    {
     "patchline": {
      "source": [
+      "obj-63",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-65",
+      0
+     ],
+     "destination": [
       "obj-66",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-66",
+      0
+     ],
+     "destination": [
+      "obj-67",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-67",
       0
      ],
      "destination": [
@@ -2470,7 +2626,7 @@
       0
      ],
      "destination": [
-      "obj-69",
+      "obj-2",
       0
      ]
     }
@@ -2482,7 +2638,7 @@
       0
      ],
      "destination": [
-      "obj-70",
+      "obj-2",
       0
      ]
     }
@@ -2502,11 +2658,11 @@
    {
     "patchline": {
      "source": [
-      "obj-71",
+      "obj-72",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-73",
       0
      ]
     }
@@ -2530,7 +2686,7 @@
       0
      ],
      "destination": [
-      "obj-75",
+      "obj-2",
       0
      ]
     }
@@ -2566,19 +2722,7 @@
       0
      ],
      "destination": [
-      "obj-78",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-78",
-      0
-     ],
-     "destination": [
-      "obj-79",
+      "obj-2",
       0
      ]
     }
@@ -2598,23 +2742,35 @@
    {
     "patchline": {
      "source": [
-      "obj-79",
-      3
+      "obj-80",
+      0
      ],
      "destination": [
+      "obj-81",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-81",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-82",
       0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-79",
-      5
      ],
      "destination": [
-      "obj-84",
+      "obj-2",
       0
      ]
     }
@@ -2622,8 +2778,32 @@
    {
     "patchline": {
      "source": [
-      "obj-78",
-      5
+      "obj-83",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-84",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-85",
+      0
      ],
      "destination": [
       "obj-86",
@@ -2646,11 +2826,83 @@
    {
     "patchline": {
      "source": [
+      "obj-87",
+      0
+     ],
+     "destination": [
+      "obj-88",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-87",
+      3
+     ],
+     "destination": [
+      "obj-90",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-87",
+      5
+     ],
+     "destination": [
+      "obj-92",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-86",
+      5
+     ],
+     "destination": [
+      "obj-94",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-94",
+      0
+     ],
+     "destination": [
+      "obj-95",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-94",
+      1
+     ],
+     "destination": [
+      "obj-97",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-86",
       1
      ],
      "destination": [
-      "obj-89",
+      "obj-100",
       0
      ]
     }
@@ -2658,23 +2910,11 @@
    {
     "patchline": {
      "source": [
-      "obj-78",
-      1
-     ],
-     "destination": [
-      "obj-92",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-92",
+      "obj-100",
       0
      ],
      "destination": [
-      "obj-93",
+      "obj-101",
       0
      ]
     }
@@ -2682,11 +2922,11 @@
    {
     "patchline": {
      "source": [
-      "obj-78",
+      "obj-86",
       2
      ],
      "destination": [
-      "obj-95",
+      "obj-103",
       0
      ]
     }
@@ -2694,11 +2934,11 @@
    {
     "patchline": {
      "source": [
-      "obj-95",
+      "obj-103",
       0
      ],
      "destination": [
-      "obj-96",
+      "obj-104",
       0
      ]
     }
@@ -2706,11 +2946,11 @@
    {
     "patchline": {
      "source": [
-      "obj-78",
+      "obj-86",
       3
      ],
      "destination": [
-      "obj-98",
+      "obj-106",
       0
      ]
     }
@@ -2718,11 +2958,11 @@
    {
     "patchline": {
      "source": [
-      "obj-98",
+      "obj-106",
       0
      ],
      "destination": [
-      "obj-99",
+      "obj-107",
       0
      ]
     }
@@ -2730,11 +2970,11 @@
    {
     "patchline": {
      "source": [
-      "obj-78",
+      "obj-86",
       4
      ],
      "destination": [
-      "obj-101",
+      "obj-109",
       0
      ]
     }
@@ -2742,11 +2982,11 @@
    {
     "patchline": {
      "source": [
-      "obj-101",
+      "obj-109",
       0
      ],
      "destination": [
-      "obj-102",
+      "obj-110",
       0
      ]
     }

@@ -21,7 +21,7 @@ from engine.live.controls import GENERATOR_CONTROLS, MAX_SLOTS
 @dataclass(frozen=True)
 class Address:
     address: str
-    types: str  # as in ControlSpec (f, i, s, f…, [s] optional string)
+    types: str  # as in ControlSpec (f, i, s, f…, [s] optional string, i[f] optional float)
     help: str
     low: float | None = None
     high: float | None = None
@@ -70,6 +70,12 @@ COMMANDS = (
     Address("/scene/recall", "s", "recall a saved scene (glides with its glide time); "
             "replies /scene/recalled s:name", kind="command"),
     Address("/schema", "", "reply /schema s: this table as JSON", kind="command"),
+    Address("/prompt/listen", "i[f]", "bind slot i to the live input (--input): every update "
+            "interval its last f seconds (0.5..4, default 3) are embedded into the slot "
+            "(silence leaves it); replies /prompt/listening i f or /error", 0, MAX_SLOTS - 1,
+            kind="command", widget="slotbutton"),
+    Address("/prompt/unlisten", "i", "freeze slot i at its last vector from the input", 0,
+            MAX_SLOTS - 1, kind="command", widget="slotbutton"),
 )
 
 REPLIES = tuple(replace(a, flow="") for a in (  # sent: no flow
@@ -96,6 +102,8 @@ REPLIES = tuple(replace(a, flow="") for a in (  # sent: no flow
     Address("/scene/saved", "s", "a scene was saved: its file", kind="reply", widget="label"),
     Address("/scene/recalled", "s", "a scene was recalled: its name", kind="reply",
             widget="label"),
+    Address("/prompt/listening", "if", "a /prompt/listen took effect: slot, analysis seconds",
+            kind="reply", widget="label"),
     Address("/error", "s", "what was wrong with the last message (state unchanged)",
             kind="reply", widget="label"),
     Address("/schema", "s", "reply to /schema", kind="reply"),
@@ -109,7 +117,8 @@ def table_for(num_slots: int = MAX_SLOTS) -> dict[str, Address]:
     """The accepted addresses of an engine with ``num_slots`` prompt slots (``--slots``):
     ``/prompt/load`` takes slots ``0 .. num_slots - 1``, so ``/schema`` and the engine agree."""
     table = dict(TABLE)
-    table["/prompt/load"] = replace(TABLE["/prompt/load"], high=num_slots - 1)
+    for address in ("/prompt/load", "/prompt/listen", "/prompt/unlisten"):
+        table[address] = replace(TABLE[address], high=num_slots - 1)
     return table
 
 

@@ -116,6 +116,7 @@ class OSCDispatcher:
             "/scene/save": self._scene_save, "/scene/recall": self._scene_recall,
             "/midi/learn": self._midi_learn,
             "/prime": self._prime, "/prime/file": self._prime_file,
+            "/prompt/listen": self._prompt_listen, "/prompt/unlisten": self._prompt_unlisten,
         }
         self.midi = None  # an osc.midi.MidiMapper when --midi is given
         check_handlers(TABLE, self.commands)
@@ -247,6 +248,21 @@ class OSCDispatcher:
 
         self.engine.load_prompt(slot, path, done=done, failed=failed)
         return not refused
+
+    def _prompt_listen(self, args: tuple, sender: Target) -> bool:
+        try:
+            seconds = self.engine.listen(args[0], args[1] if len(args) > 1 else None)
+        except UserError as e:
+            return self.error(sender, f"/prompt/listen: {e}")
+        self.log(f"listen: slot {args[0]} follows the input ({seconds:g} s analysed)")
+        self.reply("/prompt/listening", [args[0], float(seconds)], sender)
+        return True
+
+    def _prompt_unlisten(self, args: tuple, sender: Target) -> bool:
+        if not self.engine.unlisten(args[0]):
+            return self.error(sender, f"/prompt/unlisten: slot {args[0]} is not listening")
+        self.log(f"listen: slot {args[0]} frozen at its last vector")
+        return True
 
     def _prime(self, args: tuple, sender: Target) -> bool:
         return self._priming("/prime", lambda done, failed: self.engine.prime(args[0], done,

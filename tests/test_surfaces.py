@@ -30,6 +30,8 @@ def fits(address: str, types: str) -> bool:
         return len(types) >= 1 and set(types) <= {"f"}
     if want == "[s]":
         return types in ("", "s")
+    if want == "i[f]":
+        return types in ("i", "if")
     return types == want
 
 

@@ -20,8 +20,17 @@ def status_line(s: dict) -> str:
             f"T {s['temperature']:.2f} k {s['topk']} p {s['topp']:.2f}"
             f"  gain {s.get('gain_db', 0.0):+.1f} dB  level {s.get('peak_db', -120):.0f}/"
             f"{s.get('rms_db', -120):.0f} dBFS"
-            f"{_faults(s)}"
+            f"{_faults(s)}{_listening(s)}"
             f"{'  REC' if s['recording'] else ''}  ({s['weights']}, {s['device']})")
+
+
+def _listening(s: dict) -> str:
+    """With ``--input``: its level, and which slots follow it."""
+    if "input_rms_db" not in s:
+        return ""
+    slots = ",".join(str(i) for i in sorted(s["listening"])) or "none"
+    return (f"  in {s['input_peak_db']:.0f}/{s['input_rms_db']:.0f} dBFS listening {slots}"
+            f" every {s['listen_interval_s']:g} s")
 
 
 def _faults(s: dict) -> str:

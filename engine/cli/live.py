@@ -100,6 +100,17 @@ def build_live_parser() -> argparse.ArgumentParser:
     a.add_argument("--decode-chunk", type=int, default=None, metavar="FRAMES",
                    help="frames decoded per call (smaller: lower latency, more work; default "
                         "8 on the CPU, 2 on a GPU)")
+    a.add_argument("--input", metavar="NAME|INDEX|file:PATH", default=None,
+                   help="a live input for /prompt/listen: a capture device (index or name; "
+                        "'default'), or file:PATH, a file looped in real time (rehearsal)")
+    a.add_argument("--input-hostapi", metavar="API", default=None,
+                   help="host API of the --input device (e.g. JACK: the engine gets input "
+                        "ports)")
+    a.add_argument("--listen-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="how often a listening slot is re-embedded (raised automatically "
+                        "when embedding cannot keep up)")
+    a.add_argument("--listen-silence-db", type=float, default=-50.0, metavar="DB",
+                   help="input RMS below this leaves a listening slot unchanged")
     a.add_argument("--no-limiter", dest="limiter", action="store_false",
                    help="turn off the safety limiter (peaks held at -0.3 dBFS; non-finite "
                         "samples are replaced by silence either way)")
@@ -288,6 +299,12 @@ def _initial_prompts(args, model, encoder_factory) -> list[np.ndarray]:
     return [reader.read(f) for f in files]
 
 
+def _positive(value: float, flag: str) -> float:
+    if not value > 0:
+        raise UserError(f"{flag} must be positive, got {value:g}")
+    return value
+
+
 def _prompt_seconds(args) -> float | None:
     if args.prompt_seconds < 0:
         raise UserError(f"--prompt-seconds must be >= 0, got {args.prompt_seconds}")
@@ -318,7 +335,10 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
                         scenes_dir=args.scenes_dir,
                         identity=dict(args.identity, prompt_dim=model.prompt_dim),
                         slot_sources=list(args.slot_sources), context_s=args.context_s,
-                        limiter=args.limiter)
+                        limiter=args.limiter, input=args.input,
+                        input_hostapi=args.input_hostapi,
+                        listen_interval_s=_positive(args.listen_interval, "--listen-interval"),
+                        listen_silence_db=args.listen_silence_db)
     size = f"a {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M-parameter model " \
            f"({choice.weights.label})"
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -310,7 +310,8 @@ _SCALARS = ("temperature", "target_temperature", "top_p", "target_top_p", "top_k
 
 
 def check_args(spec, values) -> tuple:
-    """Check ``values`` against a spec's types (``f``, ``i``, ``s``, ``f…``, ``[s]``): count,
+    """Check ``values`` against a spec's types (``f``, ``i``, ``s``, ``f…``, ``[s]``, ``i[f]``):
+    count,
     type, finiteness and range; clamp where allowed. Ints are taken as floats and whole floats
     as ints. ``spec`` is a :class:`ControlSpec` or anything with the same fields (the OSC
     table's entries).
@@ -323,6 +324,14 @@ def check_args(spec, values) -> tuple:
         if not values:
             raise ControlError(f"{spec.address} expects at least one float")
         kinds = "f" * len(values)
+    elif spec.types == "i[f]":
+        if len(values) not in (1, 2):
+            raise ControlError(f"{spec.address} expects an integer and an optional float, "
+                               f"got {len(values)} argument(s)")
+        slot = _check_one(spec, "i", values[0])  # the range is the slot's
+        if len(values) == 1:
+            return (slot,)
+        return slot, _check_one(replace(spec, low=None, high=None, clamp=False), "f", values[1])
     elif spec.types == "[s]":
         if len(values) > 1:
             raise ControlError(f"{spec.address} expects at most one string")

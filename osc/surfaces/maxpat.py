@@ -180,6 +180,9 @@ def _slots(p: MaxPatch, send: str) -> None:
         _send(p, x, 540, path, f"/prompt/load {k}", send)
         cont = p.message(x + 95, 460, f"/prime {k}", w=70)  # continue the slot's sound
         p.connect(cont, 0, send)
+        for row, address in enumerate(("/prompt/listen", "/prompt/unlisten")):  # --input
+            follow = p.message(x + 95, 485 + 25 * row, f"{address} {k}", w=75)
+            p.connect(follow, 0, send)
 
 
 def _feedback(p: MaxPatch) -> None:
@@ -236,7 +239,8 @@ def help_patch() -> str:
                 "/glide": "0.5", "/temperature": "0.9", "/topk": "50", "/topp": "0.9",
                 "/seed": "7", "/prompt/load": "0 /path/to/sound.wav", "/record/start": "take",
                 "/gain": "-6.", "/scene/save": "verse", "/scene/recall": "verse",
-                "/midi/learn": "/morph", "/prime": "0", "/prime/file": "/path/to/take.wav"}
+                "/midi/learn": "/morph", "/prime": "0", "/prime/file": "/path/to/take.wav",
+                "/prompt/listen": "1 2.", "/prompt/unlisten": "1"}
     for row, a in enumerate(sorted(TABLE.values(), key=lambda a: a.address)):
         y = top + row * 24
         box = p.message(15, y, f"{a.address} {examples.get(a.address, '')}".strip(), w=240)

@@ -198,6 +198,14 @@ def _slots(p: PdPatch) -> None:
     p.connect(fmt, 0, p.obj(700, y + 80, "s egl-osc"), 0)
     for k in range(SLOTS):  # click a number: /prime k
         p.connect(p.msg(700 + k * 40, y + 25, str(k)), 0, fmt, 0)
+    for row, (address, label) in enumerate((("/prompt/listen", "slot follows --input:"),
+                                            ("/prompt/unlisten", "freeze slot:"))):
+        y0 = y + 110 + row * 110
+        p.text(700, y0, label)
+        fmt = p.obj(700, y0 + 55, _oscformat(address, "i"))
+        p.connect(fmt, 0, p.obj(700, y0 + 80, "s egl-osc"), 0)
+        for k in range(SLOTS):  # click a number: listen / unlisten slot k
+            p.connect(p.msg(700 + k * 40, y0 + 25, str(k)), 0, fmt, 0)
 
 
 def _feedback(p: PdPatch) -> None:

@@ -9,9 +9,10 @@ The generator applies that at a frame boundary and logs it (the vector by digest
 in a recording's ``slots/``), so a recorded listening session replays token-identically with
 no input device.
 
-The interval adapts upward: when one round of embeddings takes more than half the interval,
-the interval becomes 2.5 × that time (rounded up to 0.25 s) and the console says so, so the
-worker never competes with the generator for more than ~40 % of a core.
+The interval adapts upward: when two rounds of embeddings in a row take more than half the
+interval, the interval becomes 2.5 × the shorter of the two (rounded up to 0.25 s, at most
+30 s) and the console says so, so the worker competes with the generator for at most ~40 %
+of a core, and one round starved by a burst of other work does not set it.
 
 Threading: :meth:`ListenUpdater.listen` / :meth:`~ListenUpdater.unlisten` from the OSC thread
 (a dict replaced whole, read by the worker); the worker submits like the OSC thread does.
@@ -37,6 +38,7 @@ DEFAULT_SECONDS = 3.0  # analysis length: most of one 4 s EnCodecMAE chunk, 3 s 
 MAX_SECONDS = 4.0  # one EnCodecMAE chunk
 MIN_SECONDS = 0.5
 DEFAULT_INTERVAL_S = 1.0
+MAX_INTERVAL_S = 30.0
 SILENCE_DB = -50.0  # RMS below this: the slot keeps its vector
 
 
@@ -106,6 +108,7 @@ class ListenUpdater:
     def _run(self) -> None:
         _lower_priority()
         first = True
+        previous: float | None = None  # the last round's time, if it was slow
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
@@ -119,10 +122,15 @@ class ListenUpdater:
                     self.error = f"listen: slot {slot}: {e}"
                     self.log(self.error)
             spent = time.perf_counter() - t0
-            if not first and spent > 0.5 * self.interval:  # the first round loads the model
-                self.interval = math.ceil(2.5 * spent * 4) / 4
-                self.log(f"listen: embedding takes {spent:.2f} s per update; update interval "
+            slow = not first and spent > 0.5 * self.interval  # the first round loads the model
+            if slow and previous is not None:  # two slow rounds in a row: not a hiccup
+                typical = min(spent, previous)
+                self.interval = min(MAX_INTERVAL_S, math.ceil(2.5 * typical * 4) / 4)
+                self.log(f"listen: embedding takes {typical:.2f} s per update; update interval "
                          f"raised to {self.interval:.2f} s")
+                previous = None
+            else:
+                previous = spent if slow else None
             first = first and not self.slots
 
     def _update(self, slot: int, seconds: float) -> None:

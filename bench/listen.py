@@ -4,7 +4,7 @@
     python bench/listen.py --seconds 30 --quantize int8
 
 1. The embedding time of a base-size EnCodecMAE (random weights: D = 768, 10 layers, 12 heads,
-   feed-forward 3072, as the published ``base``) for 1–4 s of audio, one torch thread (what
+   feed-forward 4096, as the published ``base``) for 1–4 s of audio, one torch thread (what
    the listen worker gets), p50 of 10.
 2. The live engine (``--preset`` random weights, the paced null sink) with ``--input
    file:...`` (a synthetic 8 s loop) and slot 1 listening (``--analysis`` seconds), morphed
@@ -35,7 +35,7 @@ from engine.model.encodecmae import EncodecMAEFeatures, PromptEncoder  # noqa: E
 from engine.model.loading.random_model import random_model  # noqa: E402
 from engine.session.live_session import build_live_engine  # noqa: E402
 
-BASE = {"dim": 768, "layers": 10, "heads": 12, "ff_dim": 3072}
+BASE = {"dim": 768, "layers": 10, "heads": 12, "ff_dim": 4096}  # encodecmae.gin, base
 
 
 def base_encoder() -> PromptEncoder:

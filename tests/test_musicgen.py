@@ -1,0 +1,157 @@
+"""MusicGen: loading a hub-like folder, text conditioning, and the exact rolling generator
+against ``MusicgenForConditionalGeneration.generate`` (greedy), with and without guidance;
+slot mixing at the corners and mid-morph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import UserError
+from engine.live.controls import ControlEvent, ControlState
+from engine.live.musicgen.generator import MusicGenGenerator
+from engine.model.loading import hub
+from engine.model.loading.family import load_family
+from engine.model.musicgen.files import is_musicgen
+from engine.model.musicgen.tiny import save_random_musicgen
+from engine.model.tokens.patterns import undelay
+
+JAZZ, PIANO = "an uplifting jazz song", "slow piano ambient drone"
+K = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A random tiny MusicGen saved like the hub folder (config, safetensors, tokenizer)."""
+    return save_random_musicgen(tmp_path_factory.mktemp("musicgen") / "tiny-musicgen",
+                                context_frames=200)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_folder):
+    return load_family(str(tiny_folder))
+
+
+def reference_codes(loaded, text: str, guidance: float, frames: int) -> torch.Tensor:
+    """Codes ``[K, T]`` that transformers' own greedy generate decodes (captured at its audio
+    decoder), for at least ``frames`` frames."""
+    model, tokenizer = loaded.files.model, loaded.files.tokenizer
+    captured = {}
+    decode = model.audio_encoder.decode
+
+    def capture(codes, *args, **kwargs):
+        captured["codes"] = codes.clone()
+        return decode(codes, *args, **kwargs)
+
+    model.audio_encoder.decode = capture
+    try:
+        # 2K extra steps: generate pads the last K - 1 columns (its end of sequence); those
+        # pads must not reach the frames compared
+        model.generate(**tokenizer(text, return_tensors="pt"), do_sample=False,
+                       guidance_scale=guidance, max_new_tokens=frames + 3 * K)
+    finally:
+        del model.audio_encoder.decode
+    return captured["codes"][0, 0, :, :frames]
+
+
+def generator(loaded, slots, *, guidance=3.0, window=100, greedy=True):
+    controls = ControlState(num_slots=max(2, len(slots)), slots=list(slots))
+    return MusicGenGenerator(loaded.model, loaded.text, controls, window=window,
+                             guidance=guidance, greedy=greedy)
+
+
+def rows_to_codes(rows: torch.Tensor) -> torch.Tensor:
+    """Generator rows ``[T, K]`` → complete frames' codes ``[K, T - K + 1]``."""
+    return undelay(rows.T[None])[0] - 1
+
+
+def test_a_hub_like_folder_is_recognised_as_musicgen(tiny_folder, loaded):
+    f = loaded.facts
+    assert (f.name, f.sample_rate, f.frame_rate, f.codebooks, f.card) == (
+        "musicgen", 32_000, 50, 4, 2048)
+    assert f.special_tokens == {"pad": 2048, "bos": 2048}
+    assert (f.pattern, f.conditioning, f.max_positions) == ("delay", "text", 199)
+    assert "guidance" in f.controls and "morph" in f.controls
+    assert loaded.codec.sample_rate == 32_000 and loaded.sha256
+    assert is_musicgen(str(tiny_folder)) and is_musicgen("musicgen-small")
+    assert not is_musicgen("nsynth") and not is_musicgen(str(tiny_folder / "config.json"))
+
+
+def test_offline_a_published_musicgen_names_the_files_it_needs(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    hub.hub_offline.cache_clear()
+    try:
+        with pytest.raises(UserError) as err:
+            load_family("musicgen-small")
+    finally:
+        hub.hub_offline.cache_clear()
+    msg = str(err.value)
+    assert "facebook/musicgen-small" in msg and "model.safetensors" in msg
+    assert "spiece.model" in msg and "CC-BY-NC 4.0" in msg
+
+
+def test_text_encodings_are_cached_by_text(loaded):
+    a, b = loaded.text.encode(JAZZ), loaded.text.encode(PIANO)
+    assert loaded.text.encode(JAZZ) is a
+    assert a.hidden.shape == (a.mask.shape[0], loaded.model.causal.config.hidden_size)
+    assert not torch.equal(a.hidden[:1], b.hidden[:1])
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_exact_generator_equals_transformers_generate_greedy(loaded, guidance):
+    frames = 20
+    gen = generator(loaded, [JAZZ], guidance=guidance, window=frames + K)
+    rows = torch.stack([gen.step() for _ in range(frames + K - 1)])  # [T + K - 1, K]
+    ours = rows_to_codes(rows)
+    assert torch.equal(ours, reference_codes(loaded, JAZZ, guidance, frames))
+    assert (rows[:K - 1] == 0).sum() == K * (K - 1) // 2  # the start triangle is empty
+
+
+def test_guidance_and_the_text_change_the_tokens(loaded):
+    def codes(text, g):
+        gen = generator(loaded, [text], guidance=g)
+        return torch.stack([gen.step() for _ in range(16)])
+
+    assert not torch.equal(codes(JAZZ, 3.0), codes(JAZZ, 1.0))
+    assert not torch.equal(codes(JAZZ, 3.0), codes(PIANO, 3.0))
+
+
+@pytest.mark.parametrize("corner", [0, 1])
+def test_morph_corners_equal_the_single_prompt(loaded, corner):
+    text = (JAZZ, PIANO)[corner]
+    single = generator(loaded, [text])
+    morph = generator(loaded, [JAZZ, PIANO])
+    morph.schedule(0, [ControlEvent("/morph", (float(corner),))])
+    for _ in range(12):
+        a, b = single.step(), morph.step()
+        assert torch.equal(single.last_logits, morph.last_logits)
+        assert torch.equal(a, b)
+
+
+def logits_at(gen: MusicGenGenerator, x: float) -> torch.Tensor:
+    """The guided logits of the generator's next row with the weights (1 − x, x)."""
+    gen.controls.weights = np.array([1.0 - x, x])
+    gen.controls.target_weights = gen.controls.weights.copy()
+    return gen.step_logits()
+
+
+def test_a_mid_morph_render_is_continuous_in_the_weights(loaded):
+    """Along a morph render, the logits at each step differ from those the same window gives
+    with the previous step's weights by at most g·|Δw|·max|cond₁ − cond₀| (the rule is linear
+    in the weights), and halfway they are the mean of the two corners."""
+    g, steps = 3.0, 24
+    gen = generator(loaded, [JAZZ, PIANO], guidance=g, greedy=False)
+    for i in range(steps):
+        gen.schedule(i, [ControlEvent("/morph", (i / (steps - 1),))])
+    rows, previous_w = [], 0.0
+    for _ in range(steps):
+        gen._apply_pending()
+        w = float(gen.controls.weights[1])
+        at = {x: logits_at(gen, x) for x in (0.0, previous_w, 1.0, w)}  # w last: it stays
+        spread = (at[1.0] - at[0.0]).abs().max().item()  # g·max|cond₁ − cond₀|
+        assert (at[w] - at[previous_w]).abs().max().item() <= abs(w - previous_w) * spread + 1e-4
+        assert torch.allclose(at[w], (1 - w) * at[0.0] + w * at[1.0], atol=1e-4)
+        rows.append(gen.step())
+        previous_w = w
+    assert len(rows) == steps and spread > 0

@@ -4,16 +4,23 @@ slot mixing at the corners and mid-morph."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+from engine.cli.main import main
 from engine.errors import UserError
 from engine.live.controls import ControlEvent, ControlState
 from engine.live.musicgen.generator import MusicGenGenerator
+from engine.model.config import SamplingConfig
 from engine.model.loading import hub
 from engine.model.loading.family import load_family
 from engine.model.musicgen.files import is_musicgen
+from engine.model.musicgen.guidance import condition_batch, guided_logits
+from engine.model.musicgen.render import morph_weights, render_rows, segment_starts
 from engine.model.musicgen.tiny import save_random_musicgen
 from engine.model.tokens.patterns import undelay
 
@@ -155,3 +162,72 @@ def test_a_mid_morph_render_is_continuous_in_the_weights(loaded):
         rows.append(gen.step())
         previous_w = w
     assert len(rows) == steps and spread > 0
+
+
+# -- offline render ------------------------------------------------------------------------
+
+
+def test_cached_render_equals_transformers_generate_greedy(loaded):
+    frames = 20
+    rows = render_rows(loaded.model, loaded.text, [JAZZ], morph_weights(frames + K - 1, 1),
+                       guidance=3.0, sampling=SamplingConfig(greedy=True, seed=0), context=199,
+                       stride=100)
+    assert torch.equal(rows_to_codes(rows), reference_codes(loaded, JAZZ, 3.0, frames))
+
+
+def test_continued_render_follows_the_segment_schedule(loaded):
+    """Beyond the context the cached segments give the rows that a plain forward over each
+    step's window (start from :func:`segment_starts`, triangle re-created) gives."""
+    steps, context, stride, g = 40, 16, 6, 3.0
+    starts = segment_starts(steps, context, stride)
+    assert starts[:17] == [0] * 16 + [6] and (starts[22], starts[-1]) == (12, 24)
+    rows = render_rows(loaded.model, loaded.text, [JAZZ, PIANO], morph_weights(steps, 2),
+                       guidance=g, sampling=SamplingConfig(greedy=True, seed=0), context=context,
+                       stride=stride)
+    weights = morph_weights(steps, 2)
+    batch = condition_batch([loaded.text.encode(JAZZ), loaded.text.encode(PIANO)], [1, 1], g,
+                            loaded.text.width)
+    lm = loaded.model
+    for t in range(steps):
+        columns = lm.columns(rows[starts[t]:t], fresh_start=starts[t] > 0)
+        step_batch = dataclasses.replace(batch, weights=torch.from_numpy(weights[t]))
+        expected = guided_logits(lm.logits(columns, batch), step_batch, g).argmax(-1) + 1
+        expected[t + 1:] = 0
+        assert torch.equal(rows[t], expected), t
+
+
+def render_cli(folder, out, *extra) -> list[str]:
+    return ["render", "--model", str(folder), "--text", JAZZ, "--seconds", "2", "--seed", "3",
+            "--out", str(out), "--tokens-out", str(out.with_suffix(".npy")), *extra]
+
+
+def test_render_writes_32k_audio_of_the_asked_length_and_text_to_morphs(tiny_folder, tmp_path):
+    plain, morph = tmp_path / "plain.wav", tmp_path / "morph.wav"
+    assert main(render_cli(tiny_folder, plain)) == 0
+    assert main(render_cli(tiny_folder, morph, "--text-to", PIANO)) == 0
+    for wav in (plain, morph):
+        info = sf.info(str(wav))
+        assert (info.samplerate, info.frames) == (32_000, 64_000)
+    a, b = np.load(plain.with_suffix(".npy")), np.load(morph.with_suffix(".npy"))
+    assert a.shape == b.shape == (100 + K - 1, K)
+    assert (a[-20:] != b[-20:]).mean() > 0.5  # the end of the morph is the other text
+    audio, _ = sf.read(str(plain))
+    assert np.abs(audio).max() > 0
+
+
+def test_render_refuses_what_musicgen_cannot_do(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "x.wav"
+    assert main(["render", "--model", str(tiny_folder), "--seconds", "1", "--out",
+                 str(out)]) == 2
+    assert "--text is required" in capsys.readouterr().err
+    assert main(render_cli(tiny_folder, out, "--stride", "9")) == 2
+    assert "--stride 9" in capsys.readouterr().err
+    assert main(render_cli(tiny_folder, out, "--window", "500")) == 2
+    assert "1..199 frames" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_text_is_refused_for_an_encodecgpt_model(tmp_path, capsys):
+    assert main(["render", "--random-weights", "--prompt", "x.npy", "--text", JAZZ,
+                 "--frames", "8", "--out", str(tmp_path / "x.wav")]) == 2
+    assert "--text/--text-to are for MusicGen" in capsys.readouterr().err

@@ -5,11 +5,15 @@ slot mixing at the corners and mid-morph."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from live_helpers import REPO
 
 from engine.cli.main import main
 from engine.errors import UserError
@@ -231,3 +235,16 @@ def test_text_is_refused_for_an_encodecgpt_model(tmp_path, capsys):
     assert main(["render", "--random-weights", "--prompt", "x.npy", "--text", JAZZ,
                  "--frames", "8", "--out", str(tmp_path / "x.wav")]) == 2
     assert "--text/--text-to are for MusicGen" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_realtime_bench_runs_the_musicgen_family():
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "realtime.py"), "--model",
+                           "musicgen-tiny-random", "--compute", "cpu", "--frames", "3",
+                           "--render-frames", "3", "--window", "20"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["family"] == "musicgen" and result["frames"] == 3
+    assert result["rtf"] > 0 and result["render_rtf"] > 0
+    assert 0 < result["step_ms_p50"] <= result["step_ms_p99"]

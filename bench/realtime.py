@@ -1,5 +1,7 @@
 """Real-time core benchmark: rolling generator + streaming decoder on this CPU or GPU.
 
+    python bench/realtime.py --model musicgen-small-random|SRC [options of
+                             bench/musicgen_realtime.py]  (the MusicGen family)
     python bench/realtime.py --preset tiny|gpt2|gpt2-medium [--compute auto|cpu|cuda|cuda:N]
                              [--mode exact|fast] [--quantize auto|int4|int8|none|bf16|fp16]
                              [--seconds S] [--window 200] [--hop H] [--threads 1] [--decode-chunk 4]
@@ -48,6 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import musicgen_realtime  # noqa: E402
 from bench.cpu_step import bandwidth, kv_bytes, weight_bytes  # noqa: E402
 from bench.offline import blog_loop  # noqa: E402
 from engine import FRAME_RATE, SAMPLE_RATE  # noqa: E402
@@ -195,6 +198,8 @@ def streaming_floor(model, args, step_p50_ms: float) -> dict | None:
 
 
 def main() -> None:
+    if "--model" in sys.argv:  # another family: MusicGen (its own options)
+        return musicgen_main()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     add_compute(parser)
@@ -262,6 +267,17 @@ def main() -> None:
         "decode_chunk": args.decode_chunk, "paced_played_s": round(paced["paced_played_s"], 1),
         "cpu_count": os.cpu_count(), "buffer_s": args.buffer, "bandwidth": floor,
     }))
+
+
+def musicgen_main() -> None:
+    """``--model SRC``: the MusicGen family (:mod:`bench.musicgen_realtime`)."""
+    parser = argparse.ArgumentParser(description=musicgen_realtime.__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, metavar="SRC",
+                        help="a MusicGen, or musicgen-small-random / musicgen-tiny-random")
+    parser.add_argument("--compute", default="auto")
+    parser.add_argument("--threads", type=int, default=1)
+    musicgen_realtime.add_options(parser)
+    print(json.dumps(musicgen_realtime.run(parser.parse_args())))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from engine.model.loading.family import load_family
 from engine.model.loading.pairing import choose_encodecmae
 from engine.model.loading.published import models_table
 from engine.model.loading.random_model import random_model
+from engine.model.musicgen.files import musicgen_table
 from engine.model.prompt_files import PromptReader, load_prompt_npy
 from engine.session.live_session import build_live_engine
 from osc.feedback import FeedbackSender
@@ -154,7 +155,7 @@ def cmd_live(argv: list[str]) -> int:
         print(list_devices())
         return 0
     if args.list_models:
-        print(models_table())
+        print(models_table() + "\n\n" + musicgen_table())
         return 0
     torch.set_num_threads(max(1, args.threads))
     _check_slots(args)

@@ -26,8 +26,10 @@ def add_model_source(p: argparse.ArgumentParser) -> None:
                           "save_pretrained folder")
     src.add_argument("--model", metavar="SRC",
                      help="any model family, recognised from what SRC holds: whatever "
-                          "--checkpoint accepts, or an x-transformers rotary state dict file "
-                          "(the NSynth-guitar tutorial model; sizes from a JSON beside it)")
+                          "--checkpoint accepts, an x-transformers rotary state dict file "
+                          "(the NSynth-guitar tutorial model; sizes from a JSON beside it), or "
+                          "a MusicGen: musicgen-small|medium|large, a hub id "
+                          "(facebook/musicgen-small) or a folder laid out like the hub")
     src.add_argument("--random-weights", action="store_true",
                      help="untrained model and codec (smoke tests and benchmarks only)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",

@@ -18,6 +18,11 @@ from engine.cli.models import (
     load_paired_checkpoint,
     save_npy,
 )
+from engine.cli.musicgen.render import (
+    add_musicgen_options,
+    check_not_musicgen_options,
+    render_musicgen,
+)
 from engine.cli.render_rotary import render_rotary
 from engine.errors import UserError
 from engine.live.audio.sinks import FileSink, MemorySink
@@ -70,11 +75,13 @@ def add_parsers(sub) -> None:
                           "rolling window (exact unless --mode); TOK.npy and OUT.wav start "
                           "with the primed rows")
     length = ren.add_mutually_exclusive_group(required=True)
-    length.add_argument("--frames", type=int, metavar="N", help="frames to generate (75/s)")
+    length.add_argument("--frames", type=int, metavar="N",
+                        help="frames to generate (75/s; MusicGen 50/s)")
     length.add_argument("--seconds", type=float, metavar="S", help="seconds to generate")
     ren.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     ren.add_argument("--temperature", type=float, default=1.0)
-    ren.add_argument("--top-k", type=int, default=0, help="0 = off")
+    ren.add_argument("--top-k", type=int, default=None,
+                     help="0 = off (default 0; MusicGen: the model's own, 250)")
     ren.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
     ren.add_argument("--seed", type=int, default=None, help="sampling seed (printed if omitted)")
     ren.add_argument("--window", type=int, metavar="W",
@@ -93,6 +100,7 @@ def add_parsers(sub) -> None:
                      help="[N, Q] int64 delayed tokens (+1, 0 = empty)")
     ren.add_argument("--out", metavar="OUT.wav", help="decoded audio, 24 kHz")
     add_threads(ren)
+    add_musicgen_options(ren)
 
 
 
@@ -124,6 +132,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     if steps < 1:
         raise UserError(f"--frames/--seconds must give at least 1 frame (got {steps})")
     loaded = load_paired_checkpoint(args)  # before the prompts: it picks their EnCodecMAE
+    if loaded is not None and loaded.facts.name == "musicgen":
+        return render_musicgen(args, loaded, _sampling(args))
+    check_not_musicgen_options(args)
+    args.top_k = 0 if args.top_k is None else args.top_k  # MusicGen alone has its own default
     if loaded is not None and loaded.facts.name == "rotary":
         return render_rotary(args, loaded, steps)
     if not args.prompt:
@@ -244,10 +256,11 @@ def _sampling(args: argparse.Namespace) -> SamplingConfig:
             raise UserError(f"--temperature must be >= 0, got {args.temperature}")
         if not 0.0 < args.top_p <= 1.0:
             raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-        if args.top_k < 0:
+        if args.top_k is not None and args.top_k < 0:
             raise UserError(f"--top-k must be >= 0, got {args.top_k}")
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
-    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+    top_k = 0 if args.top_k is None else args.top_k
+    return SamplingConfig(temperature=args.temperature, top_k=top_k, top_p=args.top_p,
                           greedy=args.greedy, seed=seed)
 
 

@@ -1,0 +1,1 @@
+"""The MusicGen family's command-line parts (``render --model musicgen-small --text ...``)."""

@@ -32,7 +32,7 @@ class FakeEngine:
             controls=controls, window=8, hop=2, mode="fast", greedy=False, num_q=2,
             weight_format="none", compute="cpu")
         self.pipeline = SimpleNamespace(at_frame=lambda f, hook: self._marks.append((f, hook)))
-        self.config = SimpleNamespace(identity={}, quantize="none", seed=0)
+        self.config = SimpleNamespace(identity={}, quantize="none", seed=0, limiter=True)
         self.output = SimpleNamespace(rate=24000)
         self.slot_sources, self.is_device, self.playing = {}, False, True
         self.decoded = 0  # frames decoded (audio sent) so far

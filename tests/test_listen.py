@@ -179,6 +179,8 @@ def test_a_recorded_listening_session_replays_without_the_input(tmp_path, mae_di
         engine.listen(1, 1.5)
         engine.submit([ControlEvent("/morph", (1.0,))])  # hear the listening slot
         assert wait_until(lambda: engine.listener.updates >= 3, timeout=60)
+        start = engine.generator.t  # the last vector was submitted: let a boundary apply it
+        assert wait_until(lambda: engine.generator.t > start + 5, timeout=30)
         engine.recorder.stop()
         assert wait_until(lambda: not engine.recorder.recording, timeout=30)
     finally:

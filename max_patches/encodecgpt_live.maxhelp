@@ -13,7 +13,7 @@
    100,
    100,
    760,
-   824
+   848
   ],
   "bglocked": 0,
   "openinpresentation": 0,
@@ -136,7 +136,7 @@
      "numoutlets": 0,
      "patching_rect": [
       15,
-      784,
+      808,
       164,
       22
      ],
@@ -155,7 +155,7 @@
       240,
       22
      ],
-     "text": "/gain -6.",
+     "text": "/device/reopen",
      "outlettype": [
       ""
      ]
@@ -173,7 +173,7 @@
       480,
       20
      ],
-     "text": "output gain in dB (ceiling +6; a change ramps over 20 ms)"
+     "text": "close the output device and open it again at the same rate (after a loss, once i"
     }
    },
    {
@@ -188,7 +188,7 @@
       240,
       22
      ],
-     "text": "/glide 0.5",
+     "text": "/gain -6.",
      "outlettype": [
       ""
      ]
@@ -206,7 +206,7 @@
       480,
       20
      ],
-     "text": "glide time constant in seconds for mix, temperature, top-p"
+     "text": "output gain in dB (ceiling +6; a change ramps over 20 ms)"
     }
    },
    {
@@ -221,7 +221,7 @@
       240,
       22
      ],
-     "text": "/midi/learn /morph",
+     "text": "/glide 0.5",
      "outlettype": [
       ""
      ]
@@ -239,7 +239,7 @@
       480,
       20
      ],
-     "text": "bind the next MIDI control change moved to this address (needs --midi)"
+     "text": "glide time constant in seconds for mix, temperature, top-p"
     }
    },
    {
@@ -254,7 +254,7 @@
       240,
       22
      ],
-     "text": "/mix 0.25 0.25 0.25 0.25",
+     "text": "/midi/learn /morph",
      "outlettype": [
       ""
      ]
@@ -272,7 +272,7 @@
       480,
       20
      ],
-     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
+     "text": "bind the next MIDI control change moved to this address (needs --midi)"
     }
    },
    {
@@ -287,7 +287,7 @@
       240,
       22
      ],
-     "text": "/morph 0.5",
+     "text": "/mix 0.25 0.25 0.25 0.25",
      "outlettype": [
       ""
      ]
@@ -305,7 +305,7 @@
       480,
       20
      ],
-     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
+     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
     }
    },
    {
@@ -320,7 +320,7 @@
       240,
       22
      ],
-     "text": "/morph/xy 0.5 0.5",
+     "text": "/morph 0.5",
      "outlettype": [
       ""
      ]
@@ -338,7 +338,7 @@
       480,
       20
      ],
-     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
+     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
     }
    },
    {
@@ -353,7 +353,7 @@
       240,
       22
      ],
-     "text": "/panic",
+     "text": "/morph/xy 0.5 0.5",
      "outlettype": [
       ""
      ]
@@ -371,7 +371,7 @@
       480,
       20
      ],
-     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
+     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
     }
    },
    {
@@ -386,7 +386,7 @@
       240,
       22
      ],
-     "text": "/pause",
+     "text": "/panic",
      "outlettype": [
       ""
      ]
@@ -404,7 +404,7 @@
       480,
       20
      ],
-     "text": "stop generating; the output fades to silence"
+     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
     }
    },
    {
@@ -419,7 +419,7 @@
       240,
       22
      ],
-     "text": "/play",
+     "text": "/pause",
      "outlettype": [
       ""
      ]
@@ -437,7 +437,7 @@
       480,
       20
      ],
-     "text": "start or resume playing (fades in)"
+     "text": "stop generating; the output fades to silence"
     }
    },
    {
@@ -452,7 +452,7 @@
       240,
       22
      ],
-     "text": "/prime 0",
+     "text": "/play",
      "outlettype": [
       ""
      ]
@@ -470,7 +470,7 @@
       480,
       20
      ],
-     "text": "continue slot i's audio: its last seconds (the model's context, at most the wind"
+     "text": "start or resume playing (fades in)"
     }
    },
    {
@@ -485,7 +485,7 @@
       240,
       22
      ],
-     "text": "/prime/file /path/to/take.wav",
+     "text": "/prime 0",
      "outlettype": [
       ""
      ]
@@ -503,7 +503,7 @@
       480,
       20
      ],
-     "text": "continue an audio file (inside the prompt folders) as /prime does; replies /prim"
+     "text": "continue slot i's audio: its last seconds (the model's context, at most the wind"
     }
    },
    {
@@ -518,7 +518,7 @@
       240,
       22
      ],
-     "text": "/prompt/listen 1 2.",
+     "text": "/prime/file /path/to/take.wav",
      "outlettype": [
       ""
      ]
@@ -536,7 +536,7 @@
       480,
       20
      ],
-     "text": "bind slot i to the live input (--input): every update interval its last f second"
+     "text": "continue an audio file (inside the prompt folders) as /prime does; replies /prim"
     }
    },
    {
@@ -551,7 +551,7 @@
       240,
       22
      ],
-     "text": "/prompt/load 0 /path/to/sound.wav",
+     "text": "/prompt/listen 1 2.",
      "outlettype": [
       ""
      ]
@@ -569,7 +569,7 @@
       480,
       20
      ],
-     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
+     "text": "bind slot i to the live input (--input): every update interval its last f second"
     }
    },
    {
@@ -584,7 +584,7 @@
       240,
       22
      ],
-     "text": "/prompt/unlisten 1",
+     "text": "/prompt/load 0 /path/to/sound.wav",
      "outlettype": [
       ""
      ]
@@ -602,7 +602,7 @@
       480,
       20
      ],
-     "text": "freeze slot i at its last vector from the input"
+     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
     }
    },
    {
@@ -617,7 +617,7 @@
       240,
       22
      ],
-     "text": "/record/start take",
+     "text": "/prompt/unlisten 1",
      "outlettype": [
       ""
      ]
@@ -635,7 +635,7 @@
       480,
       20
      ],
-     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
+     "text": "freeze slot i at its last vector from the input"
     }
    },
    {
@@ -650,7 +650,7 @@
       240,
       22
      ],
-     "text": "/record/stop",
+     "text": "/record/start take",
      "outlettype": [
       ""
      ]
@@ -668,7 +668,7 @@
       480,
       20
      ],
-     "text": "finish the recording; replies /record/stopped s:folder"
+     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
     }
    },
    {
@@ -683,7 +683,7 @@
       240,
       22
      ],
-     "text": "/reset",
+     "text": "/record/stop",
      "outlettype": [
       ""
      ]
@@ -701,7 +701,7 @@
       480,
       20
      ],
-     "text": "forget the token window and start a fresh sequence"
+     "text": "finish the recording; replies /record/stopped s:folder"
     }
    },
    {
@@ -716,7 +716,7 @@
       240,
       22
      ],
-     "text": "/scene/recall verse",
+     "text": "/reset",
      "outlettype": [
       ""
      ]
@@ -734,7 +734,7 @@
       480,
       20
      ],
-     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
+     "text": "forget the token window and start a fresh sequence"
     }
    },
    {
@@ -749,7 +749,7 @@
       240,
       22
      ],
-     "text": "/scene/save verse",
+     "text": "/scene/recall verse",
      "outlettype": [
       ""
      ]
@@ -767,7 +767,7 @@
       480,
       20
      ],
-     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
+     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
     }
    },
    {
@@ -782,7 +782,7 @@
       240,
       22
      ],
-     "text": "/schema",
+     "text": "/scene/save verse",
      "outlettype": [
       ""
      ]
@@ -800,7 +800,7 @@
       480,
       20
      ],
-     "text": "reply /schema s: this table as JSON"
+     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
     }
    },
    {
@@ -815,7 +815,7 @@
       240,
       22
      ],
-     "text": "/seed 7",
+     "text": "/schema",
      "outlettype": [
       ""
      ]
@@ -833,7 +833,7 @@
       480,
       20
      ],
-     "text": "reseed the sampler at this frame"
+     "text": "reply /schema s: this table as JSON"
     }
    },
    {
@@ -848,7 +848,7 @@
       240,
       22
      ],
-     "text": "/status",
+     "text": "/seed 7",
      "outlettype": [
       ""
      ]
@@ -866,7 +866,7 @@
       480,
       20
      ],
-     "text": "reply once with /engine/status and /engine/info"
+     "text": "reseed the sampler at this frame"
     }
    },
    {
@@ -881,7 +881,7 @@
       240,
       22
      ],
-     "text": "/temperature 0.9",
+     "text": "/status",
      "outlettype": [
       ""
      ]
@@ -899,7 +899,7 @@
       480,
       20
      ],
-     "text": "sampling temperature (0 = greedy)"
+     "text": "reply once with /engine/status and /engine/info"
     }
    },
    {
@@ -914,7 +914,7 @@
       240,
       22
      ],
-     "text": "/topk 50",
+     "text": "/temperature 0.9",
      "outlettype": [
       ""
      ]
@@ -932,7 +932,7 @@
       480,
       20
      ],
-     "text": "keep the k most likely tokens per codebook (0 = off)"
+     "text": "sampling temperature (0 = greedy)"
     }
    },
    {
@@ -947,7 +947,7 @@
       240,
       22
      ],
-     "text": "/topp 0.9",
+     "text": "/topk 50",
      "outlettype": [
       ""
      ]
@@ -962,6 +962,39 @@
      "patching_rect": [
       265,
       750,
+      480,
+      20
+     ],
+     "text": "keep the k most likely tokens per codebook (0 = off)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-59",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      774,
+      240,
+      22
+     ],
+     "text": "/topp 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-60",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      774,
       480,
       20
      ],
@@ -1262,6 +1295,18 @@
     "patchline": {
      "source": [
       "obj-57",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-59",
       0
      ],
      "destination": [

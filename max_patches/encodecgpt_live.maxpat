@@ -824,11 +824,29 @@
    {
     "box": {
      "id": "obj-47",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      295,
+      300,
+      110,
+      22
+     ],
+     "text": "/device/reopen",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-48",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      300,
+      420,
       300,
       103,
       20
@@ -838,12 +856,12 @@
    },
    {
     "box": {
-     "id": "obj-48",
+     "id": "obj-49",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      300,
+      420,
       325,
       24,
       24
@@ -855,12 +873,12 @@
    },
    {
     "box": {
-     "id": "obj-49",
+     "id": "obj-50",
      "maxclass": "textedit",
      "numinlets": 1,
      "numoutlets": 4,
      "patching_rect": [
-      330,
+      450,
       325,
       110,
       24
@@ -876,12 +894,12 @@
    },
    {
     "box": {
-     "id": "obj-50",
+     "id": "obj-51",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
-      450,
+      570,
       325,
       80,
       22
@@ -895,12 +913,12 @@
    },
    {
     "box": {
-     "id": "obj-51",
+     "id": "obj-52",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      530,
+      650,
       325,
       66,
       22
@@ -913,12 +931,12 @@
    },
    {
     "box": {
-     "id": "obj-52",
+     "id": "obj-53",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      530,
+      650,
       350,
       87,
       22
@@ -931,12 +949,12 @@
    },
    {
     "box": {
-     "id": "obj-53",
+     "id": "obj-54",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      530,
+      650,
       375,
       110,
       22
@@ -949,12 +967,12 @@
    },
    {
     "box": {
-     "id": "obj-54",
+     "id": "obj-55",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
      "patching_rect": [
-      300,
+      420,
       360,
       59,
       22
@@ -969,12 +987,12 @@
    },
    {
     "box": {
-     "id": "obj-55",
+     "id": "obj-56",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      300,
+      420,
       410,
       151,
       22
@@ -987,12 +1005,12 @@
    },
    {
     "box": {
-     "id": "obj-56",
+     "id": "obj-57",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      380,
+      500,
       385,
       96,
       22
@@ -1005,7 +1023,7 @@
    },
    {
     "box": {
-     "id": "obj-57",
+     "id": "obj-58",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1020,7 +1038,7 @@
    },
    {
     "box": {
-     "id": "obj-58",
+     "id": "obj-59",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1038,7 +1056,7 @@
    },
    {
     "box": {
-     "id": "obj-59",
+     "id": "obj-60",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1057,7 +1075,7 @@
    },
    {
     "box": {
-     "id": "obj-60",
+     "id": "obj-61",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1075,7 +1093,7 @@
    },
    {
     "box": {
-     "id": "obj-61",
+     "id": "obj-62",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1093,7 +1111,7 @@
    },
    {
     "box": {
-     "id": "obj-62",
+     "id": "obj-63",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1111,7 +1129,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-64",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1129,7 +1147,7 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-65",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1144,7 +1162,7 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-66",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1162,7 +1180,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-67",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1181,7 +1199,7 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-68",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1199,7 +1217,7 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-69",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1217,7 +1235,7 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-70",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1235,7 +1253,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-71",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1253,7 +1271,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-72",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1268,7 +1286,7 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-73",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1286,7 +1304,7 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-74",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1305,7 +1323,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-75",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1323,7 +1341,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-76",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1341,7 +1359,7 @@
    },
    {
     "box": {
-     "id": "obj-76",
+     "id": "obj-77",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1359,7 +1377,7 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-78",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1377,7 +1395,7 @@
    },
    {
     "box": {
-     "id": "obj-78",
+     "id": "obj-79",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1392,7 +1410,7 @@
    },
    {
     "box": {
-     "id": "obj-79",
+     "id": "obj-80",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1410,7 +1428,7 @@
    },
    {
     "box": {
-     "id": "obj-80",
+     "id": "obj-81",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1429,7 +1447,7 @@
    },
    {
     "box": {
-     "id": "obj-81",
+     "id": "obj-82",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1447,7 +1465,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-83",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1465,7 +1483,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-84",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1483,7 +1501,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-85",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1501,7 +1519,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-86",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1519,7 +1537,7 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-87",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 7,
@@ -1543,7 +1561,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-88",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 11,
@@ -1571,7 +1589,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-89",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1589,7 +1607,7 @@
    },
    {
     "box": {
-     "id": "obj-89",
+     "id": "obj-90",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1604,7 +1622,7 @@
    },
    {
     "box": {
-     "id": "obj-90",
+     "id": "obj-91",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1622,7 +1640,7 @@
    },
    {
     "box": {
-     "id": "obj-91",
+     "id": "obj-92",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1637,7 +1655,7 @@
    },
    {
     "box": {
-     "id": "obj-92",
+     "id": "obj-93",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1655,7 +1673,7 @@
    },
    {
     "box": {
-     "id": "obj-93",
+     "id": "obj-94",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1670,7 +1688,7 @@
    },
    {
     "box": {
-     "id": "obj-94",
+     "id": "obj-95",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1689,7 +1707,7 @@
    },
    {
     "box": {
-     "id": "obj-95",
+     "id": "obj-96",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1707,7 +1725,7 @@
    },
    {
     "box": {
-     "id": "obj-96",
+     "id": "obj-97",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1722,7 +1740,7 @@
    },
    {
     "box": {
-     "id": "obj-97",
+     "id": "obj-98",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1740,7 +1758,7 @@
    },
    {
     "box": {
-     "id": "obj-98",
+     "id": "obj-99",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1755,7 +1773,7 @@
    },
    {
     "box": {
-     "id": "obj-99",
+     "id": "obj-100",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1770,7 +1788,7 @@
    },
    {
     "box": {
-     "id": "obj-100",
+     "id": "obj-101",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1788,7 +1806,7 @@
    },
    {
     "box": {
-     "id": "obj-101",
+     "id": "obj-102",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1806,7 +1824,7 @@
    },
    {
     "box": {
-     "id": "obj-102",
+     "id": "obj-103",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1821,7 +1839,7 @@
    },
    {
     "box": {
-     "id": "obj-103",
+     "id": "obj-104",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1839,7 +1857,7 @@
    },
    {
     "box": {
-     "id": "obj-104",
+     "id": "obj-105",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1857,7 +1875,7 @@
    },
    {
     "box": {
-     "id": "obj-105",
+     "id": "obj-106",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1872,7 +1890,7 @@
    },
    {
     "box": {
-     "id": "obj-106",
+     "id": "obj-107",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1890,7 +1908,7 @@
    },
    {
     "box": {
-     "id": "obj-107",
+     "id": "obj-108",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1908,7 +1926,7 @@
    },
    {
     "box": {
-     "id": "obj-108",
+     "id": "obj-109",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1923,7 +1941,7 @@
    },
    {
     "box": {
-     "id": "obj-109",
+     "id": "obj-110",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1941,7 +1959,7 @@
    },
    {
     "box": {
-     "id": "obj-110",
+     "id": "obj-111",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2394,11 +2412,71 @@
    {
     "patchline": {
      "source": [
+      "obj-47",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-50",
+      0
+     ],
+     "destination": [
+      "obj-51",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-51",
+      0
+     ],
+     "destination": [
+      "obj-52",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-52",
+      0
+     ],
+     "destination": [
+      "obj-53",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-53",
+      0
+     ],
+     "destination": [
+      "obj-54",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-49",
       0
      ],
      "destination": [
-      "obj-50",
+      "obj-55",
       0
      ]
     }
@@ -2406,43 +2484,7 @@
    {
     "patchline": {
      "source": [
-      "obj-50",
-      0
-     ],
-     "destination": [
-      "obj-51",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-51",
-      0
-     ],
-     "destination": [
-      "obj-52",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-52",
-      0
-     ],
-     "destination": [
-      "obj-53",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-48",
+      "obj-55",
       0
      ],
      "destination": [
@@ -2458,7 +2500,7 @@
       0
      ],
      "destination": [
-      "obj-53",
+      "obj-56",
       0
      ]
     }
@@ -2466,19 +2508,7 @@
    {
     "patchline": {
      "source": [
-      "obj-53",
-      0
-     ],
-     "destination": [
-      "obj-55",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-55",
+      "obj-56",
       0
      ],
      "destination": [
@@ -2490,11 +2520,11 @@
    {
     "patchline": {
      "source": [
-      "obj-54",
+      "obj-55",
       1
      ],
      "destination": [
-      "obj-56",
+      "obj-57",
       0
      ]
     }
@@ -2502,23 +2532,11 @@
    {
     "patchline": {
      "source": [
-      "obj-56",
+      "obj-57",
       0
      ],
      "destination": [
       "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-58",
-      0
-     ],
-     "destination": [
-      "obj-59",
       0
      ]
     }
@@ -2542,7 +2560,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-61",
       0
      ]
     }
@@ -2586,35 +2604,35 @@
    {
     "patchline": {
      "source": [
-      "obj-65",
-      0
-     ],
-     "destination": [
-      "obj-66",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-66",
-      0
-     ],
-     "destination": [
-      "obj-67",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-67",
+      "obj-64",
       0
      ],
      "destination": [
       "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-66",
+      0
+     ],
+     "destination": [
+      "obj-67",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-67",
+      0
+     ],
+     "destination": [
+      "obj-68",
       0
      ]
     }
@@ -2658,35 +2676,35 @@
    {
     "patchline": {
      "source": [
-      "obj-72",
-      0
-     ],
-     "destination": [
-      "obj-73",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-73",
-      0
-     ],
-     "destination": [
-      "obj-74",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-74",
+      "obj-71",
       0
      ],
      "destination": [
       "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-73",
+      0
+     ],
+     "destination": [
+      "obj-74",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-74",
+      0
+     ],
+     "destination": [
+      "obj-75",
       0
      ]
     }
@@ -2730,35 +2748,35 @@
    {
     "patchline": {
      "source": [
-      "obj-79",
-      0
-     ],
-     "destination": [
-      "obj-80",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-80",
-      0
-     ],
-     "destination": [
-      "obj-81",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-81",
+      "obj-78",
       0
      ],
      "destination": [
       "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-80",
+      0
+     ],
+     "destination": [
+      "obj-81",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-81",
+      0
+     ],
+     "destination": [
+      "obj-82",
       0
      ]
     }
@@ -2806,7 +2824,7 @@
       0
      ],
      "destination": [
-      "obj-86",
+      "obj-2",
       0
      ]
     }
@@ -2838,11 +2856,35 @@
    {
     "patchline": {
      "source": [
-      "obj-87",
+      "obj-88",
+      0
+     ],
+     "destination": [
+      "obj-89",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-88",
       3
      ],
      "destination": [
-      "obj-90",
+      "obj-91",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-88",
+      5
+     ],
+     "destination": [
+      "obj-93",
       0
      ]
     }
@@ -2852,30 +2894,6 @@
      "source": [
       "obj-87",
       5
-     ],
-     "destination": [
-      "obj-92",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-86",
-      5
-     ],
-     "destination": [
-      "obj-94",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-94",
-      0
      ],
      "destination": [
       "obj-95",
@@ -2886,11 +2904,11 @@
    {
     "patchline": {
      "source": [
-      "obj-94",
-      1
+      "obj-95",
+      0
      ],
      "destination": [
-      "obj-97",
+      "obj-96",
       0
      ]
     }
@@ -2898,11 +2916,11 @@
    {
     "patchline": {
      "source": [
-      "obj-86",
+      "obj-95",
       1
      ],
      "destination": [
-      "obj-100",
+      "obj-98",
       0
      ]
     }
@@ -2910,8 +2928,8 @@
    {
     "patchline": {
      "source": [
-      "obj-100",
-      0
+      "obj-87",
+      1
      ],
      "destination": [
       "obj-101",
@@ -2922,11 +2940,11 @@
    {
     "patchline": {
      "source": [
-      "obj-86",
-      2
+      "obj-101",
+      0
      ],
      "destination": [
-      "obj-103",
+      "obj-102",
       0
      ]
     }
@@ -2934,8 +2952,8 @@
    {
     "patchline": {
      "source": [
-      "obj-103",
-      0
+      "obj-87",
+      2
      ],
      "destination": [
       "obj-104",
@@ -2946,11 +2964,11 @@
    {
     "patchline": {
      "source": [
-      "obj-86",
-      3
+      "obj-104",
+      0
      ],
      "destination": [
-      "obj-106",
+      "obj-105",
       0
      ]
     }
@@ -2958,8 +2976,8 @@
    {
     "patchline": {
      "source": [
-      "obj-106",
-      0
+      "obj-87",
+      3
      ],
      "destination": [
       "obj-107",
@@ -2970,11 +2988,11 @@
    {
     "patchline": {
      "source": [
-      "obj-86",
-      4
+      "obj-107",
+      0
      ],
      "destination": [
-      "obj-109",
+      "obj-108",
       0
      ]
     }
@@ -2982,11 +3000,23 @@
    {
     "patchline": {
      "source": [
-      "obj-109",
-      0
+      "obj-87",
+      4
      ],
      "destination": [
       "obj-110",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-110",
+      0
+     ],
+     "destination": [
+      "obj-111",
       0
      ]
     }

@@ -76,6 +76,9 @@ COMMANDS = (
             kind="command", widget="slotbutton"),
     Address("/prompt/unlisten", "i", "freeze slot i at its last vector from the input", 0,
             MAX_SLOTS - 1, kind="command", widget="slotbutton"),
+    Address("/device/reopen", "", "close the output device and open it again at the same "
+            "rate (after a loss, once it is back); replies /device/opened s i or /error",
+            kind="command", widget="button"),
 )
 
 REPLIES = tuple(replace(a, flow="") for a in (  # sent: no flow
@@ -103,6 +106,8 @@ REPLIES = tuple(replace(a, flow="") for a in (  # sent: no flow
     Address("/scene/recalled", "s", "a scene was recalled: its name", kind="reply",
             widget="label"),
     Address("/prompt/listening", "if", "a /prompt/listen took effect: slot, analysis seconds",
+            kind="reply", widget="label"),
+    Address("/device/opened", "si", "a /device/reopen took effect: device name, rate",
             kind="reply", widget="label"),
     Address("/error", "s", "what was wrong with the last message (state unchanged)",
             kind="reply", widget="label"),

@@ -117,6 +117,7 @@ class OSCDispatcher:
             "/midi/learn": self._midi_learn,
             "/prime": self._prime, "/prime/file": self._prime_file,
             "/prompt/listen": self._prompt_listen, "/prompt/unlisten": self._prompt_unlisten,
+            "/device/reopen": self._device_reopen,
         }
         self.midi = None  # an osc.midi.MidiMapper when --midi is given
         check_handlers(TABLE, self.commands)
@@ -247,6 +248,19 @@ class OSCDispatcher:
             self.reply("/prompt/loaded", [slot, path], sender)
 
         self.engine.load_prompt(slot, path, done=done, failed=failed)
+        return not refused
+
+    def _device_reopen(self, args: tuple, sender: Target) -> bool:
+        refused: list[str] = []
+
+        def failed(message: str) -> None:  # now, or from the reopen thread
+            refused.append(message)
+            self.error(sender, f"/device/reopen: {message}")
+
+        def done(name: str, rate: int) -> None:  # on the reopen thread
+            self.reply("/device/opened", [name, int(rate)], sender)
+
+        self.engine.reopen_device(done=done, failed=failed)
         return not refused
 
     def _prompt_listen(self, args: tuple, sender: Target) -> bool:

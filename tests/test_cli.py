@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fixtures import golden, ref
+from live_helpers import cli_in_process
 from live_helpers import run_cli as run
 
 from engine.cli.live import build_live_parser
@@ -214,11 +215,11 @@ def test_a_text_file_or_a_wav_as_checkpoint_is_one_line_exit_2(tmp_path):
             _one_line_error(run(*argv, ok=False), bad, "not a PyTorch checkpoint", what)
 
 
-def test_a_lan_osc_host_without_allow_or_an_unknown_feedback_host_refuse_to_start(tmp_path):
-    proc = run("--random-weights", "--device", "null", "--seconds", "1", "--osc-host",
-               "0.0.0.0", ok=False, timeout=120)
+def test_a_lan_osc_host_without_allow_or_an_unknown_feedback_host_refuse_to_start(capsys):
+    proc = cli_in_process(capsys, "--random-weights", "--device", "null", "--seconds", "1",
+                          "--osc-host", "0.0.0.0")
     _one_line_error(proc, "--osc-host 0.0.0.0", "--allow any")
     assert "playing" not in proc.stderr
-    proc = run("--random-weights", "--device", "null", "--seconds", "1", "--feedback",
-               "nosuchhost.invalid:9001", ok=False, timeout=120)
+    proc = cli_in_process(capsys, "--random-weights", "--device", "null", "--seconds", "1",
+                          "--feedback", "nosuchhost.invalid:9001")
     _one_line_error(proc, "nosuchhost.invalid", "does not resolve")

@@ -4,6 +4,7 @@ client, compared with what the engine sent to the device."""
 import glob
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from live_helpers import EngineProcess, free_udp_port, need, run_cli
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
 
 RATE = 48000
 
@@ -118,6 +121,61 @@ def test_engine_plays_to_jack_and_the_capture_matches(jack_server, tmp_path):
         assert np.array_equal(played[:n], sent[found[0][1] : found[0][1] + n])
 
 
+@pytest.mark.slow
+def test_jack_server_stall_engine_returns_and_device_reopens(jack_server, tmp_path):
+    """The JACK server stops answering (SIGSTOP) for a while: the engine goes on with the null
+    sink; once the server answers again it plays on the device again by itself. Then
+    ``/device/reopen`` closes the device, re-scans PortAudio and opens it again at the same
+    rate: JACK hears the engine, the recording keeps one rate and replays identically."""
+    _, server, jackd = jack_server
+    port = free_udp_port()
+    engine = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",
+                           "--hostapi", "JACK", "--device", "system", "--buffer", "0.3",
+                           "--osc-port", str(port), "--no-status",
+                           "--record", "stall", "--sessions-dir", str(tmp_path / "sessions"),
+                           log=tmp_path / "engine.log")
+    try:
+        engine.wait_for("recording started")
+        time.sleep(1.0)
+        jackd.send_signal(signal.SIGSTOP)
+        try:
+            engine.wait_for("going on with the null sink at 48000 Hz", timeout=10)
+        finally:
+            jackd.send_signal(signal.SIGCONT)
+        engine.wait_for("responds again; playing on it again", timeout=10)
+        reply = _ask(port, "/device/reopen", ("/device/opened", "/error"))
+        assert reply == ("/device/opened", ["system", RATE]), (reply, engine.log)
+        capture = _capture(server, 2.0, tmp_path / "captured.npy")
+        out, _ = capture.communicate(timeout=90)
+        assert "saved" in out, out
+    finally:
+        code = engine.stop()
+    assert code == 0, engine.log
+    assert "reopened system at 48000 Hz" in engine.log, engine.log
+    assert np.abs(np.load(tmp_path / "captured.npy")).max() > 1e-3, "JACK heard nothing"
+    folder = next((tmp_path / "sessions").iterdir())
+    tokens = np.load(folder / "tokens.npy")
+    audio, rate = sf.read(folder / "audio.wav", dtype="float32")
+    assert rate == RATE
+    assert abs(len(audio) / RATE - (len(tokens) - 7) / 75) < 0.5, (len(audio), len(tokens))
+    replay = run_cli("replay", folder, "--out", tmp_path / "re.wav")
+    assert "identical to the recording" in replay.stderr, replay.stderr[-2000:]
+
+
+def _ask(port: int, address: str, replies: tuple[str, ...], timeout: float = 15.0):
+    """Send ``address`` (no arguments) to the engine; the first reply among ``replies``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(timeout)
+        sock.sendto(OscMessageBuilder(address).build().dgram, ("127.0.0.1", port))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = OscMessage(sock.recv(65536))
+            if message.address in replies:
+                return message.address, list(message.params)
+    raise AssertionError(f"no {replies} reply to {address} in {timeout} s")
+
+
 def _find(sent: np.ndarray, probe: np.ndarray) -> int | None:
     """Where ``probe`` occurs in ``sent``: the one exact match, or None when there is none."""
     candidates = [k for k in np.flatnonzero(sent == probe[0])
@@ -162,9 +220,10 @@ def test_jack_server_lost_mid_recording_engine_goes_on_and_stops(jack_server, tm
     the null sink at the device's rate, the recording's audio goes on, Ctrl-C still ends it
     cleanly, and the session replays token-identically."""
     jack, server, jackd = jack_server
+    port = free_udp_port()
     engine = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",
                            "--hostapi", "JACK", "--device", "system", "--buffer", "0.3",
-                           "--osc-port", str(free_udp_port()), "--no-status",
+                           "--osc-port", str(port), "--no-status",
                            "--record", "lost", "--sessions-dir", str(tmp_path / "sessions"),
                            log=tmp_path / "engine.log")
     try:
@@ -177,9 +236,11 @@ def test_jack_server_lost_mid_recording_engine_goes_on_and_stops(jack_server, tm
         noticed_s = time.monotonic() - lost_at  # the bound is the engine's (0.5 + 0.1 s)
         folder = next((tmp_path / "sessions").iterdir())
         at_loss = (folder / "audio.wav").stat().st_size
-        time.sleep(4.0)
+        reply = _ask(port, "/device/reopen", ("/device/opened", "/error"))
+        time.sleep(3.0)
     finally:
         code = engine.stop()
+    print(reply)
     assert code == 0, engine.log
     assert "stopped responding" in engine.log or "stopped unexpectedly" in engine.log
     print(f"fallback noticed {noticed_s:.2f} s after the server died (polled)")

@@ -50,6 +50,7 @@ def test_training_loss_falls_and_validation_improves(trained_run):
     assert "done at step 200" in proc.stdout
 
 
+@pytest.mark.slow  # reads the 200-step run the slow tests share
 def test_training_prints_one_plain_line_per_interval_and_no_lightning_chatter(trained_run):
     _, _, proc = trained_run
     out = proc.stdout + proc.stderr

@@ -157,11 +157,11 @@ def cmd_live(argv: list[str]) -> int:
     if args.list_models:
         print(models_table() + "\n\n" + musicgen_table())
         return 0
-    torch.set_num_threads(max(1, args.threads))
-    _check_slots(args)
+    _check_slots(args)  # refusals first: before a model loads, and before torch is touched
     feedback = _parse_target(args.feedback) if args.feedback else None
     _check_exposure(args)
     choice = resolve_engine(args.compute, args.quantize, args.mode, args.step_runner)
+    torch.set_num_threads(max(1, args.threads))
     print(choice.describe(), file=sys.stderr, flush=True)
     start = time.perf_counter()
     model, codec, encoder_factory = _load(args)

@@ -321,6 +321,16 @@ class LiveEngine:
             self.log(note)
         return rows
 
+    def reopen_device(self, done: Callable[[str, int], None],
+                      failed: Callable[[str], None]) -> None:
+        """Close the output device and open it again at the same rate (``/device/reopen``),
+        on its own thread: after a loss, once the device or its server is back."""
+        reinit = not getattr(self.input, "portaudio", False)
+        if not reinit:
+            self.log("audio: the live input holds PortAudio open: reopening without a "
+                     "re-scan (a restarted JACK server or a re-plugged card is not found)")
+        self.output.reopen(reinit, done, failed)
+
     def listen(self, slot: int, seconds: float | None = None) -> float:
         """Bind ``slot`` to the live input (``/prompt/listen``); returns the analysis
         seconds. Raises :class:`UserError` without ``--input`` or EnCodecMAE."""
@@ -375,6 +385,7 @@ class LiveEngine:
             "temperature": float(c.temperature), "topk": int(c.top_k), "topp": float(c.top_p),
             "recording": int(recording), "playing": int(self.playing),
             "frame": self.generator.t, "device": "device" if self.is_device else "null",
+            "output": self.output.describe(),
             "weights": self.generator.weight_format,
             "gain_db": float(c.gain_db), "peak_db": level["peak_db"],
             "rms_db": level["rms_db"],

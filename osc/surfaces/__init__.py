@@ -45,7 +45,7 @@ KNOBS = (
     Knob("/glide", "glide (s)", 0.0, 10.0),
     Knob("/gain", "gain (dB)", -60.0, 6.0),
 )
-BUTTONS = ("/play", "/pause", "/reset", "/panic")
+BUTTONS = ("/play", "/pause", "/reset", "/panic", "/device/reopen")
 
 # Widgets a phone cannot offer: dropping files, the all-slots mix, typing a seed; the
 # per-slot buttons sit beside the slots' files, which only the computer can choose.

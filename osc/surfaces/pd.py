@@ -163,21 +163,21 @@ def _xy_and_mix(p: PdPatch) -> None:
 
 def _transport_and_record(p: PdPatch) -> None:
     for col, address in enumerate(BUTTONS):
-        name = address.strip("/")
+        name = address.strip("/").replace("/", "-")
         button = p.bng(20 + col * 60, 420, f"egl-{name}", name)
         _to_osc(p, 20 + col * 60, 460, button, address)
-    toggle = p.tgl(280, 420, "egl-record", "record")
-    p.text(320, 420, "name:")
-    name = p.symbolatom(360, 420, "egl-record-name")
-    held = p.obj(360, 450, "symbol take")
+    toggle = p.tgl(340, 420, "egl-record", "record")
+    p.text(380, 420, "name:")
+    name = p.symbolatom(420, 420, "egl-record-name")
+    held = p.obj(420, 450, "symbol take")
     p.connect(name, 0, held, 1)
-    which = p.obj(280, 480, "sel 0")
+    which = p.obj(340, 480, "sel 0")
     p.connect(toggle, 0, which, 0)
-    _to_osc(p, 250, 510, which, "/record/stop")
-    start = p.obj(330, 480, "t b")
+    _to_osc(p, 310, 510, which, "/record/stop")
+    start = p.obj(390, 480, "t b")
     p.connect(which, 1, start, 0)
     p.connect(start, 0, held, 0)
-    _to_osc(p, 360, 480, held, "/record/start", "s")
+    _to_osc(p, 420, 480, held, "/record/start", "s")
 
 
 def _slots(p: PdPatch) -> None:

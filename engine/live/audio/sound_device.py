@@ -166,6 +166,8 @@ class AudioOut:
         self.output_underflows = 0  # callbacks PortAudio ran late (the device ran dry first)
         self.callbacks = 0  # the watchdog's heartbeat
         self.failed: str | None = None
+        self.ended = False  # PortAudio ended the stream (it does not come back by itself)
+        self.closed = False
         self.fallback = None  # where writes go once the device is lost (see redirect)
         self.tap = None  # callable(block at device rate, start24) on the writer side
         self._in24 = 0  # 24 kHz samples received so far
@@ -190,7 +192,8 @@ class AudioOut:
 
     # -- writer side (decoder thread) -----------------------------------------------------
     def write(self, block: np.ndarray) -> None:
-        """24 kHz mono block in; waits while the ring is full (back-pressure)."""
+        """24 kHz mono block in: resampled, tapped, then played here (:meth:`play`) or
+        handed to the stand-in set by :meth:`redirect`."""
         start24 = self._in24
         self._in24 += len(block)
         if self._resampler is not None:
@@ -201,6 +204,11 @@ class AudioOut:
         if fallback is not None:
             fallback.write(block)
             return
+        self.play(block)
+
+    def play(self, block: np.ndarray) -> None:
+        """A block at the device rate into the ring, waiting while it is full
+        (back-pressure); gives up on the rest once the device failed or is stopping."""
         done = 0
         while done < len(block):
             done += self.ring.write(block[done:])
@@ -211,10 +219,16 @@ class AudioOut:
 
     def redirect(self, sink) -> None:
         """From now on write (resampled, tapped) blocks to ``sink`` (its ``rate`` must be
-        :attr:`rate`) instead of the lost device's ring."""
-        if getattr(sink, "rate", self.rate) != self.rate:
+        :attr:`rate`) instead of this device's ring; ``None`` plays them here again."""
+        if sink is not None and getattr(sink, "rate", self.rate) != self.rate:
             raise ValueError(f"stand-in sink at {sink.rate} Hz for a {self.rate} Hz device")
         self.fallback = sink
+
+    def mute(self) -> None:
+        """Silence at once and drop what is buffered (a lost device: if its callbacks come
+        back, they play silence, not stale audio, until :meth:`fade_in`)."""
+        self.gain = self.target_gain = 0.0
+        self.ring.clear()
 
     @property
     def buffered_s(self) -> float:
@@ -246,6 +260,8 @@ class AudioOut:
             False when PortAudio did not return in time (a lost device: the call is left
             blocked in a daemon thread, the engine goes on).
         """
+        if self.closed:
+            return True
         self._stopping = True
         if self.failed is None:
             self.fade_out()
@@ -255,6 +271,7 @@ class AudioOut:
         if closer.is_alive():
             _skip_portaudio_exit()
             return False
+        self.closed = True
         return True
 
     def _stop_stream(self) -> None:
@@ -296,6 +313,7 @@ class AudioOut:
 
     def _finished(self) -> None:
         if not self._stopping:
+            self.ended = True
             self.failed = f"audio device '{self.device_name}' stopped unexpectedly"
 
 
@@ -310,3 +328,21 @@ def open_output(spec: str | None, hostapi: str | None, **kw) -> AudioOut:
     """Resolve and open; raises UserError with the device name and the choices."""
     return AudioOut(resolve_device(spec, hostapi), **kw)
 
+
+
+def reinitialise_portaudio(timeout: float = CLOSE_TIMEOUT_S) -> bool:
+    """Terminate and initialise PortAudio again, so that devices, and a JACK server that was
+    restarted, are found afresh (PortAudio enumerates once, when it initialises; this is
+    the re-scan sounddevice's documentation describes). Every stream must be closed first:
+    termination closes what is left. False when PortAudio did not return within ``timeout``
+    (the call is left in a daemon thread)."""
+    sd = _sd()
+
+    def cycle() -> None:
+        sd._terminate()
+        sd._initialize()
+
+    worker = threading.Thread(target=cycle, daemon=True, name="portaudio-reinit")
+    worker.start()
+    worker.join(timeout)
+    return not worker.is_alive()

@@ -93,6 +93,8 @@ class FileInput:
         ring: where they go.
     """
 
+    portaudio = False  # holds no PortAudio stream
+
     def __init__(self, path: str | Path):
         path = Path(path).expanduser()
         if not path.is_file():
@@ -131,6 +133,8 @@ class DeviceInput:
         spec: device index or name substring (None = the default input).
         hostapi: restrict the choice to this host API (e.g. ``JACK``).
     """
+
+    portaudio = True  # a PortAudio input stream (re-initialising PortAudio closes it)
 
     def __init__(self, spec: str | None, hostapi: str | None = None):
         sd = _sd()

@@ -259,12 +259,12 @@ def soak(args) -> dict:
     sent = json.loads(load.communicate(timeout=60)[0])
     time.sleep(0.5)
     drops = _kernel_drops(server.address[1])
-    errors = server.errors
+    errors, server_coalesced = server.errors, server.coalesced
     if engine.recorder is not None and engine.recorder.recording:
         engine.recorder.stop()
     server.close()
     engine.stop()
-    return _report(args, engine, hook, samples, sent, drops, errors)
+    return _report(args, engine, hook, samples, sent, drops, errors, server_coalesced)
 
 
 def _sample_until(engine, load: subprocess.Popen, seconds: float) -> list[dict]:
@@ -283,7 +283,8 @@ def _sample_until(engine, load: subprocess.Popen, seconds: float) -> list[dict]:
         time.sleep(min(SAMPLE_EVERY_S, max(0.1, seconds - s["t"])))
 
 
-def _report(args, engine, hook: Hook, samples, sent, drops: int, errors: int) -> dict:
+def _report(args, engine, hook: Hook, samples, sent, drops: int, errors: int,
+            server_coalesced: int) -> dict:
     t = np.array([s["t"] for s in samples]) / 60
     rss = np.array([s["rss_mb"] for s in samples])
     after = t >= args.warmup
@@ -291,7 +292,7 @@ def _report(args, engine, hook: Hook, samples, sent, drops: int, errors: int) ->
     ms, in_burst, when = _latencies(sent["probes"], hook.probes, sent["bursts"])
     fader_sent = sent["sent"]["fader"] + sent["sent"]["burst"]
     applied = sum(hook.applied.values())
-    coalesced = int(getattr(engine.generator.queue, "coalesced", 0))
+    coalesced = int(getattr(engine.generator.queue, "coalesced", 0)) + server_coalesced
     sessions = sorted((args.out / "sessions").glob("*")) if (args.out / "sessions").exists() \
         else []
     identical = [_replays_identical(folder) for folder in sessions]

@@ -7,9 +7,11 @@ controls and commands (a bundle whole or not at all; anything wrong answered wit
 errors and recording notices are sent the same way. Status feedback lives in
 :mod:`osc.feedback`.
 
-Threading: the ``osc`` thread receives and handles every datagram in turn: it validates,
-then calls the engine's thread-safe commands (``submit``, ``play``, ``load_prompt``, the
-recorder's ``start`` / ``stop``, ...); it never touches the model or a file. Replies may
+Threading: the ``osc`` thread (niceness +5: a flood slows controls, not audio) reads the
+socket in batches, coalesces a flood before parsing (:mod:`osc.batch`) and handles the rest
+in turn: it validates, then calls the engine's thread-safe commands (``submit``, ``play``,
+``load_prompt``, the recorder's ``start`` / ``stop``, ...); it never touches the model or a
+file. Replies may
 also be sent from other threads (an engine notice on the generator, recorder or
 prompt-loader thread; the feedback thread): ``sendto`` on one UDP socket needs no lock.
 :attr:`OSCServer.last_sender` is written by the ``osc`` thread and read by those.
@@ -18,6 +20,7 @@ prompt-loader thread; the feedback thread): ``sendto`` on one UDP socket needs n
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from engine.errors import UserError
+from osc.batch import coalesce, read_batch
 from osc.dispatcher import OSCDispatcher, Target
 
 
@@ -55,6 +59,18 @@ def _grow_receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> int
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
+OSC_NICE = 5  # the osc thread's niceness: a flood slows the controls, not the audio
+
+
+def _below_generation() -> None:
+    """Run the calling (``osc``) thread below the generator and decoder: on Linux a
+    thread's niceness is its own. Elsewhere (or not permitted) it stays as it is."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), OSC_NICE)
+    except (AttributeError, OSError):
+        pass
+
+
 class OSCServer:
     """Serve ``engine`` (a :class:`~engine.live.engine.LiveEngine`) on ``host:port``.
 
@@ -79,8 +95,9 @@ class OSCServer:
             raise UserError(f"cannot listen for OSC on {host}:{port} ({e.strerror or e}); "
                             "is another engine running? Use --osc-port") from None
         self.address = self.sock.getsockname()
-        self.sock.settimeout(0.2)
+        self.sock.setblocking(False)  # read_batch waits with select
         self.received = 0
+        self.coalesced = 0  # datagrams skipped before parsing (osc.batch)
         self.dispatcher = OSCDispatcher(engine, reply=self.reply_all, log=log)
         self._denied: set[str] = set()
         self._stop = threading.Event()
@@ -119,19 +136,21 @@ class OSCServer:
 
     # -- receiving -------------------------------------------------------------------------
     def _serve(self) -> None:
+        _below_generation()
         while not self._stop.is_set():
             try:
-                data, sender = self.sock.recvfrom(65536)
-            except TimeoutError:
-                continue
+                batch = read_batch(self.sock)
             except OSError:
                 if self._stop.is_set():
                     return
                 continue
-            try:
-                self.handle(data, sender)
-            except Exception as e:  # last line of defence: never let the server die
-                self.dispatcher.error(sender, f"internal error on this datagram: {e!r}")
+            batch, skipped = coalesce(batch)
+            self.coalesced += skipped
+            for data, sender in batch:
+                try:
+                    self.handle(data, sender)
+                except Exception as e:  # last line of defence: never let the server die
+                    self.dispatcher.error(sender, f"internal error on this datagram: {e!r}")
 
     def handle(self, data: bytes, sender: Target) -> None:
         """Drop ``data`` unless ``sender`` is allowed, else hand it to the dispatcher (also

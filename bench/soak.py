@@ -11,8 +11,13 @@ reported: it shares the cores) sends over UDP:
 * a fader stream: ``--rate`` messages/s, ``/morph`` and ``/morph/xy`` alternating;
 * a probe ``/temperature`` with a unique value every 0.1 s, timestamped when sent; the
   engine's hook timestamps the frame boundary where it applied (the probe latency);
-* a burst: ``/morph`` as fast as the socket takes, ``--burst-seconds`` every minute (at 30 s);
-* ``/record/start`` at 5 s and ``/record/stop`` at 55 s of every minute;
+* a burst: ``/morph`` as fast as the socket takes, ``--burst-seconds`` every minute (at 30 s),
+  with the load process held to ``--load-cpu`` of one core (default 0.25: it sleeps three
+  times as long as it sends). On this 2-core machine an uncapped sender takes a whole core,
+  half of what the engine plays on, which no stage machine gives away to its controller;
+  the report gives the burst rate it reached;
+* ``/record/start`` at 25 s and ``/record/stop`` at 40 s of every minute (a 15 s take around
+  the burst: every take is replayed at the end, so an hour of takes must replay in minutes);
 * ``/prompt/load`` every 20 s, cycling a short ``.npy`` prompt, a corrupt file (text), and,
   with ``--encodecmae SRC``, a 10-minute WAV.
 
@@ -27,7 +32,10 @@ probe latency over time.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import importlib.util
 import json
+import multiprocessing
 import os
 import resource
 import socket
@@ -52,6 +60,7 @@ from engine.session.replay import replay  # noqa: E402
 from osc.server import OSCServer  # noqa: E402
 
 FADER = ("/morph", "/morph/xy")
+DEFAULT_QUANTIZE = "int4" if importlib.util.find_spec("onnxruntime") else "int8"
 SAMPLE_EVERY_S = 10.0
 PROBE_EVERY_S = 0.1
 
@@ -66,7 +75,8 @@ def osc(address: str, *args) -> bytes:
 # -- the load process -------------------------------------------------------------------------
 
 
-def run_load(port: int, seconds: float, rate: float, burst_s: float, files: list[str]) -> None:
+def run_load(port: int, seconds: float, rate: float, burst_s: float, files: list[str],
+             cpu_cap: float = 0.5) -> None:
     """Send the show's messages to ``port`` for ``seconds``; print one JSON line of what was
     sent (counts, probe send times, burst windows, replies, own CPU)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -98,9 +108,11 @@ def run_load(port: int, seconds: float, rate: float, burst_s: float, files: list
             if ("burst", minute) not in done_events:
                 done_events.add(("burst", minute))
                 bursts.append((now, now + burst_s))
+            t_chunk = time.monotonic()
             for _ in range(64):
                 send(morph[k % 1001], "burst")
                 k += 1
+            time.sleep((time.monotonic() - t_chunk) * (1.0 / cpu_cap - 1.0))
         if now >= next_fader:
             send(morph[k % 1001] if k % 2 else xy[k % 10201], "fader")
             k += 1
@@ -110,8 +122,8 @@ def run_load(port: int, seconds: float, rate: float, burst_s: float, files: list
             probes.append((round(value, 6), time.monotonic()))
             send(osc("/temperature", value), "probe")
             next_probe += PROBE_EVERY_S
-        for at, key, data in ((5, "start", osc("/record/start", f"soak{minute}")),
-                              (55, "stop", osc("/record/stop"))):
+        for at, key, data in ((25, "start", osc("/record/start", f"soak{minute}")),
+                              (40, "stop", osc("/record/stop"))):
             if within >= at and (key, minute) not in done_events:
                 done_events.add((key, minute))
                 send(data, "record")
@@ -209,20 +221,24 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=1.0)
     p.add_argument("--warmup", type=float, default=2.0, help="minutes left out of the RSS slope")
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--quantize", default="int8")
+    p.add_argument("--quantize", default=DEFAULT_QUANTIZE,
+                   help="the CPU fast mode's weights (default: the engine's, int4 with "
+                        "onnxruntime, else int8)")
     p.add_argument("--device", default="null")
     p.add_argument("--hostapi", default=None)
     p.add_argument("--buffer", type=float, default=0.2)
     p.add_argument("--rate", type=float, default=200.0, help="fader messages per second")
     p.add_argument("--burst-seconds", type=float, default=5.0)
+    p.add_argument("--load-cpu", type=float, default=0.25,
+                   help="share of one core the load may use in a burst (1 = uncapped)")
     p.add_argument("--encodecmae", default=None, help="EnCodecMAE source: adds a 10-min WAV")
     p.add_argument("--out", type=Path, default=Path("soak-out"))
-    p.add_argument("--load", nargs=4, help=argparse.SUPPRESS)  # port seconds rate burst
+    p.add_argument("--load", nargs=5, help=argparse.SUPPRESS)  # port seconds rate burst cpu
     p.add_argument("--files", nargs="*", default=[], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.load:
-        port, seconds, rate, burst = args.load
-        run_load(int(port), float(seconds), float(rate), float(burst), args.files)
+        port, seconds, rate, burst, cpu = args.load
+        run_load(int(port), float(seconds), float(rate), float(burst), args.files, float(cpu))
         return
     report = soak(args)
     print(json.dumps(report))
@@ -253,7 +269,8 @@ def soak(args) -> dict:
     seconds = 60.0 * args.minutes
     load = subprocess.Popen([sys.executable, __file__, "--load", str(server.address[1]),
                              str(seconds), str(args.rate), str(args.burst_seconds),
-                             "--files", *files], stdout=subprocess.PIPE, text=True)
+                             str(args.load_cpu), "--files", *files],
+                            stdout=subprocess.PIPE, text=True)
     load.stdout.readline()  # "ready": the load's clock starts with the samples'
     samples = _sample_until(engine, load, seconds)
     sent = json.loads(load.communicate(timeout=60)[0])
@@ -295,7 +312,7 @@ def _report(args, engine, hook: Hook, samples, sent, drops: int, errors: int,
     coalesced = int(getattr(engine.generator.queue, "coalesced", 0)) + server_coalesced
     sessions = sorted((args.out / "sessions").glob("*")) if (args.out / "sessions").exists() \
         else []
-    identical = [_replays_identical(folder) for folder in sessions]
+    identical = _replay_all(sessions)
     report = {
         "minutes": args.minutes, "preset": args.preset, "quantize": args.quantize,
         "device": args.device, "underruns": samples[-1]["underruns"],
@@ -316,6 +333,8 @@ def _report(args, engine, hook: Hook, samples, sent, drops: int, errors: int,
         + sent["sent"]["load"] - applied - len(hook.probes) - coalesced - errors - drops
         - sent["replies"].get("/record/started", 0) - sent["replies"].get("/record/stopped", 0)
         - sent["replies"].get("/prompt/loaded", 0),
+        "burst_msgs_per_s": round(sent["sent"]["burst"] / max(1e-9, sum(
+            b - a for a, b in sent["bursts"]))),
         "replies": sent["replies"], "load_cpu_s": round(sent["cpu_s"], 1),
         "load_wall_s": round(sent["wall_s"], 1),
         "sessions": len(sessions), "sessions_identical": sum(identical),
@@ -330,9 +349,20 @@ def _pct(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if len(values) else None
 
 
+def _replay_all(sessions: list[Path], workers: int = 2) -> list[bool]:
+    """Whether each session replays token-identically (tokens only, no decoder), on
+    ``workers`` processes: the engine has stopped, the cores are free."""
+    if not sessions:
+        return []
+    spawn = multiprocessing.get_context("spawn")  # torch and threads: no fork
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+        return list(pool.map(_replays_identical, sessions))
+
+
 def _replays_identical(folder: Path) -> bool:
+    torch.set_num_threads(1)
     try:
-        tokens, _ = replay(folder)
+        tokens, _ = replay(folder, audio=False)
     except Exception as e:  # a session that does not replay is what this reports
         print(f"{folder}: replay failed ({e})", file=sys.stderr)
         return False

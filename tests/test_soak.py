@@ -36,7 +36,7 @@ def test_a_two_minute_soak_loses_nothing_leaks_nothing_and_replays(tmp_path):
     quantize = "int4" if importlib.util.find_spec("onnxruntime") else "int8"  # the default
     args = Namespace(minutes=2.0, warmup=0.5, preset="tiny", quantize=quantize, device="null",
                      hostapi=None, buffer=0.2, rate=200.0, burst_seconds=5.0, encodecmae=None,
-                     out=tmp_path)
+                     out=tmp_path, load_cpu=0.5)
     report = soak.soak(args)
     print({k: report[k] for k in ("underruns", "rtf_last", "probe_ms_p99",
                                   "probe_ms_p99_in_bursts", "rss_growth_mb_after_warmup")})

@@ -2,6 +2,8 @@
 the golden tokens, a slow whole-window recompute of the fast mode's schedule, and itself
 after save/restore."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -72,13 +74,15 @@ def test_fast_hop1_equals_exact(model, prompts, greedy, morph):
     assert torch.equal(runs[0], runs[1])
 
 
-def _slow_fast_schedule(model, prompt, window, hop, steps) -> torch.Tensor:
+def _slow_fast_schedule(model, prompt, window, hop, steps, primed=None) -> torch.Tensor:
     """What fast mode must compute with a constant prompt: step t runs the whole
     ``[prompt, rows b(t)..t-1]`` with b(t) the first of 0, H, 2H, … with t − b ≤ W, and the
-    start triangle re-created when b > 0."""
+    start triangle re-created when b > 0. ``primed`` ``[T, Q]``: the sequence's first rows
+    (the steps generate rows T..); returns the generated rows."""
     tri = start_triangle_mask(window, model.num_q)
-    rows = []
-    for t in range(steps):
+    rows = [] if primed is None else list(primed)
+    first = len(rows)
+    for t in range(first, first + steps):
         b = max(0, -(-(t - window) // hop)) * hop
         ctx = torch.stack(rows[b:t]) if t > b else torch.zeros(0, model.num_q, dtype=torch.long)
         if b > 0:
@@ -86,7 +90,7 @@ def _slow_fast_schedule(model, prompt, window, hop, steps) -> torch.Tensor:
         with torch.inference_mode():
             logits, _ = model(torch.from_numpy(prompt)[None], ctx[None], last_only=True)
         rows.append(logits[0, -1].argmax(-1))
-    return torch.stack(rows)
+    return torch.stack(rows[first:])
 
 
 @pytest.mark.parametrize("hop", [2, 3, 5, 12])
@@ -95,6 +99,32 @@ def test_fast_mode_follows_its_window_schedule(model, prompts, hop):
     gen = RollingGenerator(model, _controls(prompts[0]), window=12, mode="fast", hop=hop,
                            greedy=True)
     assert torch.equal(_run(gen, 70), expected)
+
+
+@pytest.mark.parametrize("ahead", [True, False], ids=["prepared-ahead", "in-the-step"])
+def test_a_primed_window_continues_as_its_full_prefill(model, prompts, ahead):
+    """/prime/rows (rows, prompt) in fast mode: the window cache [prompt, rows[:-1]] computed
+    ahead on another thread (prepare_prime, as the live loader does) or in the step (as a
+    replay does) continues exactly as the slow schedule of a sequence that starts with the
+    primed rows."""
+    rows = torch.randint(0, 1025, (7, model.num_q), generator=torch.Generator().manual_seed(3))
+    gen = RollingGenerator(model, _controls(prompts[0]), window=12, mode="fast", hop=3,
+                           greedy=True)
+    for _ in range(5):  # a sequence that the prime replaces
+        gen.step()
+    if ahead:
+        box = []
+        worker = threading.Thread(target=lambda: box.append(gen.prepare_prime(rows.numpy())))
+        worker.start()
+        worker.join()
+        values = box[0]
+    else:
+        values = (rows.numpy(), prompts[0])
+    assert np.array_equal(values[1], prompts[0])
+    assert gen.apply_now([ControlEvent("/prime/rows", values)])
+    out = _run(gen, 30)
+    assert (gen.primed.prepared, gen.primed.computed) == ((1, 0) if ahead else (0, 1))
+    assert torch.equal(out, _slow_fast_schedule(model, prompts[0], 12, 3, 30, primed=rows))
 
 
 def test_fast_mode_background_prefill_equals_inline(model, prompts):

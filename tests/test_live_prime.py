@@ -133,3 +133,42 @@ def test_prime_over_osc_replies_and_refuses(tmp_path):
         assert replies[-1][1] == [str(inside), 32 - 8]  # fast mode: the window less a hop
     finally:
         engine.stop()
+
+
+def test_a_fast_mode_prime_is_prepared_on_the_loader_thread_and_replays(tmp_path):
+    """Fast mode: the primed window's cache and the seam's decoder warm-up are computed on
+    the loader thread, so the frame that primes only installs them; the control carries
+    the prompt the cache was computed with, and the session replays token for token (the
+    replay computes that cache in the step) with the same audio."""
+    _tone(tmp_path / "take.wav")
+    engine = null_engine(tmp_path, mode="fast", window=32, buffer_s=0.3)
+    tap = Tap()
+    engine.add_listener(tap)
+    engine.start()
+    done, failed = [], []
+    try:
+        assert wait_until(lambda: engine.generator.t > 40, timeout=60)
+        engine.recorder.start("prime")
+        assert wait_until(lambda: engine.recorder.recording, timeout=30)
+        engine.prime_file(str(tmp_path / "take.wav"), lambda p, n: done.append(n),
+                          failed.append)
+        assert wait_until(lambda: done or failed, timeout=60) and not failed
+        assert wait_until(lambda: any(c.address == "/prime/rows" for c in tap.controls), 60)
+        f0 = next(c.frame for c in tap.controls if c.address == "/prime/rows")
+        assert wait_until(lambda: engine.generator.t > f0 + 40, timeout=120)
+        engine.recorder.stop()
+        assert wait_until(lambda: not engine.recorder.recording, timeout=30)
+    finally:
+        engine.stop()
+    entry = next(c for c in tap.controls if c.address == "/prime/rows")
+    assert len(entry.values) == 2 and entry.values[1].shape == (128,)
+    primed = engine.generator.primed
+    assert (primed.prepared, primed.computed) == (1, 0)
+    assert engine.pipeline.prewarmed_seams == 1  # the seam's decoder warm-up was ready
+    folder = next((tmp_path / "sessions").iterdir())
+    tokens, replayed = replay(folder)
+    assert np.array_equal(tokens, np.load(folder / "tokens.npy"))
+    played, _ = sf.read(folder / "audio.wav", dtype="float32")  # the seam included
+    n = min(len(played), len(replayed))
+    assert n > 40 * HOP_LENGTH
+    assert np.abs(played[:n] - replayed[:n]).max() < 1e-4

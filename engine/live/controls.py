@@ -13,6 +13,10 @@ and keeps the resulting state:
 * **glide** τ (seconds): every continuous control (mix weights, temperature, top-p) moves
   towards its target by ``1 − exp(−1 / (τ · 75))`` of the remaining distance per frame, and
   snaps onto it once within :data:`SNAP`; τ = 0 jumps. Top-k and seed are discrete and jump.
+  A slot that already holds a vector glides to a new one the same way (a dropped file, a
+  ``/prompt/listen`` update: no jump in the prompt), element by element in float32.
+  Sessions recorded before slot vectors glided (their controls state has no
+  ``target_slots``) replay with jumping slots, as they were played.
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ GENERATOR_CONTROLS: tuple[ControlSpec, ...] = (
                 "slot 1, (0,1) slot 2, (1,1) slot 3", 0.0, 1.0, (0.0, 0.0), True, "mix"),
     ControlSpec("/mix", "f…", "weights of slots 0..N-1 (>= 0, normalised to sum 1)", 0.0, None,
                 target="mix"),
-    ControlSpec("/glide", "f", "glide time constant in seconds for mix, temperature, top-p",
+    ControlSpec("/glide", "f", "glide time constant in seconds for mix, temperature, top-p "
+                "and slot vectors",
                 0.0, 60.0, (0.0,), target="glide"),
     ControlSpec("/temperature", "f", "sampling temperature (0 = greedy)", 0.0, 10.0, (1.0,),
                 target="temperature"),
@@ -130,11 +135,15 @@ class ControlState:
     top_k: int = 0
     glide: float = 0.0
     gain_db: float = 0.0  # master gain; ramped in the audio (engine.live.audio.gain)
+    target_slots: list = field(default_factory=list)  # where each slot's vector glides to
+    slot_glide: bool = True  # False: a new vector replaces a slot at once (older sessions)
 
     def __post_init__(self):
         if not 1 <= self.num_slots <= MAX_SLOTS:
             raise ValueError(f"num_slots must be in 1..{MAX_SLOTS}")
         self.slots = list(self.slots) + [None] * (self.num_slots - len(self.slots))
+        if not self.target_slots:
+            self.target_slots = list(self.slots)  # the same objects: nothing glides
         if self.weights is None:
             self.weights = np.eye(self.num_slots)[0]
         if self.target_weights is None:
@@ -154,7 +163,15 @@ class ControlState:
     @property
     def gliding(self) -> bool:
         return (not np.array_equal(self.weights, self.target_weights)
-                or self.temperature != self.target_temperature or self.top_p != self.target_top_p)
+                or self.temperature != self.target_temperature or self.top_p != self.target_top_p
+                or any(self._slot_gliding(i) for i in range(self.num_slots)))
+
+    def _slot_gliding(self, i: int) -> bool:
+        """Slot ``i`` is on its way to a new vector (a landed glide leaves the target object
+        itself in the slot, so this is an identity test, not a comparison)."""
+        cur, target = self.slots[i], self.target_slots[i]
+        return cur is not target and isinstance(cur, np.ndarray) and isinstance(target,
+                                                                                  np.ndarray)
 
     def advance(self) -> None:
         """Move the glided controls one frame towards their targets."""
@@ -164,6 +181,11 @@ class ControlState:
         self.weights = _glide_step(self.weights, self.target_weights, alpha)
         self.temperature = _glide_step(self.temperature, self.target_temperature, alpha)
         self.top_p = _glide_step(self.top_p, self.target_top_p, alpha)
+        for i in range(self.num_slots):
+            if self._slot_gliding(i):
+                cur, target = self.slots[i], self.target_slots[i]
+                new = (cur + np.float32(alpha) * (target - cur)).astype(np.float32)
+                self.slots[i] = target if np.max(np.abs(target - new)) < SNAP else new
 
     # -- changing ------------------------------------------------------------------------
     def apply(self, event: ControlEvent) -> tuple:
@@ -200,8 +222,13 @@ class ControlState:
         if filled and filled[0].shape != vec.shape:
             raise ControlError(f"embedding size {vec.shape[0]} differs from the other slots "
                                f"({filled[0].shape[0]})")
-        self.slots[int(slot)] = vec
-        return (int(slot), vec)
+        i = int(slot)
+        self.target_slots[i] = vec
+        current = self.slots[i]
+        if not (self.slot_glide and self.glide > 0 and isinstance(current, np.ndarray)
+                and current.shape == vec.shape):
+            self.slots[i] = vec  # a jump (no glide, an empty slot, an older session)
+        return (i, vec)
 
     def _set_weights(self, weights: np.ndarray) -> None:
         total = float(weights.sum())
@@ -265,6 +292,8 @@ class ControlState:
             "top_p": float(self.top_p), "target_top_p": float(self.target_top_p),
             "top_k": int(self.top_k), "glide": float(self.glide),
             "master_gain_db": float(self.gain_db),
+            **({"target_slots": [array_to_state(s) for s in self.target_slots]}
+               if self.slot_glide else {}),
         }
 
     def set_state(self, state: dict) -> None:
@@ -279,9 +308,18 @@ class ControlState:
             # sessions recorded before /gain existed have no gain: 0 dB
             values["gain_db"] = s.pop("master_gain_db") if "master_gain_db" in state else 0.0
             weights, target = s.pop("weights"), s.pop("target_weights")
+            # sessions recorded before slot vectors glided have no targets: they jump
+            targets = s.pop("target_slots") if "target_slots" in state else None
         if num_slots != self.num_slots or len(slots) != self.num_slots:
             raise ValueError(f"controls state has {num_slots} slots, this one {self.num_slots}")
         self.slots = [array_from_state(v) for v in slots]
+        self.slot_glide = targets is not None
+        self.target_slots = list(self.slots)
+        for i, t in enumerate(targets or []):
+            t = array_from_state(t)
+            if not (isinstance(t, np.ndarray) and isinstance(self.slots[i], np.ndarray)
+                    and np.array_equal(t, self.slots[i])):
+                self.target_slots[i] = t  # still gliding when the state was taken
         self.weights, self.target_weights = array_from_state(weights), array_from_state(target)
         for key, value in values.items():
             setattr(self, key, value)
@@ -291,19 +329,25 @@ class ControlState:
         message: it must be cheap). The arrays (slots, weights) are shared: every change
         replaces an array, none is written in place."""
         new = copy.copy(self)
-        new.slots = list(self.slots)
+        new.slots, new.target_slots = list(self.slots), list(self.target_slots)
         return new
 
 
 def _check_rows(values: tuple) -> tuple:
-    """``/prime/rows``: one int64 array ``[T, Q]`` of delayed tokens in 0..1024 (the window
-    and Q are checked where the rows are made, against the generator)."""
-    rows = values[0] if len(values) == 1 else None
+    """``/prime/rows``: an int64 array ``[T, Q]`` of delayed tokens in 0..1024 (the window
+    and Q are checked where the rows are made, against the generator), and optionally the
+    prompt ``[P]`` its window cache was computed with (:mod:`engine.live.step.primed`)."""
+    rows = values[0] if len(values) in (1, 2) else None
     if not isinstance(rows, np.ndarray) or rows.ndim != 2 or rows.shape[0] < 1:
-        raise ControlError("/prime/rows expects one token array [T, Q]")
+        raise ControlError("/prime/rows expects one token array [T, Q] (and a prompt [P])")
     if rows.dtype.kind not in "iu" or rows.min() < 0 or rows.max() > 1024:
         raise ControlError("/prime/rows: tokens must be integers in 0..1024")
-    return (rows.astype(np.int64),)
+    if len(values) == 1:
+        return (rows.astype(np.int64),)
+    prompt = values[1]
+    if not isinstance(prompt, np.ndarray) or prompt.ndim != 1 or not np.isfinite(prompt).all():
+        raise ControlError("/prime/rows: the prompt must be a finite vector [P]")
+    return (rows.astype(np.int64), prompt.astype(np.float32))
 
 
 _SCALARS = ("temperature", "target_temperature", "top_p", "target_top_p", "top_k", "glide")

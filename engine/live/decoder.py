@@ -244,6 +244,18 @@ class StreamingDecoder:
             self.stream.wait_stream(torch.cuda.current_stream(self.device))  # the weights' copy
         self.reset()
 
+    def fork(self) -> StreamingDecoder:
+        """Another stream over the same weights (the folded modules are shared; they hold no
+        stream state: the wrappers do), fresh. CPU only: on CUDA a stream owns its CUDA
+        stream too."""
+        if self.device.type != "cpu":
+            raise ValueError("fork() is for CPU decoders")
+        other = object.__new__(StreamingDecoder)
+        other.device, other.quantizer, other.decoder, other.stream = (
+            self.device, self.quantizer, self.decoder, None)
+        other.reset()
+        return other
+
     def reset(self) -> None:
         self.layers = [_wrap(layer) for layer in self.decoder.layers]
         self.pending: torch.Tensor | None = None  # codes held back at stream start

@@ -297,12 +297,22 @@ class LiveEngine:
         if source is None or Path(source).suffix.lower() == ".npy" or not Path(source).is_file():
             failed(f"slot {slot} holds no audio file to prime from (its source: {source})")
             return
-        self.prompts.prime(source, self._prime_rows, done, failed, check=False)
+        self.prompts.prime(source, self._prime_values, done, failed, check=False)
 
     def prime_file(self, path: str, done: Callable[[str, int], None],
                    failed: Callable[[str], None]) -> None:
         """As :meth:`prime`, from an audio file inside the prompt folders."""
-        self.prompts.prime(path, self._prime_rows, done, failed)
+        self.prompts.prime(path, self._prime_values, done, failed)
+
+    def _prime_values(self, file: Path) -> tuple:
+        """The ``/prime/rows`` values for ``file`` (loader thread): its rows, and in fast
+        mode the prompt their window cache was computed with, here, so that the frame that
+        primes does not prefill a window (:mod:`engine.live.step.primed`); the decoder's
+        warm-up for the seam is decoded here too (:meth:`Pipeline.prewarm`)."""
+        rows = self._prime_rows(file)
+        values = self.generator.prepare_prime(rows)
+        self.pipeline.prewarm(rows)
+        return values
 
     def _prime_rows(self, file: Path) -> np.ndarray:
         """``[T, Q]`` int64 rows: the file's last seconds (the model's context, at most the

@@ -48,12 +48,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from engine.live.control_queue import ControlQueue
-from engine.live.controls import AppliedControl, ControlEvent, ControlState
+from engine.live.controls import AppliedControl, ControlError, ControlEvent, ControlState
 from engine.live.state import StateReader
 from engine.live.step.kv_step import KVCache, KVStepInputs, RowGroup
+from engine.live.step.primed import PrimedPrefill
 from engine.live.step.reprefill import ShadowPrefill
 from engine.live.step.static_window import StaticWindowStep
 from engine.live.step.weight_formats import build_kv_step
@@ -129,10 +131,12 @@ class RollingGenerator:
         self.queue = ControlQueue()
         self.lean: KVStepInputs | None = None
         self.reprefill: ShadowPrefill | None = None
+        self.primed: PrimedPrefill | None = None
         if mode == "fast":
             self.lean = lean or build_kv_step(model, quantize)
             self.reprefill = ShadowPrefill(self.lean, window, self.hop, background=background,
                                            worker_threads=worker_threads)
+            self.primed = PrimedPrefill(self.lean, window)
         self.static = self._static_step(quantize, runner, seed)
         self.startup_s = 0.0 if self.static is None else self.static.startup_s
         self.triangle = start_triangle_mask(self.num_q, self.num_q)  # [Q, Q] first rows
@@ -219,13 +223,18 @@ class RollingGenerator:
         self.controls.advance()
         return row
 
-    def prime(self, rows: torch.Tensor) -> None:
+    def prime(self, rows: torch.Tensor, prompt: np.ndarray | None = None) -> None:
         """Start a new sequence whose first rows are ``rows``, as if they had been generated
         (:mod:`engine.model.tokens.priming`); the next step continues them. Generator thread only
         (or before it runs); the frame counter ``t`` does not move.
 
         Args:
             rows: ``[T, Q]`` int64 delayed tokens, ``1 <= T <= W``.
+            prompt: ``[P]`` float32, fast mode: the window's cache is
+                ``[prompt, rows[:-1]]`` (:mod:`engine.live.step.primed`: prepared on the
+                loader thread by :meth:`prepare_prime`, else computed now). None: the next
+                step prefills the rows itself, with its own prompt (sessions before
+                prepared primes; exact mode).
         """
         if rows.ndim != 2 or rows.shape[1] != self.num_q or not 1 <= rows.shape[0] <= self.window:
             raise ValueError(f"primed rows must be [T, {self.num_q}] with 1 <= T <= "
@@ -235,6 +244,23 @@ class RollingGenerator:
         self._history = list(rows.to(torch.long).clone())
         if self.static is not None:
             self.static.load(rows.to(torch.long), n)
+        elif prompt is not None and self.primed is not None:
+            self.cache = self.primed.cache(rows.numpy(), prompt)
+            self.cache_prompt = torch.from_numpy(np.asarray(prompt, dtype=np.float32))
+
+    def prepare_prime(self, rows: np.ndarray) -> tuple:
+        """The values of the ``/prime/rows`` control for ``rows`` ``[T, Q]`` int64, its window
+        cache computed now on the calling thread (the prime loader, below the generator) in
+        fast mode: ``(rows, prompt)`` with the mix's prompt ``[P]`` as it is now; elsewhere
+        ``(rows,)``, and the step after the prime prefills them."""
+        if self.primed is None or self.static is not None:
+            return (rows,)
+        try:
+            prompt = self.controls.prompt()  # a copy of the controls taken by one read
+        except ControlError:
+            return (rows,)
+        self.primed.prepare(rows, prompt)
+        return (rows, prompt)
 
     def take_seam(self):
         """The rows a ``/prime/rows`` control primed the last step with (``[T, Q]`` int64
@@ -278,7 +304,8 @@ class RollingGenerator:
             elif entry.address == "/reset":
                 self._clear_sequence(start=self.t)
             elif entry.address == "/prime/rows":
-                self.prime(torch.from_numpy(entry.values[0]))
+                self.prime(torch.from_numpy(entry.values[0]),
+                           entry.values[1] if len(entry.values) > 1 else None)
                 self.seam = entry.values[0]  # the decoder crossfades into the new sequence
             self.queue.record(entry)
         return True

@@ -39,7 +39,7 @@ from engine import HOP_LENGTH
 from engine.live.audio.gain import GainRamp
 from engine.live.audio.level import LevelMeter
 from engine.live.audio.safety import SafetyLimiter
-from engine.live.audio.seam import Crossfade
+from engine.live.audio.seam import Crossfade, min_primed_rows, warm_state
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
 
@@ -113,12 +113,38 @@ class Pipeline:
         self.running.set()
         self._frame_hooks: queue.SimpleQueue = queue.SimpleQueue()
         self._fade: Crossfade | None = None  # decoder thread: a seam being crossfaded
+        self._warmer: StreamingDecoder | None = None  # prewarm's own stream (CPU)
+        self._warm: tuple[bytes, dict] | None = None  # (primed rows, their warm state)
+        self._warm_lock = threading.Lock()
+        self.prewarmed_seams = 0  # seams whose decoder warm-up was decoded ahead
 
     def at_frame(self, frame: int, hook: Callable[[dict, int], None]) -> None:
         """Call ``hook(decoder_state, sample_index)`` on the decoder thread just before frame
         ``frame`` is decoded (the chunk is cut there), e.g. to start a recording whose replay
         must continue the decoder exactly. ``frame`` must not be decoded yet."""
         self._frame_hooks.put((frame, hook))
+
+    def prewarm(self, rows: np.ndarray) -> None:
+        """Decode the seam's warm-up for primed ``rows`` ``[T, Q]`` now, on the calling
+        thread (the prime's loader, below the decoder), so that the seam only crossfades
+        (:func:`~engine.live.audio.seam.warm_state`, on a fork of the decoder: the same
+        computation). CPU decoders only; a GPU decoder warms up in the seam."""
+        if self.decoder.device.type != "cpu" or rows.shape[0] < min_primed_rows(rows.shape[1]):
+            return
+        if self._warmer is None:  # (one prime loader thread: the warmer's only user)
+            self._warmer = self.decoder.fork()
+        state = warm_state(self._warmer, rows)  # outside the lock: the decoder never waits
+        with self._warm_lock:
+            self._warm = (np.ascontiguousarray(rows).tobytes(), state)
+
+    def _take_warm(self, rows: np.ndarray) -> dict | None:
+        """The prewarmed state of these primed rows, once (decoder thread)."""
+        with self._warm_lock:
+            warm, self._warm = self._warm, None
+        if warm is not None and warm[0] == np.ascontiguousarray(rows).tobytes():
+            self.prewarmed_seams += 1
+            return warm[1]
+        return None
 
     def start(self, frames: int | None = None) -> None:
         """Start both threads; stop by itself after ``frames`` rows if given."""
@@ -197,7 +223,7 @@ class Pipeline:
                     if chunk:
                         self._emit(chunk)
                         chunk = []
-                    self._fade = Crossfade(self.decoder, item.rows)
+                    self._fade = Crossfade(self.decoder, item.rows, self._take_warm(item.rows))
                     undelay = self._fade.undelay
                     continue
                 row, gain_db = item

@@ -25,8 +25,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 from engine.errors import UserError
 from engine.live.controls import ControlError, ControlEvent
 from engine.model.prompt_files import PromptReader
@@ -110,11 +108,11 @@ class PromptLoader:
             return
         done(slot, path)
 
-    def prime(self, path: str, make_rows: Callable[[Path], np.ndarray],
+    def prime(self, path: str, make_values: Callable[[Path], tuple],
               done: Callable[[str, int], None], failed: Callable[[str], None],
               check: bool = True) -> None:
-        """Encode ``path`` into primed rows with ``make_rows`` in the loader thread and
-        submit them as a ``/prime/rows`` control; then ``done(path, rows)`` or
+        """Encode ``path`` into the values of a ``/prime/rows`` control (primed rows first)
+        with ``make_values`` in the loader thread and submit it; then ``done(path, rows)`` or
         ``failed(message)``. ``check``: the path must lie inside a prompt folder (a path
         from OSC); a slot's own source file is the engine's and is not checked."""
         try:
@@ -122,13 +120,14 @@ class PromptLoader:
         except UserError as e:
             failed(str(e))
             return
-        self._worker.submit(self._prime, path, file, make_rows, done, failed)
+        self._worker.submit(self._prime, path, file, make_values, done, failed)
 
-    def _prime(self, path: str, file: Path, make_rows: Callable[[Path], np.ndarray],
+    def _prime(self, path: str, file: Path, make_values: Callable[[Path], tuple],
                done: Callable[[str, int], None], failed: Callable[[str], None]) -> None:
         try:
-            rows = make_rows(file)
-            self.submit([ControlEvent("/prime/rows", (rows,))])
+            values = make_values(file)
+            rows = values[0]
+            self.submit([ControlEvent("/prime/rows", values)])
         except UserError as e:
             failed(str(e))
             return

@@ -35,31 +35,44 @@ def min_primed_rows(num_q: int) -> int:
     return num_q - 1 + FIRST_CHUNK_FRAMES
 
 
+def warm_state(decoder: StreamingDecoder, rows: np.ndarray) -> dict:
+    """The new stream's decoder state for primed ``rows`` ``[T, Q]``: a fresh stream that has
+    decoded the last :data:`WARM_FRAMES` complete primed frames (resets ``decoder``). The
+    prime's loader thread computes it ahead on a :meth:`~StreamingDecoder.fork` (see
+    :meth:`engine.live.pipeline.Pipeline.prewarm`); the same computation as the seam's own."""
+    num_q = rows.shape[1]
+    undelay = StreamingUndelay(num_q)
+    keep = rows[-(WARM_FRAMES + num_q - 1):]
+    frames = [f for r in torch.from_numpy(keep) if (f := undelay.push(r)) is not None]
+    decoder.reset()
+    decoder.push(torch.stack(frames, dim=1)[None])  # [1, Q, n], heard by nobody
+    return decoder.get_state()
+
+
 class Crossfade:
     """Decode with the old and the new stream state and ramp from one to the other.
 
     Args:
         decoder: the pipeline's decoder, currently holding the old stream's state.
         rows: ``[T, Q]`` int64 primed rows, ``T >= min_primed_rows(Q)``.
+        warm: :func:`warm_state` of these rows, computed ahead (None: computed here).
 
     Attributes:
         undelay: the new stream's undelay (seeded with the primed rows); the pipeline uses it
             for the rows that follow.
     """
 
-    def __init__(self, decoder: StreamingDecoder, rows: np.ndarray):
+    def __init__(self, decoder: StreamingDecoder, rows: np.ndarray, warm: dict | None = None):
         num_q = rows.shape[1]
         if rows.shape[0] < min_primed_rows(num_q):
             raise ValueError(f"a seam needs at least {min_primed_rows(num_q)} primed rows, "
                              f"got {rows.shape[0]}")
         self.decoder = decoder
         self.undelay = StreamingUndelay(num_q)
-        keep = rows[-(WARM_FRAMES + num_q - 1):]
-        frames = [f for r in torch.from_numpy(keep) if (f := self.undelay.push(r)) is not None]
+        for r in torch.from_numpy(rows[-(num_q - 1):]):  # the frames in flight
+            self.undelay.push(r)
         self.old = decoder.get_state()
-        decoder.reset()
-        decoder.push(torch.stack(frames, dim=1)[None])  # [1, Q, n], heard by nobody
-        self.new = decoder.get_state()
+        self.new = warm if warm is not None else warm_state(decoder, rows)
         self.length = CROSSFADE_FRAMES * HOP_LENGTH
         self.pos = 0  # samples of the ramp done
 

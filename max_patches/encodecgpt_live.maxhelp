@@ -239,7 +239,7 @@
       480,
       20
      ],
-     "text": "glide time constant in seconds for mix, temperature, top-p"
+     "text": "glide time constant in seconds for mix, temperature, top-p and slot vectors"
     }
    },
    {

@@ -140,7 +140,7 @@ class OSCServer:
         while not self._stop.is_set():
             try:
                 batch = read_batch(self.sock)
-            except OSError:
+            except (OSError, ValueError):  # ValueError: select on a socket closed under it
                 if self._stop.is_set():
                     return
                 continue

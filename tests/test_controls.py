@@ -86,3 +86,62 @@ def test_copy_continues_identically(state):
         copy.advance()
     assert np.array_equal(state.weights, copy.weights)
     assert np.array_equal(state.prompt(), copy.prompt())
+
+
+def _glide_reference(start: np.ndarray, target: np.ndarray, tau: float, frames: int):
+    """The slot's vector after ``frames`` frames of glide τ: the exponential approach, in
+    float64 (the engine steps in float32)."""
+    alpha = 1.0 - math.exp(-1.0 / (tau * 75))
+    return target + (start - target) * (1.0 - alpha) ** frames
+
+
+def test_a_new_vector_for_a_filled_slot_glides_and_lands_on_it(state):
+    state.apply(ControlEvent("/glide", (0.2,)))
+    start = state.slots[1].astype(np.float64)
+    new = np.linspace(-1, 1, 6).astype(np.float32)
+    state.apply(ControlEvent("/prompt/slot", (1, new)))
+    assert np.array_equal(state.slots[1], start)  # nothing moves before the frame's advance
+    for frames in range(1, 31):
+        state.advance()
+        expected = _glide_reference(start, new.astype(np.float64), 0.2, frames)
+        assert np.allclose(state.slots[1], expected, atol=1e-5), frames
+    for _ in range(400):
+        state.advance()
+    assert state.slots[1] is new and not state.gliding  # landed: the target itself
+
+
+def test_without_glide_or_into_an_empty_slot_a_vector_jumps():
+    controls = initial_controls([np.ones(6, np.float32)], num_slots=2, glide=1.0)
+    new = np.zeros(6, np.float32)
+    controls.apply(ControlEvent("/prompt/slot", (1, new)))  # empty before: nothing to glide
+    assert controls.slots[1] is new
+    controls.apply(ControlEvent("/glide", (0.0,)))
+    other = np.full(6, 2.0, np.float32)
+    controls.apply(ControlEvent("/prompt/slot", (0, other)))
+    assert controls.slots[0] is other
+
+
+def test_a_state_taken_mid_glide_continues_identically(state):
+    state.apply(ControlEvent("/glide", (0.5,)))
+    state.apply(ControlEvent("/prompt/slot", (2, np.full(6, 3.0, np.float32))))
+    for _ in range(5):
+        state.advance()
+    again = ControlState(num_slots=4)
+    again.set_state(state.get_state())
+    for _ in range(50):
+        state.advance()
+        again.advance()
+        assert np.array_equal(state.slots[2], again.slots[2])
+        assert np.array_equal(state.prompt(), again.prompt())
+
+
+def test_a_state_from_before_slot_glide_keeps_slots_jumping(state):
+    """Sessions recorded before slot vectors glided replay as they were played."""
+    old = state.get_state()
+    del old["target_slots"]
+    controls = ControlState(num_slots=4)
+    controls.set_state(old)
+    controls.apply(ControlEvent("/glide", (1.0,)))
+    new = np.zeros(6, np.float32)
+    controls.apply(ControlEvent("/prompt/slot", (0, new)))
+    assert controls.slots[0] is new and "target_slots" not in controls.get_state()

@@ -8,6 +8,8 @@ a WAV and embedded the way a prompt file is (:meth:`PromptEncoder.prompt`).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -170,7 +172,8 @@ def test_an_input_device_that_is_not_there_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_recorded_listening_session_replays_without_the_input(tmp_path, mae_dir, encoder):
-    engine, _ = _engine(tmp_path, mae_dir, encoder.dim, _tone(4.0, seed=3))
+    played = _tone(4.0, seed=3)
+    engine, _ = _engine(tmp_path, mae_dir, encoder.dim, played)
     engine.start()
     try:
         assert wait_until(lambda: engine.generator.t > 10, timeout=60)
@@ -190,3 +193,14 @@ def test_a_recorded_listening_session_replays_without_the_input(tmp_path, mae_di
     assert logged >= 3
     tokens, _ = replay(folder)
     assert np.array_equal(tokens, np.load(folder / "tokens.npy"))
+    # input.wav: what came in, sample for sample (the file, looped, from where the take
+    # began), at the input's rate, about as long as the take.
+    heard, rate = sf.read(folder / "input.wav", dtype="float32")
+    info = json.loads((folder / "session.json").read_text())
+    assert rate == 24000 and info["input_samples"] == len(heard) > 0
+    assert info["input_lost_samples"] == 0
+    loop = np.concatenate([played] * (len(heard) // len(played) + 2))
+    starts = [k for k in range(len(played)) if np.array_equal(loop[k:k + 64], heard[:64])]
+    assert len(starts) == 1, len(starts)
+    assert np.array_equal(heard, loop[starts[0]:starts[0] + len(heard)])
+    assert abs(len(heard) / rate - len(tokens) / 75) < 1.0, (len(heard), len(tokens))

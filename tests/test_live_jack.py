@@ -1,7 +1,9 @@
-"""The engine playing to a real audio server: JACK2's dummy driver, captured by a JACK
-client, compared with what the engine sent to the device."""
+"""The engine and a real audio server, JACK2's dummy driver: what it plays, captured by a
+JACK client and compared with what it sent; the server stalling, dying and the device
+reopened; a JACK client playing into the engine's input as a listening prompt slot."""
 
 import glob
+import json
 import os
 import signal
 import socket
@@ -15,6 +17,8 @@ import soundfile as sf
 from live_helpers import EngineProcess, free_udp_port, need, run_cli
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
+
+from engine.model.encodecmae import load_encodecmae
 
 RATE = 48000
 
@@ -256,3 +260,107 @@ def test_jack_server_lost_mid_recording_engine_goes_on_and_stops(jack_server, tm
     assert np.abs(tail).max() > 1e-3, "the recording's audio went silent after the loss"
     replay = run_cli("replay", folder, "--out", tmp_path / "re.wav")
     assert "identical to the recording" in replay.stderr, replay.stderr[-2000:]
+
+
+PLAYER = """
+import sys, time, numpy as np, soundfile as sf, jack
+server, path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+audio, rate = sf.read(path, dtype="float32")
+client = jack.Client("player", servername=server, no_start_server=True)
+port = client.outports.register("out")
+pos = [0]
+
+def process(frames):
+    port.get_array()[:] = np.take(audio, np.arange(pos[0], pos[0] + frames), mode="wrap")
+    pos[0] += frames
+
+client.set_process_callback(process)
+client.activate()
+deadline = time.monotonic() + 60
+theirs = []
+while not theirs and time.monotonic() < deadline:
+    theirs = [p for p in client.get_ports(is_audio=True, is_input=True)
+              if not p.name.startswith(("system:", "player:"))]
+    time.sleep(0.05)
+for p in theirs:
+    client.connect(port, p)
+print("connected", " ".join(p.name for p in theirs), flush=True)
+time.sleep(seconds)
+client.deactivate()
+print("done", flush=True)
+"""
+
+
+def _stationary(seconds: float, rate: int, seed: int, freq: float) -> np.ndarray:
+    """A sound whose every 2 s look alike (a steady tone in steady noise)."""
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.RandomState(seed).randn(t.size)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * noise).astype(np.float32)
+
+
+def _send(port: int, address: str, *args) -> None:
+    msg = OscMessageBuilder(address)
+    for a in args:
+        msg.add_arg(a)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(msg.build().dgram, ("127.0.0.1", port))
+
+
+@pytest.mark.slow
+def test_a_jack_client_played_into_the_input_becomes_the_listening_slot(jack_server, tmp_path,
+                                                                         mae_dir):
+    """A JACK client plays a file into the engine's input ports (``--input system
+    --input-hostapi JACK``): the listening slot's vector is the EnCodecMAE embedding of the
+    file's last 2 s. Which 2 s depends on when the update ran (the chunk alignment), so the
+    tolerance is the embedding's own spread over alignments: the vector is at least as close
+    to the nearest of the file's 2 s embeddings (offsets every 0.25 s) as those are to one
+    another, and much closer than to another sound's. The control log shows the updates."""
+    _, server, _ = jack_server
+    song = _stationary(6.0, RATE, seed=1, freq=330.0)
+    sf.write(tmp_path / "song.wav", song, RATE, subtype="FLOAT")
+    port = free_udp_port()
+    engine = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",
+                           "--device", "null", "--input", "system", "--input-hostapi", "JACK",
+                           "--encodecmae", str(mae_dir), "--listen-interval", "0.5",
+                           "--osc-port", str(port), "--no-status", "--record", "listen",
+                           "--sessions-dir", str(tmp_path / "sessions"),
+                           log=tmp_path / "engine.log")
+    player = None
+    try:
+        engine.wait_for("recording started")
+        player = subprocess.Popen([sys.executable, "-c", PLAYER, server,
+                                   str(tmp_path / "song.wav"), "30"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        connected = player.stdout.readline().split()
+        assert connected[:1] == ["connected"] and len(connected) > 1, (connected, engine.log)
+        time.sleep(2.5)  # more than the 2 s analysed: the ring holds only the song
+        _send(port, "/prompt/listen", 1, 2.0)
+        engine.wait_for("listen: slot 1 follows the input", timeout=30)
+        time.sleep(4.0)
+    finally:
+        code = engine.stop()
+        if player is not None:
+            player.kill()
+            player.wait(10)
+    assert code == 0, engine.log
+    folder = next((tmp_path / "sessions").iterdir())
+    updates = [json.loads(line) for line in (folder / "controls.jsonl").read_text().splitlines()
+               if '"/prompt/slot"' in line]
+    assert len(updates) >= 2 and all(u["values"][0] == 1 for u in updates), updates
+    heard = np.load(folder / "slots" / f"{updates[-1]['values'][1]['sha256']}.npy")
+    encoder = load_encodecmae(str(mae_dir), cache_dir=tmp_path / "cache")
+
+    def embed(audio: np.ndarray, name: str) -> np.ndarray:
+        sf.write(tmp_path / name, audio, RATE, subtype="FLOAT")
+        return encoder.prompt(tmp_path / name)
+
+    window = 2 * RATE
+    refs = [embed(np.take(song, np.arange(k, k + window), mode="wrap"), f"ref{k}.wav")
+            for k in range(0, len(song), RATE // 4)]
+    spread = max(np.linalg.norm(a - b) for a in refs for b in refs)
+    nearest = min(np.linalg.norm(heard - r) for r in refs)
+    other = embed(_stationary(2.0, RATE, seed=9, freq=1200.0) * 0.2, "other.wav")
+    print(f"nearest {nearest:.4g}, spread over alignments {spread:.4g}, "
+          f"another sound {np.linalg.norm(heard - other):.4g}")
+    assert nearest <= spread
+    assert np.linalg.norm(heard - other) > 3 * max(nearest, 1e-6)

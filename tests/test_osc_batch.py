@@ -66,12 +66,14 @@ def test_a_flood_through_the_server_applies_the_last_value_and_counts_the_rest(t
         server.start()
         for k in range(n):
             client.sendto(build_message("/morph", [k / n]), server.address)
-        client.sendto(build_message("/morph", [0.75]), server.address)
+        # every datagram is handled, skipped before parsing, or dropped by the kernel (its
+        # receive buffer holds a few thousand of them), none lost otherwise
         assert wait_until(lambda: server.received + server.coalesced
-                          + _kernel_drops(server.address[1]) == n + 1, timeout=20), (
+                          + _kernel_drops(server.address[1]) == n, timeout=20), (
             server.received, server.coalesced)
-        weights = engine.generator.controls.weights
-        assert wait_until(lambda: abs(float(weights[1]) - 0.75) < 1e-6, timeout=5)
+        client.sendto(build_message("/morph", [0.75]), server.address)  # after the flood
+        assert wait_until(lambda: abs(float(engine.generator.controls.weights[1]) - 0.75)
+                          < 1e-6, timeout=10)
         assert server.coalesced > 0
     finally:
         client.close()

@@ -187,6 +187,7 @@ def test_touchosc_layout_paths_and_types_match_the_table(kind):
                     assert TABLE[path].low <= lo and hi <= TABLE[path].high, path
             sent.add(path)
     assert needed("touchosc") <= sent
+    assert {"/prompt/listen", "/prompt/unlisten"} <= sent  # a listen toggle per XY corner
     scripts = [p.findtext("value") for p in top.iter("property") if p.findtext("key") == "script"]
     replies = {a.address: a.types for a in REPLIES}
     heard = set()

@@ -5,6 +5,9 @@ A session folder ``<sessions>/<UTC time>-<name>/`` holds
 
 * ``audio.wav`` — the audio as sent to the output, at its rate, float32, from the first sample
   of the first recorded frame (header kept valid while it grows);
+* ``input.wav`` — with ``--input``: the live input as it came in, at its rate, mono float32,
+  from the moment the first frame was recorded (the input is what a performer played; it
+  is not needed to replay: every embedding of it is a logged control);
 * ``tokens.npy`` — ``[N, Q]`` int16 delayed rows, one per frame from ``first_frame``;
 * ``controls.jsonl`` — every applied control: frame, sample (24 kHz), wall time, address,
   values (an embedding as ``{"embedding": P, "sha256": …}``, primed tokens as
@@ -68,6 +71,7 @@ from engine.session.format import FORMAT, FORMAT_VERSION
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 AUDIO_WAIT_S = 3.0  # a stop waits this long at most for its last frame's audio
 POLL_S = 0.2  # the recorder thread checks that deadline this often
+INPUT_EVERY_S = 0.1  # the recorder thread copies new input samples this often (ring: 10 s)
 
 
 def clean_session_name(name: str | None) -> str:
@@ -326,24 +330,29 @@ class Recorder(EngineListener):
     # -- recorder thread -------------------------------------------------------------------
     def _run(self, take: _Take) -> None:
         folder = SessionFolder(take.path)
+        live_input = getattr(getattr(self.engine, "input", None), "ring", None)
         failed = False
         while True:
             try:
                 kind, *payload = take.queue.get(timeout=POLL_S)
             except queue.Empty:
-                if take.deadline is not None and time.monotonic() > take.deadline:
-                    self._finish(take)  # the output went quiet (device lost): end here
-                continue
+                kind, payload = "idle", []
             try:
                 if kind == "end":
                     if folder.opened:
+                        folder.take_input(live_input)
                         folder.finish()
                     break
                 if kind == "begin":
-                    folder.open(payload[0])
+                    folder.open(payload[0], live_input)
                     self.notify("started", str(take.path))
+                elif kind == "idle":
+                    if take.deadline is not None and time.monotonic() > take.deadline:
+                        self._finish(take)  # the output went quiet (device lost): end here
                 else:
                     folder.write(kind, payload)
+                if folder.opened:
+                    folder.take_input(live_input, every_s=INPUT_EVERY_S)
             except OSError as e:
                 failed = True
                 self._move(take, _TAKING, Phase.FINISHING)
@@ -365,16 +374,21 @@ class SessionFolder:
         self.path = path
         self.info: dict = {}  # session.json
         self._files: dict = {}
+        self._input_at = 0  # the next input sample (LatestAudio.written) to record
+        self._input_lost = 0
+        self._input_checked = 0.0
 
     @property
     def opened(self) -> bool:
         return bool(self._files)
 
-    def open(self, begin: dict) -> None:
+    def open(self, begin: dict, live_input=None) -> None:
         """Create the folder: generator state, slots, session.json, empty logs.
 
         Args:
             begin: ``first_frame``, ``state`` (the generator's), ``info`` (:func:`session_info`).
+            live_input: the live input's :class:`~engine.live.listen.capture.LatestAudio`
+                (``input.wav`` starts with its next sample), or None.
         """
         path = self.path
         path.mkdir(parents=True, exist_ok=False)
@@ -393,6 +407,21 @@ class SessionFolder:
         self._files["controls"] = open(path / "controls.jsonl", "x",  # noqa: SIM115
                                        encoding="utf-8")
         self._files["tokens"] = GrowingNpy(path / "tokens.npy", info["engine"]["num_q"])
+        if live_input is not None:
+            self._input_at = live_input.written
+            self._files["input"] = GrowingWav(path / "input.wav", live_input.rate)
+
+    def take_input(self, live_input, every_s: float = 0.0) -> None:
+        """Append the input samples that came in since the last call (at most every
+        ``every_s`` seconds) to ``input.wav``."""
+        now = time.monotonic()
+        if live_input is None or "input" not in self._files or now - self._input_checked < every_s:
+            return
+        self._input_checked = now
+        block, self._input_at, lost = live_input.since(self._input_at)
+        self._input_lost += lost
+        if len(block):
+            self._files["input"].write(block)
 
     def write(self, kind: str, payload: list) -> None:
         """One item from the recorder's queue: ``row``, ``control``, ``audio`` or ``decoder``."""
@@ -420,6 +449,9 @@ class SessionFolder:
         files, info = self._files, self.info
         info["end_frame"] = info["first_frame"] + files["tokens"].rows
         info["audio_samples"] = files["audio"].samples if "audio" in files else 0
+        if "input" in files:
+            info["input_samples"] = files["input"].samples
+            info["input_lost_samples"] = self._input_lost  # the recorder fell > 5 s behind
         write_json_atomic(self.path / "session.json", info)
 
     def close(self) -> None:

@@ -191,6 +191,7 @@ def _stack(rows: list[torch.Tensor], num_q: int) -> np.ndarray:
     """``rows`` of ``[Q]`` → ``[N, Q]`` int64."""
     return torch.stack(rows).numpy().astype(np.int64) if rows else np.zeros((0, num_q), np.int64)
 
+
 def _recorded_rows(folder: Path) -> int:
     path = folder / "tokens.npy"
     if not path.is_file():
@@ -208,6 +209,8 @@ def recover(folder: Path) -> dict:
     report["frames"] = rows
     if (folder / "audio.wav").is_file():
         report["audio_samples"] = repair_wav(folder / "audio.wav")
+    if (folder / "input.wav").is_file():
+        report["input_samples"] = repair_wav(folder / "input.wav")
     last = info["first_frame"] + rows - 1
     log = folder / "controls.jsonl"
     kept = dropped = 0
@@ -228,6 +231,8 @@ def recover(folder: Path) -> dict:
     report.update(controls_kept=kept, controls_dropped=dropped)
     info["end_frame"] = info["first_frame"] + rows
     info["audio_samples"] = report.get("audio_samples", 0)
+    if "input_samples" in report:
+        info["input_samples"] = report["input_samples"]
     info["recovered"] = True
     write_json_atomic(folder / "session.json", info)
     return report

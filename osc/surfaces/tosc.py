@@ -4,7 +4,8 @@ One layout, two frames: a portrait phone and a landscape tablet. Controls send t
 engine over the TouchOSC connection 1 (UDP: the computer's address, port ``ENGINE_PORT``;
 receive port ``FEEDBACK_PORT``). Feedback labels read ``/engine/status``, ``/engine/level``
 and ``/error`` in a Lua ``onReceiveOSC``. No file drop on a phone: slots are loaded from the
-computer.
+computer; but a slot can follow the live input from the phone: a "listen" toggle per XY
+corner sends ``/prompt/listen i`` when pressed and ``/prompt/unlisten i`` when released.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import zlib
 from osc.surfaces import BUTTONS, KNOBS
 
 # (x, y, w, h) in a 12 × 20 grid (portrait) and a 20 × 12 grid (landscape).
-_PHONE = {"title": (0, 0, 12, 1), "xy": (0, 1, 12, 8), "morph": (0, 9, 12, 1.5),
+_PHONE = {"title": (0, 0, 12, 1), "xy": (0, 1, 12, 7), "listen": (0, 8, 12, 1),
+          "morph": (0, 9, 12, 1.5),
           "knobs": (0, 10.5, 12, 4.5), "buttons": (0, 15, 12, 1.5), "record": (0, 16.5, 12, 1.5),
           "status": (0, 18, 12, 1), "error": (0, 19, 12, 1)}
-_TABLET = {"title": (0, 0, 20, 1), "xy": (0, 1, 9, 9), "morph": (9.5, 1, 10.5, 1.5),
+_TABLET = {"title": (0, 0, 20, 1), "xy": (0, 1, 9, 8), "listen": (0, 9, 9, 1),
+           "morph": (9.5, 1, 10.5, 1.5),
            "knobs": (9.5, 2.5, 10.5, 5), "buttons": (9.5, 7.5, 10.5, 1.5),
            "record": (9.5, 9, 10.5, 1), "status": (0, 10, 20, 1), "error": (0, 11, 20, 1)}
+LISTEN_SLOTS = 4  # one toggle per corner of the XY pad
 _FRAMES = {"phone": (360, 740, 12, 20, _PHONE), "tablet": (1180, 820, 20, 12, _TABLET)}
 
 STATUS_SCRIPT = """local level = ''
@@ -121,6 +125,14 @@ def layout(kind: str) -> bytes:
                               box("buttons", dx=i * w / len(BUTTONS), dw=w / len(BUTTONS)),
                               values=[_value("x", 0)],
                               messages=[osc_message(address, [], condition="RISE")]))
+    lw = cells["listen"][2] / LISTEN_SLOTS
+    for k in range(LISTEN_SLOTS):  # the XY pad's corners: follow the live input (--input)
+        slot = [_partial("CONSTANT", "INTEGER", str(k))]
+        children.append(_node("BUTTON", f"listen {k}", box("listen", dx=k * lw, dw=lw),
+                              props=[_prop("i", "buttonType", 1)], values=[_value("x", 0)],
+                              messages=[osc_message("/prompt/listen", slot, condition="RISE"),
+                                        osc_message("/prompt/unlisten", slot,
+                                                    condition="FALL")]))
     children.append(_node("BUTTON", "record", box("record"),
                           props=[_prop("i", "buttonType", 1)], values=[_value("x", 0)],
                           messages=[osc_message("/record/start", [], condition="RISE"),

@@ -74,6 +74,15 @@ class LatestAudio:
         idx = (np.arange(end - n, end) % self.capacity)
         return self._buf[idx].copy(), end
 
+    def since(self, start: int) -> tuple[np.ndarray, int, int]:
+        """A copy of what was written from sample ``start`` on, where it ends, and how many
+        samples from ``start`` on were already gone (overwritten: a reader that waited
+        longer than half the ring); the recorder's ``input.wav`` reads this way."""
+        end = self.written
+        first = max(start, end - self.capacity // 2)
+        idx = np.arange(first, end) % self.capacity
+        return self._buf[idx].copy(), end, max(0, first - start)
+
     def level(self, seconds: float = 0.1) -> tuple[float, float]:
         """Peak and RMS (dBFS) of the last ``seconds`` (-120 = silence or nothing yet)."""
         got = self.latest(max(1, int(seconds * self.rate)))

@@ -21,12 +21,16 @@ reported: it shares the cores) sends over UDP:
 * ``/prompt/load`` every 20 s, cycling a short ``.npy`` prompt, a corrupt file (text), and,
   with ``--encodecmae SRC``, a 10-minute WAV.
 
-Every 10 s it samples RSS, open file descriptors, threads, underruns and step p99. At the end
+Every 10 s it samples RSS, open file descriptors, threads, underruns, step p99, RTF, and the
+CPU that other processes on the machine took (busy time less this process's and the load
+generator's; and the hypervisor's steal): an engine that slows down by itself and a machine
+someone else is using look alike in RTF and apart in this column. At the end
 it prints the figures and one JSON line: underruns, RSS slope after ``--warmup`` minutes,
 probe latency p50/p99 (all, and during bursts), the message accounting (sent = applied +
 coalesced + answered with ``/error`` + dropped by the kernel's socket buffer), and whether
-every recorded session replays token-identically; ``DIR/soak.png`` plots RSS, underruns and
-probe latency over time.
+every recorded session replays token-identically, underruns split between the sampling
+intervals that overlap a burst and the others; ``DIR/soak.png`` plots RSS, underruns, probe
+latency, RTF and the other processes' CPU over time.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from engine.live.engine import LiveConfig  # noqa: E402
 from engine.model.encodecmae import load_encodecmae  # noqa: E402
 from engine.model.loading.random_model import random_model  # noqa: E402
 from engine.session.live_session import build_live_engine  # noqa: E402
-from engine.session.replay import replay  # noqa: E402
+from engine.session.replay import replays_identically  # noqa: E402
 from osc.server import OSCServer  # noqa: E402
 
 FADER = ("/morph", "/morph/xy")
@@ -159,6 +163,31 @@ def _proc_figures() -> dict:
     field = {line.split(":")[0]: line.split(":")[1].split() for line in status.splitlines()}
     return {"rss_mb": int(field["VmRSS"][0]) / 1024, "threads": int(field["Threads"][0]),
             "fds": len(os.listdir("/proc/self/fd"))}
+
+
+def _cpu_ticks(load_pid: int) -> dict:
+    """Cumulative CPU ticks: the machine's busy and steal time, this process's and the load
+    generator's (to tell the engine's own slowness from a machine others are using)."""
+    cpu = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = cpu
+
+    def own(pid: str) -> int:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the load generator has ended
+            return 0
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    return {"busy": user + nice + system + irq + softirq, "steal": steal,
+            "engine": own("self"), "load": own(str(load_pid))}
+
+
+def _others_percent(before: dict, after: dict, seconds: float) -> tuple[float, float]:
+    """(other processes' CPU, hypervisor steal) over an interval, in % of one core."""
+    hz = os.sysconf("SC_CLK_TCK") * max(seconds, 1e-9) / 100
+    others = (after["busy"] - before["busy"]) - (after["engine"] - before["engine"]) \
+        - (after["load"] - before["load"])
+    return max(0.0, others / hz), (after["steal"] - before["steal"]) / hz
 
 
 def _kernel_drops(port: int) -> int:
@@ -286,15 +315,21 @@ def soak(args) -> dict:
 
 def _sample_until(engine, load: subprocess.Popen, seconds: float) -> list[dict]:
     t0, samples = time.monotonic(), []
+    ticks, at = _cpu_ticks(load.pid), t0
     while True:
         status = engine.status()
-        samples.append({"t": time.monotonic() - t0, **_proc_figures(),
+        now, now_ticks = time.monotonic(), _cpu_ticks(load.pid)
+        others, steal = _others_percent(ticks, now_ticks, now - at)
+        ticks, at = now_ticks, now
+        samples.append({"t": now - t0, "mono": now, **_proc_figures(),
                         "underruns": status["underruns"], "step_p99": status["step_ms_p99"],
-                        "rtf": status["rtf"], "frame": status["frame"]})
+                        "rtf": status["rtf"], "frame": status["frame"],
+                        "others_pct": others, "steal_pct": steal})
         s = samples[-1]
         print(f"{s['t']:7.0f} s  RSS {s['rss_mb']:7.1f} MB  fds {s['fds']}  threads "
               f"{s['threads']}  underruns {s['underruns']}  RTF {s['rtf']:.2f}  step p99 "
-              f"{s['step_p99']:.1f} ms", file=sys.stderr, flush=True)
+              f"{s['step_p99']:.1f} ms  others {others:3.0f}%  steal {steal:3.0f}%",
+              file=sys.stderr, flush=True)
         if s["t"] >= seconds or load.poll() is not None:
             return samples
         time.sleep(min(SAMPLE_EVERY_S, max(0.1, seconds - s["t"])))
@@ -338,11 +373,26 @@ def _report(args, engine, hook: Hook, samples, sent, drops: int, errors: int,
         "replies": sent["replies"], "load_cpu_s": round(sent["cpu_s"], 1),
         "load_wall_s": round(sent["wall_s"], 1),
         "sessions": len(sessions), "sessions_identical": sum(identical),
+        **_underrun_split(samples, sent["bursts"]),
+        "others_cpu_pct_mean": round(float(np.mean([s["others_pct"] for s in samples])), 1),
+        "others_cpu_pct_max": round(max(s["others_pct"] for s in samples), 1),
+        "steal_pct_max": round(max(s["steal_pct"] for s in samples), 1),
     }
     _plot(args.out / "soak.png", samples, when, ms, sent["bursts"])
     for key, value in report.items():
         print(f"{key:36s} {value}", file=sys.stderr)
     return report
+
+
+def _underrun_split(samples: list[dict], bursts: list) -> dict:
+    """Underruns counted in the sampling intervals that overlap a burst (+1 s to drain) and
+    in those that do not."""
+    split = {"underruns_in_burst_intervals": 0, "underruns_elsewhere": 0}
+    for prev, cur in zip(samples, samples[1:], strict=False):
+        lost = cur["underruns"] - prev["underruns"]
+        burst = any(a < cur["mono"] and prev["mono"] < b + 1.0 for a, b in bursts)
+        split["underruns_in_burst_intervals" if burst else "underruns_elsewhere"] += lost
+    return split
 
 
 def _pct(values: np.ndarray, q: float) -> float | None:
@@ -356,18 +406,7 @@ def _replay_all(sessions: list[Path], workers: int = 2) -> list[bool]:
         return []
     spawn = multiprocessing.get_context("spawn")  # torch and threads: no fork
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-        return list(pool.map(_replays_identical, sessions))
-
-
-def _replays_identical(folder: Path) -> bool:
-    torch.set_num_threads(1)
-    try:
-        tokens, _ = replay(folder, audio=False)
-    except Exception as e:  # a session that does not replay is what this reports
-        print(f"{folder}: replay failed ({e})", file=sys.stderr)
-        return False
-    recorded = np.load(folder / "tokens.npy").astype(np.int64)
-    return bool(np.array_equal(np.asarray(tokens), recorded))
+        return list(pool.map(replays_identically, sessions))
 
 
 def _plot(path: Path, samples: list[dict], when: list[float], ms: np.ndarray,
@@ -378,7 +417,7 @@ def _plot(path: Path, samples: list[dict], when: list[float], ms: np.ndarray,
     import matplotlib.pyplot as plt
 
     t = [s["t"] / 60 for s in samples]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
     axes[0].plot(t, [s["rss_mb"] for s in samples])
     axes[0].set_ylabel("RSS (MB)")
     axes[1].plot(t, [s["underruns"] for s in samples])
@@ -389,7 +428,11 @@ def _plot(path: Path, samples: list[dict], when: list[float], ms: np.ndarray,
         for a, b in bursts:
             axes[2].axvspan((a - start) / 60, (b - start) / 60, color="orange", alpha=0.2)
     axes[2].set_ylabel("probe latency (ms)")
-    axes[2].set_xlabel("minutes (orange: bursts)")
+    axes[3].plot(t, [s["rtf"] for s in samples], label="engine RTF")
+    axes[3].plot(t, [s["others_pct"] / 100 for s in samples], label="other processes (cores)")
+    axes[3].axhline(1.0, color="grey", linewidth=0.5)
+    axes[3].legend(loc="lower left", fontsize=8)
+    axes[3].set_xlabel("minutes (orange: bursts)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

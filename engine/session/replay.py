@@ -13,6 +13,7 @@ device's sampler and float rounding, and says that its tokens are not bit-identi
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,6 +186,21 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
     finally:
         gen.close()
     return _stack(rows, gen.num_q), sink.audio
+
+
+def replays_identically(folder: Path, threads: int = 1) -> bool:
+    """Whether a finished session's tokens come back bit-identical (tokens only, no
+    decoder), on ``threads`` torch threads; a session that cannot replay is False (its
+    reason printed). A plain module function, so that a process pool can run it."""
+    torch.set_num_threads(threads)
+    folder = Path(folder)
+    try:
+        tokens, _ = replay(folder, audio=False)
+    except Exception as e:  # noqa: BLE001 - a session that does not replay is the answer
+        print(f"{folder}: replay failed ({e})", file=sys.stderr)
+        return False
+    recorded = np.load(folder / "tokens.npy").astype(np.int64)
+    return bool(np.array_equal(np.asarray(tokens), recorded))
 
 
 def _stack(rows: list[torch.Tensor], num_q: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from live_helpers import TINY_IDENTITY, free_udp_port, null_engine, run_cli, wait_until
+from live_helpers import TINY_IDENTITY, cli_in_process, free_udp_port, null_engine, wait_until
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from engine.errors import UserError
@@ -161,13 +161,14 @@ def test_listen_without_an_input_is_an_error(tmp_path):
     engine.stop()
 
 
-def test_an_input_device_that_is_not_there_is_one_line(tmp_path):
-    proc = run_cli("--random-weights", "--preset", "tiny", "--device", "null", "--input", "999",
-                   "--osc-port", str(free_udp_port()), "--seconds", "1", ok=False)
+@pytest.mark.parametrize("spec", ["999", "file:/nonexistent/take.wav"])
+def test_an_input_that_is_not_there_is_one_line_before_the_model_loads(capsys, spec):
+    proc = cli_in_process(capsys, "--random-weights", "--preset", "tiny", "--device", "null",
+                          "--input", spec, "--osc-port", str(free_udp_port()), "--seconds", "1")
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "--input 999" in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and f"--input {spec}" in lines[0], proc.stderr
+    assert "weights:" not in proc.stderr  # refused before the engine's choice and the model
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from engine.live.audio.sound_device import list_devices, set_jack_client_name
 from engine.live.control_input import DEFAULT_SLOTS
 from engine.live.controls import MAX_SLOTS
 from engine.live.engine import LiveConfig
+from engine.live.listen.capture import resolve_input
 from engine.live.step.compute import out_of_memory_as_user_error
 from engine.model.config import PRESETS
 from engine.model.encodecmae import DEFAULT_ENCODECMAE, default_cache_dir, load_encodecmae
@@ -160,6 +161,7 @@ def cmd_live(argv: list[str]) -> int:
     _check_slots(args)  # refusals first: before a model loads, and before torch is touched
     feedback = _parse_target(args.feedback) if args.feedback else None
     _check_exposure(args)
+    _check_input(args)
     choice = resolve_engine(args.compute, args.quantize, args.mode, args.step_runner)
     torch.set_num_threads(max(1, args.threads))
     print(choice.describe(), file=sys.stderr, flush=True)
@@ -179,6 +181,19 @@ def _check_slots(args) -> None:
     if len(args.prompt) > args.slots:
         raise UserError(f"{len(args.prompt)} --prompt files for --slots {args.slots}; "
                         "pass a larger --slots")
+
+
+def _check_input(args) -> None:
+    """``--input`` names a capture device that is there, or a file that exists: refused before
+    a model loads (seconds) rather than after."""
+    if args.input is None:
+        return
+    if args.input.startswith("file:"):
+        path = Path(args.input[len("file:"):])
+        if not path.is_file():
+            raise UserError(f"--input {args.input}: no such file")
+        return
+    resolve_input(None if args.input in ("", "default") else args.input, args.input_hostapi)
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

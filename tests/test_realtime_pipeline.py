@@ -73,3 +73,30 @@ def test_pipeline_audio_equals_offline_decode_of_its_tokens(mode, hop, chunk):
     seconds = sink.audio.size / SAMPLE_RATE
     assert seconds == pytest.approx((60 - 7) / FRAME_RATE)
     assert np.isfinite(sink.audio).all() and np.sqrt(np.mean(sink.audio ** 2)) > 0.01
+
+
+def test_a_paced_pipeline_stays_its_lead_ahead_of_playback_and_plays_the_same_audio():
+    """``lead_s``: one frame at a time as the sink plays, never more than the lead ahead
+    (unpaced, this fast model would run the ring, the queue and a chunk ahead: ~0.43 s);
+    writing the sink a frame at a time changes no sample."""
+    model, codec = tiny_random_model(), random_codec(0)
+    rng = np.random.RandomState(1)
+    c = initial_controls([rng.randn(128).astype(np.float32) for _ in range(2)])
+    gen = RollingGenerator(model, c, window=16, mode="fast", hop=5, seed=5)
+    sink = NullSink(buffer_s=0.2, block=512, prefill_s=0.1)
+    rows, audio, lead_s = [], [], 0.25
+    pipe = Pipeline(gen, StreamingDecoder(codec.model), sink, decode_chunk=8, lead_s=lead_s,
+                    buffered_s=lambda: sink.buffered_s,
+                    on_row=lambda frame, row: rows.append(row),
+                    on_audio=lambda block, start: audio.append(block.copy()))
+    pipe.start(150)
+    leads = []
+    while pipe._gen_thread.is_alive():  # frames generated (after the undelay's 7) less played
+        leads.append((max(0, gen.t - 7) * 320 - sink.consumed) / SAMPLE_RATE)
+        time.sleep(0.003)
+    pipe.join()
+    sink.close()
+    gen.close()
+    assert max(leads) <= lead_s + 2 / FRAME_RATE, max(leads)
+    offline = tokens_to_audio(codec, torch.stack(rows))
+    assert np.abs(np.concatenate(audio) - offline).max() < 1e-5

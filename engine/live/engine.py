@@ -157,8 +157,12 @@ class LiveEngine:
             self.startup["decoder_warmup_s"] = decoder.warm_up(chunks, model.num_q)
         self.output = LiveOutput(config.device, config.hostapi, buffer_s=config.buffer_s,
                                  blocksize=config.blocksize, latency=config.latency, log=log)
+        # paced one frame at a time as playback advances (a control waits ~a device period,
+        # not a chunk's idle gap), as far ahead as the ring plus a queue of a chunk and two
+        lead_s = config.buffer_s + (max(1, config.decode_chunk) + 2) / FRAME_RATE
         self.pipeline = Pipeline(self.generator, decoder, self.output.sink,
-                                 decode_chunk=config.decode_chunk, threads=config.threads)
+                                 decode_chunk=config.decode_chunk, threads=config.threads,
+                                 lead_s=lead_s, buffered_s=lambda: self.output.buffered_s)
         if not config.limiter:
             self.pipeline.safety = None
         self.events = Listeners(log, rate=lambda: self.output.rate)

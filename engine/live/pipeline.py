@@ -16,12 +16,23 @@ Threading: :meth:`Pipeline.start` / :meth:`~Pipeline.stop` / :meth:`~Pipeline.jo
 owner's thread. The ``generator`` thread is the only one that calls the generator (and
 ``on_row``); the ``decoder`` thread the only one that touches the undelay, the decoder and
 the sink (and ``on_audio`` and the :meth:`~Pipeline.at_frame` hooks). They share only the
-bounded row queue. A ``/prime/rows`` control puts a seam marker before the first row of the
+bounded row queue (and two counters the decoder writes and the generator reads, for pacing).
+A ``/prime/rows`` control puts a seam marker before the first row of the
 primed sequence; the decoder thread then crossfades into it (:mod:`engine.live.audio.seam`).
 Any thread may pause (clear :attr:`~Pipeline.running`), request a frame
 hook, or swap :attr:`~Pipeline.sink` (the device watchdog: the next block goes to the new
 sink), and read :attr:`~Pipeline.stats` (written by the generator thread alone, plus
 ``samples_out`` by the decoder thread).
+
+Pacing (``lead_s``): without it the generator runs until the row queue is full and then waits
+for the decoder to take a whole chunk, so a faster-than-real-time model generates in bursts
+of ``decode_chunk`` frames separated by idle gaps of most of a chunk's duration — a control
+arriving in such a gap waits for it (~60 ms with chunks of 8). With ``lead_s`` the generator
+instead steps whenever the audio it is ahead of playback (rows queued or in the decoder's hand,
+samples not yet in the output ring, the ring's content) falls below ``lead_s``: one frame
+at a time as playback advances, so the wait before a control takes effect is about one device
+period. The lead is read from instantaneous counts, never from running totals (which a panic,
+a prime or a device swap would skew).
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from engine import HOP_LENGTH
+from engine import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE
 from engine.live.audio.gain import GainRamp
 from engine.live.audio.level import LevelMeter
 from engine.live.audio.safety import SafetyLimiter
@@ -44,6 +55,7 @@ from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
 
 _STOP = object()
+PACE_POLL_S = 0.002  # a paced generator's wait between looks at the lead
 
 
 class _Seam:
@@ -85,13 +97,23 @@ class Pipeline:
         on_row: called on the generator thread with ``(frame, row)`` after each step.
         on_audio: called on the decoder thread with each 24 kHz audio block and the output
             sample index it starts at (frame f starts at sample 320·f), before the sink.
+        lead_s: pace the generator to stay this far ahead of playback (see the module
+            docstring); None: run ahead until the row queue is full.
+        buffered_s: seconds of audio in the output's ring now (any thread); needed with
+            ``lead_s``.
     """
 
     def __init__(self, generator: RollingGenerator, decoder: StreamingDecoder, sink, *,
                  decode_chunk: int = 4, threads: int | None = 1,
                  on_row: Callable[[int, torch.Tensor], None] | None = None,
-                 on_audio: Callable[[np.ndarray, int], None] | None = None):
+                 on_audio: Callable[[np.ndarray, int], None] | None = None,
+                 lead_s: float | None = None, buffered_s: Callable[[], float] | None = None):
         self.generator, self.decoder, self.sink = generator, decoder, sink
+        if lead_s is not None and buffered_s is None:
+            raise ValueError("lead_s needs buffered_s (the output ring's content)")
+        self.lead_s, self._buffered_s = lead_s, buffered_s
+        self._in_hand = 0  # rows the decoder took but has not decoded (decoder thread writes)
+        self._held = 0  # samples decoded but not yet in the sink (decoder thread writes)
         self.decode_chunk = max(1, decode_chunk)
         self.threads = threads
         self.on_row, self.on_audio = on_row, on_audio
@@ -186,6 +208,9 @@ class Pipeline:
                 if not self.running.is_set():
                     self.running.wait(0.05)
                     continue
+                if self.lead_s is not None and self._ahead_s() >= self.lead_s:
+                    time.sleep(PACE_POLL_S)
+                    continue
                 t0 = time.perf_counter()
                 row = gen.step()
                 self.stats.add((time.perf_counter() - t0) * 1e3)
@@ -199,6 +224,12 @@ class Pipeline:
             self.error = e
         finally:
             self._put(_STOP)
+
+    def _ahead_s(self) -> float:
+        """Seconds of audio generated but not yet played (generator thread; the counts are
+        each read once, without a lock: a stale one errs by a frame for one poll)."""
+        rows = self.rows.qsize() + self._in_hand
+        return rows / FRAME_RATE + self._held / SAMPLE_RATE + self._buffered_s()
 
     def _put(self, item) -> None:
         while True:
@@ -246,6 +277,7 @@ class Pipeline:
                 if len(chunk) >= self.decode_chunk:
                     self._emit(chunk)
                     chunk = []
+                self._in_hand = len(chunk)
             if chunk:
                 self._emit(chunk)
         except BaseException as e:
@@ -280,5 +312,17 @@ class Pipeline:
         self.level.add(audio)
         if self.on_audio is not None:
             self.on_audio(audio, self.stats.samples_out)
-        self.sink.write(audio)
+        self._write(audio)
         self.stats.samples_out += audio.size
+
+    def _write(self, audio: np.ndarray) -> None:
+        """Into the sink a frame at a time, so that :meth:`_ahead_s` sees the samples still
+        held here while the sink waits for room (the whole chunk would hide up to a chunk)."""
+        if self.lead_s is None:
+            self.sink.write(audio)
+            return
+        self._held, self._in_hand = audio.size, 0  # the chunk's frames are now these samples
+        for start in range(0, audio.size, HOP_LENGTH):
+            self._held = audio.size - start
+            self.sink.write(audio[start: start + HOP_LENGTH])
+        self._held = 0

@@ -1,6 +1,7 @@
 """LiveEngine without a sound card: device fallback, transport, /reset and /panic, prompt
 folders, OSC allow-list and bundles."""
 
+import gc
 import socket
 import threading
 import time
@@ -88,6 +89,19 @@ def test_pause_and_play(tmp_path):
         assert engine.generator.t > frame and engine.status()["playing"] == 1
     finally:
         engine.stop()
+
+
+def test_a_playing_engine_keeps_its_startup_objects_out_of_the_collectors_sight(tmp_path):
+    """A full collection over torch, the model and the codec holds the GIL for ~165 ms (an
+    audible stall); while the engine plays they are frozen, and released when it stops."""
+    engine, _ = _engine(tmp_path)
+    gc.unfreeze()
+    engine.start()
+    try:
+        assert gc.get_freeze_count() > 10_000  # the model and the codec at least
+    finally:
+        engine.stop()
+    assert gc.get_freeze_count() == 0  # a stopped engine's objects can be collected again
 
 
 def test_osc_reset_starts_a_fresh_sequence_at_its_frame(tmp_path):

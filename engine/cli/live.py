@@ -261,9 +261,11 @@ def _load(args):
             raise UserError(OFFLINE_HELP.format(reason=e)) from None
         raise
     if loaded.facts.name != "encodecgpt":
-        raise UserError(f"{source}: a {loaded.facts.name} model (x-transformers, flattened "
-                        "codebooks); live play of this family is not wired into the engine yet: "
-                        "render it with `run_engine.py render --model SRC`")
+        what = {"rotary": "x-transformers, flattened codebooks",
+                "musicgen": "text-conditioned, 32 kHz"}.get(loaded.facts.name, "")
+        raise UserError(f"{source}: a {loaded.facts.name} model ({what}); live play of this "
+                        "family is not wired into the engine yet: render it with "
+                        "`run_engine.py render --model SRC`")
     ckpt = loaded.checkpoint
     args.encodecmae, warning = choose_encodecmae(
         ckpt.encodecmae, ckpt.pairing, args.encodecmae, args.force_encodecmae, str(source))

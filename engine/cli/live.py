@@ -29,7 +29,7 @@ from engine.live.audio.sound_device import list_devices, set_jack_client_name
 from engine.live.control_input import DEFAULT_SLOTS
 from engine.live.controls import MAX_SLOTS
 from engine.live.engine import LiveConfig
-from engine.live.listen.capture import resolve_input
+from engine.live.listen.capture import check_input
 from engine.live.step.compute import out_of_memory_as_user_error
 from engine.model.config import PRESETS
 from engine.model.encodecmae import DEFAULT_ENCODECMAE, default_cache_dir, load_encodecmae
@@ -186,14 +186,8 @@ def _check_slots(args) -> None:
 def _check_input(args) -> None:
     """``--input`` names a capture device that is there, or a file that exists: refused before
     a model loads (seconds) rather than after."""
-    if args.input is None:
-        return
-    if args.input.startswith("file:"):
-        path = Path(args.input[len("file:"):])
-        if not path.is_file():
-            raise UserError(f"--input {args.input}: no such file")
-        return
-    resolve_input(None if args.input in ("", "default") else args.input, args.input_hostapi)
+    if args.input is not None:
+        check_input(args.input, args.input_hostapi)
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -213,8 +213,26 @@ def resolve_input(spec: str | None, hostapi: str | None = None) -> int:
     return matches[0]
 
 
+def _parse_input(spec: str) -> tuple[str, str | None]:
+    """``--input`` → ``("file", path)`` or ``("device", name or None for the default)``."""
+    if spec.startswith("file:"):
+        return "file", spec[len("file:"):]
+    return "device", None if spec in ("", "default") else spec
+
+
+def check_input(spec: str, hostapi: str | None = None) -> None:
+    """Refuse (:class:`UserError`) an ``--input`` that is not there, without opening it:
+    cheap enough to run before a model loads."""
+    kind, name = _parse_input(spec)
+    if kind == "file":
+        path = Path(name).expanduser()  # as FileInput opens it
+        if not path.is_file():
+            raise UserError(f"--input file:{path}: no such file")
+    else:
+        resolve_input(name, hostapi)
+
+
 def open_input(spec: str, hostapi: str | None = None) -> FileInput | DeviceInput:
     """``--input`` → an input source, not started."""
-    if spec.startswith("file:"):
-        return FileInput(spec[len("file:"):])
-    return DeviceInput(None if spec in ("", "default") else spec, hostapi)
+    kind, name = _parse_input(spec)
+    return FileInput(name) if kind == "file" else DeviceInput(name, hostapi)

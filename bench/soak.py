@@ -19,7 +19,8 @@ reported: it shares the cores) sends over UDP:
 * ``/record/start`` at 25 s and ``/record/stop`` at 40 s of every minute (a 15 s take around
   the burst: every take is replayed at the end, so an hour of takes must replay in minutes);
 * ``/prompt/load`` every 20 s, cycling a short ``.npy`` prompt, a corrupt file (text), and,
-  with ``--encodecmae SRC``, a 10-minute WAV.
+  with ``--encodecmae SRC``, a 10-minute WAV (its first 30 s embedded afresh at every load:
+  the prompt cache is off, the worst case).
 
 Every 10 s it samples RSS, open file descriptors, threads, underruns, step p99, RTF, and the
 CPU that other processes on the machine took (busy time less this process's and the load
@@ -214,17 +215,26 @@ def _prompt_files(out: Path, dim: int, encodecmae: str | None) -> list[str]:
 class Hook:
     """Counts applied fader events and timestamps applied probes (generator thread)."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, capacity: int):
         self.forward = engine.generator.on_control
         self.applied = {a: 0 for a in FADER}
-        self.probes: list[tuple[float, float]] = []
+        # Preallocated [capacity, 2] (value, applied at): a list of tuples would grow the
+        # process's RSS by ~4 MB an hour, which the soak would then blame on the engine.
+        self._probes = np.zeros((capacity, 2))
+        self._count = 0
         engine.generator.on_control = self
+
+    @property
+    def probes(self) -> np.ndarray:
+        """``[n, 2]``: each applied probe's value and ``time.monotonic()`` when applied."""
+        return self._probes[: self._count]
 
     def __call__(self, entry) -> None:
         if entry.address in self.applied:
             self.applied[entry.address] += 1
-        elif entry.address == "/temperature":
-            self.probes.append((round(float(entry.values[0]), 6), time.monotonic()))
+        elif entry.address == "/temperature" and self._count < len(self._probes):
+            self._probes[self._count] = (round(float(entry.values[0]), 6), time.monotonic())
+            self._count += 1
         self.forward(entry)
 
 
@@ -235,7 +245,7 @@ def _latencies(sent: list, applied: list, bursts: list) -> tuple[np.ndarray, np.
     for value, t in sent:
         last.setdefault(value, []).append(t)
     ms, in_burst, when = [], [], []
-    for value, t in applied:
+    for value, t in np.asarray(applied).reshape(-1, 2).tolist():
         times = [s for s in last.get(value, []) if s <= t]
         if not times:
             continue
@@ -276,22 +286,24 @@ def main() -> None:
 def soak(args) -> dict:
     torch.set_num_threads(1)
     identity = {"random_weights": True, "preset": args.preset, "weights_seed": 0}
+    mae = None
+    if args.encodecmae:  # the model's prompts must be the size EnCodecMAE makes
+        mae = load_encodecmae(args.encodecmae)
+        mae.cache_dir = None  # every load of the long file embeds it: the worst case
+        identity["prompt_dim"] = mae.dim
     model, codec = random_model(identity)
     identity["prompt_dim"] = model.prompt_dim
     rng = np.random.RandomState(0)
     slots = [rng.randn(model.prompt_dim).astype(np.float32) for _ in range(4)]
     files = _prompt_files(args.out / "prompts", model.prompt_dim, args.encodecmae)
-    encoder = None
-    if args.encodecmae:
-        def encoder():
-            return load_encodecmae(args.encodecmae)
+    encoder = None if mae is None else (lambda: mae)
     config = LiveConfig(device=args.device, hostapi=args.hostapi, quantize=args.quantize,
                         buffer_s=args.buffer, prompt_dirs=[args.out / "prompts"],
                         sessions_dir=args.out / "sessions", identity=identity,
                         slot_sources=[f"random {i}" for i in range(4)])
     engine = build_live_engine(model, codec, slots, config, encoder_factory=encoder,
                                log=lambda m: print(m, file=sys.stderr, flush=True))
-    hook = Hook(engine)
+    hook = Hook(engine, capacity=int(60 * args.minutes / PROBE_EVERY_S) + 1000)
     server = OSCServer(engine, port=0, log=lambda m: None)
     engine.start()
     server.start()

@@ -89,3 +89,4 @@ def test_a_ten_minute_prompt_file_loads_while_playing(mae_dir, tmp_path):
         engine.stop()
     assert during > 0  # the generator kept going while the file was read and embedded
     assert np.allclose(engine.generator.controls.slots[1], head, atol=1e-5)
+

@@ -95,7 +95,7 @@ Every other control is discrete and always applied. The OSC table shows this as 
 column (:mod:`osc.addresses`)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class ControlEvent:
     """One control change; ``values`` as received (validated when applied)."""
 
@@ -103,7 +103,7 @@ class ControlEvent:
     values: tuple = ()
 
 
-@dataclass
+@dataclass(slots=True)
 class AppliedControl:
     """A frame-log entry: ``event`` took effect at the start of frame ``frame``."""
 

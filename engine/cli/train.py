@@ -18,7 +18,7 @@ from engine.model.loading.checkpoint import load_checkpoint, save_pretrained
 from engine.train.data.cache import read_index
 from engine.train.data.prepare import PrepareOptions, prepare
 from engine.train.data.sources import KINDS
-from engine.train.options import TrainOptions
+from engine.train.options import PATTERNS, ROTARY_RECIPE, TrainOptions
 
 
 def add_parsers(sub) -> None:
@@ -45,7 +45,11 @@ def _add_prepare(sub) -> None:
     p.add_argument("--codec", default="facebook/encodec_24khz", metavar="SRC",
                    help="EnCodec hub id, folder or .th file (random:SEED = untrained, tests only)")
     p.add_argument("--encodecmae", default="base", metavar="SRC",
-                   help="EnCodecMAE for the prompt vectors: small|base|large, hub id or folder")
+                   help="EnCodecMAE for the prompt vectors: small|base|large, hub id or folder; "
+                        "none: codes only (an unconditional model, train --arch rotary)")
+    p.add_argument("--codebooks", type=int, default=8, metavar="N",
+                   help="EnCodec codebooks kept: 8 (6 kbps, EnCodecGPT; default), 2 (1.5 kbps, "
+                        "the rotary recipe), 4, 16, 32")
     p.add_argument("--clip-seconds", type=float, default=4.0, help="clip length (default 4)")
     p.add_argument("--min-seconds", type=float, default=0.5,
                    help="shortest clip kept from a folder file (default 0.5)")
@@ -62,8 +66,15 @@ def _add_prepare(sub) -> None:
 
 def _add_train(sub) -> None:
     d = TrainOptions()
-    t = sub.add_parser("train", help="train EnCodecGPT on a token cache (Lightning)",
-                       description="Defaults are the original recipe; see README, Training.")
+    t = sub.add_parser("train", help="train EnCodecGPT (or the rotary recipe) on a token cache "
+                       "(Lightning)", description="Defaults are the original recipe (with --arch "
+                       "rotary, the NSynth-guitar tutorial's); see README, Training.")
+    t.add_argument("--arch", choices=sorted(PATTERNS), default=None,
+                   help="encodecgpt (default) or rotary: the x-transformers decoder over "
+                        "flattened codebooks (dim 256, depth 6, heads 4, Adam 1e-4, batch 125)")
+    t.add_argument("--pattern", choices=sorted(set(PATTERNS.values())), default=None,
+                   help="token pattern: delay (encodecgpt) or flatten (rotary); each arch has "
+                        "its own, the option states it")
     t.add_argument("cache", metavar="CACHE")
     t.add_argument("--out", required=True, metavar="RUN")
     init = t.add_mutually_exclusive_group()
@@ -85,7 +96,12 @@ def _add_train(sub) -> None:
         "num_nodes": (int, "nodes (DDP)"), "ckpt_every": (int, "checkpoint every N steps"),
         "val_every": (int, "validate every N steps"), "val_fraction": (float, None),
         "max_val_clips": (int, None), "log_every": (int, None),
-        "workers": (int, "data loader workers"), "seed": (int, None)}
+        "workers": (int, "data loader workers"), "seed": (int, None),
+        "optimizer": (str, "adamw | adam (rotary default)"),
+        "dim": (int, "rotary: model width"), "depth": (int, "rotary: layers"),
+        "heads": (int, "rotary: attention heads"),
+        "max_seq_len": (int, "rotary: trained length in tokens, start token included"),
+        "codebooks": (int, "rotary: the cache's first N codebooks, flattened")}
     for name, (kind, text) in opt.items():
         default = getattr(d, name)
         t.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
@@ -101,7 +117,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     opts = PrepareOptions(
         src=args.src, out=args.out, kind=args.kind, families=tuple(args.family),
         instrument_sources=tuple(args.instrument_source), codec=args.codec,
-        encodecmae=args.encodecmae, clip_seconds=args.clip_seconds,
+        encodecmae=args.encodecmae, num_q=args.codebooks, clip_seconds=args.clip_seconds,
         min_seconds=args.min_seconds, max_clips=args.max_clips, seed=args.seed,
         shard_size=args.shard_size, workers=workers, silence_db=args.silence_db,
         trust=args.trust_checkpoint)
@@ -113,6 +129,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    given = {f.name: getattr(args, f.name) for f in fields(TrainOptions)
+             if getattr(args, f.name, None) is not None}
+    _check_arch(given)
     read_index(args.cache)  # a wrong folder is reported before Lightning loads
     resume = args.resume
     if resume == "last":
@@ -120,6 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resume and not Path(resume).is_file():
         raise UserError(f"--resume {resume}: no such checkpoint")
     try:  # imported here: Lightning is the optional `train` extra
+        from engine.train.rotary_task import train_rotary
         from engine.train.task import read_meta, train
     except ImportError as e:
         raise UserError(f"training needs Lightning ({e}); install the extra: "
@@ -128,15 +148,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     meta = read_meta(resume) if resume else None
     if meta is not None:
         base.update(meta["options"])
-    given = {f.name: getattr(args, f.name) for f in fields(TrainOptions)
-             if getattr(args, f.name, None) is not None}
     if given.get("init") is not None:
         base["preset"] = None
+    if given.get("arch", base["arch"]) == "rotary" and meta is None:
+        base.update(arch="rotary", **ROTARY_RECIPE)
     opts = TrainOptions(**{**base, **given})
     opts.betas = tuple(opts.betas)
     _check(opts)
-    train(args.cache, args.out, opts, resume=resume, resume_meta=meta)
+    if opts.arch == "rotary":
+        train_rotary(args.cache, args.out, opts, resume=resume)
+    else:
+        train(args.cache, args.out, opts, resume=resume, resume_meta=meta)
     return 0
+
+
+def _check_arch(given: dict) -> None:
+    """Options that belong to the other architecture, refused before anything loads."""
+    arch = given.get("arch", "encodecgpt")
+    pattern = given.get("pattern", PATTERNS[arch])
+    if pattern != PATTERNS[arch]:
+        raise UserError(f"--arch {arch} --pattern {pattern}: the {arch} model trains on the "
+                        f"{PATTERNS[arch]} pattern")
+    if arch == "rotary":
+        wrong = [n for n in ("preset", "init", "mask_empty") if n in given]
+        if wrong:
+            raise UserError(f"--arch rotary: --{wrong[0].replace('_', '-')} is EnCodecGPT's "
+                            "(the rotary sizes are --dim, --depth, --heads, --max-seq-len)")
 
 
 def _check(o) -> None:
@@ -145,6 +182,11 @@ def _check(o) -> None:
     for name in positive:
         if getattr(o, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if o.pattern != PATTERNS[o.arch]:  # a resumed run's arch with another --pattern
+        raise UserError(f"--arch {o.arch} --pattern {o.pattern}: the {o.arch} model trains on "
+                        f"the {PATTERNS[o.arch]} pattern")
+    if o.optimizer not in ("adamw", "adam"):
+        raise UserError(f"--optimizer {o.optimizer}: expected adamw or adam")
     if o.schedule not in ("constant", "cosine"):
         raise UserError(f"--schedule {o.schedule}: expected constant or cosine")
     if not (o.lr > 0 and 0 <= o.weight_decay and 0 < o.clip_seconds and o.warmup_steps >= 0):

@@ -43,16 +43,31 @@ class TrainOptions:
     log_every: int = 50
     workers: int = 4
     seed: int = 0
+    arch: str = "encodecgpt"  # or "rotary" (the NSynth-guitar tutorial's decoder)
+    pattern: str = "delay"  # the token pattern: delay (encodecgpt) | flatten (rotary)
+    optimizer: str = "adamw"  # adamw (the original's) | adam (the rotary recipe's)
+    dim: int = 256  # rotary sizes (the recipe's); encodecgpt takes --preset / --init
+    depth: int = 6
+    heads: int = 4
+    max_seq_len: int = 250
+    codebooks: int = 2  # rotary: the cache's first N codebooks, flattened
 
     @property
     def clip_frames(self) -> int:
         return int(round(self.clip_seconds * FRAME_RATE))
 
 
-def adamw(params, o: TrainOptions) -> torch.optim.AdamW:
-    """The recipe's optimizer over ``params`` (every parameter: decay on biases and norms
-    too, as the original)."""
-    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+# What --arch rotary changes when the option is not given: the tutorial's recipe
+ROTARY_RECIPE = {"pattern": "flatten", "optimizer": "adam", "batch_size": 125, "lr": 1e-4,
+                 "betas": (0.9, 0.999), "weight_decay": 0.0, "grad_clip": 0.0}
+PATTERNS = {"encodecgpt": "delay", "rotary": "flatten"}
+
+
+def make_optimizer(params, o: TrainOptions) -> torch.optim.Optimizer:
+    """``--optimizer`` over ``params``: AdamW (the original's: decay on every parameter,
+    biases and norms too) or Adam (the rotary recipe's; its L2 ``--weight-decay``, 0 there)."""
+    kind = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
+    return kind(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
 def lr_factor(o: TrainOptions):

@@ -42,9 +42,10 @@ from engine.train.data.dataset import (
     collate,
     val_batches,
 )
-from engine.train.options import TrainOptions, adamw, lr_factor
-from engine.train.progress import ProgressLines, quiet_lightning
+from engine.train.options import TrainOptions, lr_factor, make_optimizer
+from engine.train.progress import quiet_lightning
 from engine.train.report import plot_losses
+from engine.train.trainer import make_trainer
 
 META_KEY = "encodecgpt_live"
 
@@ -126,7 +127,7 @@ class EnCodecGPTTask(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.opts
-        opt = adamw(self.net.parameters(), o)
+        opt = make_optimizer(self.net.parameters(), o)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(o))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -150,15 +151,6 @@ def _mix(*parts: int) -> int:
     return h
 
 
-def precision_for(choice: str, accelerator: str) -> str:
-    """``auto``: bf16-mixed on GPUs that have it, fp16-mixed on other GPUs, fp32 on CPU."""
-    if choice != "auto":
-        return choice
-    if accelerator != "cpu" and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
 def run_meta(net: EnCodecGPT, opts: TrainOptions, index: dict, cache: str) -> dict:
     plan = index["plan"]
     return {"gpt2": net.gpt.config.to_diff_dict(), "num_q": net.num_q,
@@ -173,10 +165,6 @@ def train(cache: str, run: str, opts: TrainOptions, resume: str | None = None,
 
     ``resume_meta`` is the checkpoint's :func:`read_meta` when the caller has it already.
     """
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-
     quiet_lightning()
     L.seed_everything(opts.seed, workers=True, verbose=False)
     clips = TokenClips(cache, opts.val_fraction, opts.max_val_clips)
@@ -194,24 +182,7 @@ def train(cache: str, run: str, opts: TrainOptions, resume: str | None = None,
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "train.json").write_text(json.dumps(meta, indent=1))
     task = EnCodecGPTTask(net, clips, opts, meta, encodec_package_state_dict(codec.model))
-    has_val = len(clips.val) > 0
-    trainer = L.Trainer(
-        default_root_dir=run_dir, max_steps=opts.max_steps, accelerator=opts.accelerator,
-        devices=opts.devices, num_nodes=opts.num_nodes,
-        strategy="ddp" if opts.devices * opts.num_nodes > 1 else "auto",
-        precision=precision_for(opts.precision, opts.accelerator),
-        gradient_clip_val=opts.grad_clip or None, accumulate_grad_batches=opts.accumulate,
-        val_check_interval=opts.val_every * opts.accumulate, check_val_every_n_epoch=None,
-        limit_val_batches=None if has_val else 0, num_sanity_val_steps=1 if has_val else 0,
-        log_every_n_steps=opts.log_every, use_distributed_sampler=False,
-        enable_progress_bar=False, enable_model_summary=False,  # ProgressLines prints
-        logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tensorboard")],
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}",
-                                   auto_insert_metric_name=False,
-                                   every_n_train_steps=opts.ckpt_every, save_top_k=-1,
-                                   save_last=True),
-                   LearningRateMonitor(logging_interval="step"),
-                   ProgressLines(opts.log_every, opts.max_steps, log)])
+    trainer = make_trainer(opts, run_dir, ckpt_dir, len(clips.val) > 0, log)
     log(f"train: {len(clips.train)} train / {len(clips.val)} validation clips, "
         f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters → {run_dir}")
     trainer.fit(task, ckpt_path=resume)

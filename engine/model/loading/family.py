@@ -136,6 +136,7 @@ def load_family(source: str, *, trust: bool = False, codec: str | None = None,
                                  loaded.source, loaded.sha256, checkpoint=loaded)
     config = {**config_beside(path), **(given or {})}
     model = load_rotary_state(state, config, str(path))
-    codec_model = codec_from_spec(codec or "facebook/encodec_24khz")
+    # the codec the model was trained with (our rotary.json says), unless --codec is given
+    codec_model = codec_from_spec(codec or config.get("codec") or "facebook/encodec_24khz")
     return LoadedFamilyModel(rotary_facts(model), model, codec_model, str(source),
                              file_sha256(path))

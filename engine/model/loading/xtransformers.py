@@ -42,7 +42,7 @@ MARKER_KEY = "token_emb.emb.weight"
 _LAYER = re.compile(r"^attn_layers\.layers\.(\d+)\.(.+)$")
 _CONFIG_FIELDS = ("dim", "depth", "heads", "codebooks", "max_seq_len", "num_tokens",
                   "start_token")
-_JSON_FIELDS = (*_CONFIG_FIELDS, "norm_unit_offset")
+_JSON_FIELDS = (*_CONFIG_FIELDS, "norm_unit_offset", "codec")  # codec: what we trained on
 
 
 def is_xtransformers_state(state: object) -> bool:
@@ -189,5 +189,38 @@ def config_beside(file: Path) -> dict:
 
 
 def config_json(cfg: RotaryLMConfig) -> dict:
-    """The JSON written beside a checkpoint that we train (read back by :func:`config_beside`)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k in _CONFIG_FIELDS}
+    """The JSON written beside a checkpoint that we train (read back by :func:`config_beside`):
+    the sizes, and that its norms' ``gamma`` is stored minus one (the 1.36+ layout)."""
+    sizes = {k: v for k, v in dataclasses.asdict(cfg).items() if k in _CONFIG_FIELDS}
+    return {**sizes, "norm_unit_offset": True}
+
+
+def to_xtransformers_state(model: RotaryLM) -> dict[str, torch.Tensor]:
+    """``model``'s weights under x-transformers' names, in the current layout (1.36+: ``gamma``
+    norms stored minus one, neighbouring rotary pairs; :func:`config_json` says so beside the
+    file), with the rotary ``inv_freq`` buffer: the inverse of :func:`load_rotary_state` for
+    a model we trained (interleaved pairs, no norm or logits biases). x-transformers 1.36 or
+    later loads it into ``TransformerWrapper(..., Decoder(..., rotary_pos_emb=True))``.
+
+    Raises:
+        ValueError: a model in another layout (halves, biases: loaded from an old release).
+    """
+    cfg = model.cfg
+    if cfg.rotary_pairs != "interleaved" or cfg.norm_bias or cfg.logits_bias:
+        raise ValueError("only a model in the 1.31+ layout (interleaved rotary pairs, no norm "
+                         "or logits biases) is written back as x-transformers weights")
+    out = {"token_emb.emb.weight": model.token_emb.weight,
+           "to_logits.weight": model.to_logits.weight,
+           "attn_layers.final_norm.gamma": model.final_norm.weight - 1.0,
+           "attn_layers.rotary_pos_emb.inv_freq": 1.0 / (10000 ** (
+               torch.arange(0, cfg.rotary_dim, 2).float() / cfg.rotary_dim))}
+    for i, block in enumerate(model.blocks):
+        a, f = f"attn_layers.layers.{2 * i}", f"attn_layers.layers.{2 * i + 1}"
+        out[f"{a}.0.0.gamma"] = block.attn_norm.weight - 1.0
+        for name in ("to_q", "to_k", "to_v", "to_out"):
+            out[f"{a}.1.{name}.weight"] = getattr(block, name).weight
+        out[f"{f}.0.0.gamma"] = block.ff_norm.weight - 1.0
+        for part in ("weight", "bias"):
+            out[f"{f}.1.ff.0.0.{part}"] = getattr(block.ff_in, part)
+            out[f"{f}.1.ff.2.{part}"] = getattr(block.ff_out, part)
+    return {k: v.detach().clone() for k, v in out.items()}

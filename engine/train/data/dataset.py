@@ -10,6 +10,8 @@ One batch (:func:`collate`)::
     prompts [B, P] float32
     tokens  [B, Q, L] int64   delayed codes (+1, 0 = empty), zero-padded to the longest
     targets [B, Q, L] int64   = tokens, with -100 (ignored) past each clip's own end
+
+The rotary recipe's batch (:func:`collate_flat`) flattens instead of delaying.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from engine.model.tokens.patterns import apply_delay
+from engine.model.tokens.patterns import apply_delay, flatten_codes
 from engine.train.data.cache import load_shards, read_index
 
 IGNORE = -100
@@ -131,3 +133,23 @@ def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.T
         tokens[b, :, : delayed.shape[1]] = delayed
         targets[b, :, : delayed.shape[1]] = delayed
     return {"prompts": torch.stack([p for _, p in items]), "tokens": tokens, "targets": targets}
+
+
+def collate_flat(items: list[tuple[torch.Tensor, torch.Tensor]], num_q: int,
+                 start_token: int) -> dict[str, torch.Tensor]:
+    """The rotary recipe's batch: each clip's first ``num_q`` codebooks flattened frame by
+    frame (:func:`~engine.model.tokens.patterns.flatten_codes`) after a start token, padded
+    to the longest; the targets ignore the padding.
+
+    Returns:
+        ``tokens [B, 1 + num_q·T]`` int64 and ``targets`` (the same, -100 past each end).
+    """
+    width = 1 + num_q * max(c.shape[1] for c, _ in items)
+    tokens = torch.full((len(items), width), start_token, dtype=torch.long)
+    targets = torch.full_like(tokens, IGNORE)
+    for b, (codes, _) in enumerate(items):
+        flat = flatten_codes(codes[None, :num_q])[0]
+        row = torch.cat([torch.tensor([start_token]), flat])
+        tokens[b, : row.shape[0]] = row
+        targets[b, : row.shape[0]] = row
+    return {"tokens": tokens, "targets": targets}

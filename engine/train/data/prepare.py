@@ -6,6 +6,10 @@ Data path, per file (in a worker process)::
         silent? skip │ EnCodec encode → codes [Q, T] │ EnCodecMAE features → time mean [P]
     → shard arrays + JSON marker (cache.write_shard)
 
+``num_q`` codebooks are kept (``--codebooks``: 8 = 6 kbps for EnCodecGPT, 2 = 1.5 kbps for the
+rotary tutorial's recipe). With ``--encodecmae none`` no prompt is computed (``P = 0``): an
+unconditional model (the rotary family) needs none, and EnCodecMAE is not even loaded.
+
 Files are split into shards of ``shard_size`` in sorted order; a shard whose marker exists
 is skipped, so an interrupted run resumes where it stopped. Bad files never stop the run:
 each is listed with its reason in the shard, the summary and ``index.json``.
@@ -29,7 +33,7 @@ from tqdm import tqdm
 from engine import SAMPLE_RATE
 from engine.errors import UserError
 from engine.model.audio_io import read_audio
-from engine.model.codec import codec_digest, codec_from_spec
+from engine.model.codec import bandwidth_for_codebooks, codec_digest, codec_from_spec
 from engine.model.encodecmae import load_encodecmae
 from engine.train.data import cache
 from engine.train.data.sources import CropRule, SourceFile, crop_rule, crops_for, list_source
@@ -95,10 +99,16 @@ def prepare(opts: PrepareOptions, log=print) -> dict:
     return index
 
 
+NO_PROMPTS = "none"  # --encodecmae none: codes only
+
+
+def _load_mae(spec: str, trust: bool):
+    return None if spec == NO_PROMPTS else load_encodecmae(spec, cache_dir=None, trust=trust)
+
+
 def _load_models(opts: PrepareOptions):
-    codec = codec_from_spec(opts.codec)
-    mae = load_encodecmae(opts.encodecmae, cache_dir=None, trust=opts.trust)
-    return codec, mae
+    bandwidth_for_codebooks(opts.num_q)  # 2, 4, 8, 16 or 32 (a one-line error otherwise)
+    return codec_from_spec(opts.codec), _load_mae(opts.encodecmae, opts.trust)
 
 
 def _plan(opts, kind, rule: CropRule, files: list[SourceFile], codec, mae) -> dict:
@@ -107,8 +117,9 @@ def _plan(opts, kind, rule: CropRule, files: list[SourceFile], codec, mae) -> di
             "num_q": opts.num_q, "silence_db": opts.silence_db, "shard_size": opts.shard_size,
             "files": len(files), "files_sha256": listing,
             "codec": {"spec": opts.codec, "sha256": codec_digest(codec)},
-            "encodecmae": {"spec": opts.encodecmae, "sha256": mae.weights_sha256,
-                           "dim": mae.dim}}
+            "encodecmae": ({"spec": NO_PROMPTS, "sha256": None, "dim": 0} if mae is None
+                           else {"spec": opts.encodecmae, "sha256": mae.weights_sha256,
+                                 "dim": mae.dim})}
 
 
 def _run_inline(pending, out, rule, opts, codec, mae, bar) -> None:
@@ -146,8 +157,7 @@ def _drain(progress, bar) -> None:
 def _init_worker(codec_spec: str, mae_spec: str, trust: bool, progress) -> None:
     global _MODELS
     torch.set_num_threads(1)  # one process per core does better than threads here
-    _MODELS = _Models(codec_from_spec(codec_spec),
-                      load_encodecmae(mae_spec, cache_dir=None, trust=trust), progress)
+    _MODELS = _Models(codec_from_spec(codec_spec), _load_mae(mae_spec, trust), progress)
 
 
 def _process_shard(index: int, files: list[SourceFile], out: str, rule: CropRule, num_q: int,
@@ -164,7 +174,8 @@ def _process_shard(index: int, files: list[SourceFile], out: str, rule: CropRule
             on_file()
         elif _MODELS.progress is not None:
             _MODELS.progress.put(1)
-    cache.write_shard(Path(out), index, result, _MODELS.mae.dim, num_q)
+    dim = 0 if _MODELS.mae is None else _MODELS.mae.dim
+    cache.write_shard(Path(out), index, result, dim, num_q)
     return len(result.clips)
 
 
@@ -183,7 +194,8 @@ def _process_file(f: SourceFile, rule: CropRule, num_q: int, silence_db: float,
             silent += 1
             continue
         codes = _MODELS.codec.encode(torch.from_numpy(clip)[None, None], num_q)[0]  # [Q, T]
-        prompt = _MODELS.mae.mae.features(clip).mean(axis=0)
+        prompt = (np.zeros(0, np.float32) if _MODELS.mae is None
+                  else _MODELS.mae.mae.features(clip).mean(axis=0))
         result.add(codes.T.numpy(), prompt, {
             "id": f"{f.rel}#{start}", "file": f.rel, "start": start / SAMPLE_RATE,
             "seconds": length / SAMPLE_RATE, "frames": int(codes.shape[1])})

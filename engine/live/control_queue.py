@@ -20,6 +20,10 @@ is refused with a :class:`ControlError` (an ``/error`` reply), nothing is droppe
 The frame log keeps the last :data:`LOG_KEEP` entries in memory (a show's hour of faders
 would otherwise grow it without end); recordings and ``--control-log`` get every entry.
 
+Every family's live generator gets its control side from :class:`ControlledGenerator`
+(submit, schedule, apply at a boundary, the log); what an applied event does beyond the
+control state (reseed, reset or prime the window) is the family's ``_on_applied``.
+
 Threading: :meth:`submit` and :meth:`at_boundary` may be called from any thread (lock-free
 ``SimpleQueue``); everything else runs on the generator thread (or before it starts).
 """
@@ -161,3 +165,76 @@ def _superseded(bundles: list[list[ControlEvent]]) -> list[bool]:
         skip[i] = settings <= later
         later |= settings
     return skip
+
+
+class ControlledGenerator:
+    """Controls queued, scheduled and applied at frame boundaries (see the module doc)."""
+
+    controls: ControlState
+    queue: ControlQueue
+    t: int
+
+    def submit(self, events: Sequence[ControlEvent]) -> None:
+        """Queue events (from any thread); they are applied together at the next frame."""
+        self.queue.submit(events)
+
+    def schedule(self, frame: int, events: Sequence[ControlEvent]) -> None:
+        """Apply ``events`` together at the start of ``frame`` (before queued live events);
+        used to replay a frame log or render automation. Not thread-safe: call before the
+        generator runs or from its thread."""
+        self.queue.schedule(frame, events)
+
+    def at_boundary(self, fn: Callable[[ControlledGenerator], None]) -> None:
+        """Run ``fn(generator)`` on the generator thread at the next frame boundary, before
+        that frame's controls (e.g. to take the state a recording starts from)."""
+        self.queue.at_boundary(fn)
+
+    def apply_now(self, events: Sequence[ControlEvent], wall: float | None = None) -> bool:
+        """Apply a bundle at the current frame boundary, all or nothing (generator thread
+        only; :meth:`submit` is the thread-safe form). Returns False if it was refused."""
+        result = self.queue.try_bundle(self.t, self.controls, events, wall)
+        if result is None:
+            return False
+        self.controls, applied = result
+        for entry in applied:
+            self._on_applied(entry)
+            self.queue.record(entry)
+        return True
+
+    def _on_applied(self, entry: AppliedControl) -> None:
+        """What an applied event does to the family's own state (sampler, window)."""
+
+    def _apply_pending(self) -> None:
+        for fn in self.queue.boundary_jobs():
+            fn(self)
+        for events, wall in self.queue.due(self.t):
+            self.apply_now(events, wall)
+
+    @property
+    def control_log(self) -> list[AppliedControl]:
+        """The applied events with their frames (the frame log; the last
+        :data:`~engine.live.control_queue.LOG_KEEP` of them)."""
+        return list(self.queue.log)
+
+    @property
+    def errors(self) -> list[tuple[int, str]]:
+        """``(frame, message)`` of the refused bundles (the last ``LOG_KEEP``)."""
+        return list(self.queue.errors)
+
+    @property
+    def on_control(self) -> Callable[[AppliedControl], None] | None:
+        """Called with each applied event (generator thread)."""
+        return self.queue.on_control
+
+    @on_control.setter
+    def on_control(self, fn: Callable[[AppliedControl], None] | None) -> None:
+        self.queue.on_control = fn
+
+    @property
+    def on_error(self) -> Callable[[int, ControlEvent, str], None] | None:
+        """Called with ``(frame, event, message)`` for a refused bundle."""
+        return self.queue.on_error
+
+    @on_error.setter
+    def on_error(self, fn: Callable[[int, ControlEvent, str], None] | None) -> None:
+        self.queue.on_error = fn

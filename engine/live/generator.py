@@ -46,13 +46,13 @@ called from any thread; everything else runs on the generator thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from engine.live.control_queue import ControlQueue
-from engine.live.controls import AppliedControl, ControlError, ControlEvent, ControlState
+from engine.live.control_queue import ControlledGenerator, ControlQueue
+from engine.live.controls import AppliedControl, ControlError, ControlState
 from engine.live.state import StateReader
 from engine.live.step.kv_step import KVCache, KVStepInputs, RowGroup
 from engine.live.step.primed import PrimedPrefill
@@ -82,7 +82,7 @@ def check_window(window: int, hop: int | None, max_positions: int) -> int:
     return hop
 
 
-class RollingGenerator:
+class RollingGenerator(ControlledGenerator):
     """Generate delayed token rows forever; see the module docstring.
 
     Args:
@@ -273,77 +273,18 @@ class RollingGenerator:
         if self.reprefill is not None:
             self.reprefill.close()
 
-    # -- controls (see engine.live.control_queue) ----------------------------------------
-    def submit(self, events: Sequence[ControlEvent]) -> None:
-        """Queue events (from any thread); they are applied together at the next frame."""
-        self.queue.submit(events)
-
-    def schedule(self, frame: int, events: Sequence[ControlEvent]) -> None:
-        """Apply ``events`` together at the start of ``frame`` (before queued live events);
-        used to replay a frame log or render automation. Not thread-safe: call before the
-        generator runs or from its thread."""
-        self.queue.schedule(frame, events)
-
-    def at_boundary(self, fn: Callable[[RollingGenerator], None]) -> None:
-        """Run ``fn(generator)`` on the generator thread at the next frame boundary, before
-        that frame's controls (e.g. to take the state a recording starts from)."""
-        self.queue.at_boundary(fn)
-
-    def apply_now(self, events: Sequence[ControlEvent], wall: float | None = None) -> bool:
-        """Apply a bundle at the current frame boundary, all or nothing (generator thread
-        only; :meth:`submit` is the thread-safe form). Returns False if it was refused."""
-        result = self.queue.try_bundle(self.t, self.controls, events, wall)
-        if result is None:
-            return False
-        self.controls, applied = result
-        for entry in applied:
-            if entry.address == "/seed":
-                self.rng.manual_seed(entry.values[0])
-                if self.static is not None:
-                    self.static.reseed(entry.values[0])
-            elif entry.address == "/reset":
-                self._clear_sequence(start=self.t)
-            elif entry.address == "/prime/rows":
-                self.prime(torch.from_numpy(entry.values[0]),
-                           entry.values[1] if len(entry.values) > 1 else None)
-                self.seam = entry.values[0]  # the decoder crossfades into the new sequence
-            self.queue.record(entry)
-        return True
-
-    @property
-    def control_log(self) -> list[AppliedControl]:
-        """The applied events with their frames (the frame log; the last
-        :data:`~engine.live.control_queue.LOG_KEEP` of them)."""
-        return list(self.queue.log)
-
-    @property
-    def errors(self) -> list[tuple[int, str]]:
-        """``(frame, message)`` of the refused bundles (the last ``LOG_KEEP``)."""
-        return list(self.queue.errors)
-
-    @property
-    def on_control(self) -> Callable[[AppliedControl], None] | None:
-        """Called with each applied event (generator thread)."""
-        return self.queue.on_control
-
-    @on_control.setter
-    def on_control(self, fn: Callable[[AppliedControl], None] | None) -> None:
-        self.queue.on_control = fn
-
-    @property
-    def on_error(self) -> Callable[[int, ControlEvent, str], None] | None:
-        """Called with ``(frame, event, message)`` for a refused bundle."""
-        return self.queue.on_error
-
-    @on_error.setter
-    def on_error(self, fn: Callable[[int, ControlEvent, str], None] | None) -> None:
-        self.queue.on_error = fn
-
-    def _apply_pending(self) -> None:
-        for fn in self.queue.boundary_jobs():
-            fn(self)
-        for events, wall in self.queue.due(self.t):
-            self.apply_now(events, wall)
+    # -- controls (see engine.live.control_queue) ------------------------------------------
+    def _on_applied(self, entry: AppliedControl) -> None:
+        if entry.address == "/seed":
+            self.rng.manual_seed(entry.values[0])
+            if self.static is not None:
+                self.static.reseed(entry.values[0])
+        elif entry.address == "/reset":
+            self._clear_sequence(start=self.t)
+        elif entry.address == "/prime/rows":
+            self.prime(torch.from_numpy(entry.values[0]),
+                       entry.values[1] if len(entry.values) > 1 else None)
+            self.seam = entry.values[0]  # the decoder crossfades into the new sequence
 
     # -- sequence bookkeeping ------------------------------------------------------------
     def _clear_sequence(self, start: int) -> None:

@@ -25,12 +25,10 @@ any thread; everything else on the generator thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import torch
 
-from engine.live.control_queue import ControlQueue
-from engine.live.controls import AppliedControl, ControlError, ControlEvent, ControlState
+from engine.live.control_queue import ControlledGenerator, ControlQueue
+from engine.live.controls import AppliedControl, ControlError, ControlState
 from engine.model.musicgen.guidance import condition_batch, guided_logits
 from engine.model.musicgen.lm import MusicGenLM
 from engine.model.musicgen.text import TextCondition, TextEncoder
@@ -52,7 +50,7 @@ def check_window(window: int, max_positions: int, limit: int = MAX_WINDOW) -> No
                          f"{max_positions}")
 
 
-class MusicGenGenerator:
+class MusicGenGenerator(ControlledGenerator):
     """Generate MusicGen's delayed rows forever; see the module docstring.
 
     Args:
@@ -147,50 +145,14 @@ class MusicGenGenerator:
     def close(self) -> None:
         """Nothing runs in the background."""
 
-    # -- controls (see engine.live.control_queue) ------------------------------------------
-    def submit(self, events: Sequence[ControlEvent]) -> None:
-        """Queue events (any thread); applied together at the next frame boundary."""
-        self.queue.submit(events)
-
-    def schedule(self, frame: int, events: Sequence[ControlEvent]) -> None:
-        """Apply ``events`` together at the start of ``frame`` (replay, automation)."""
-        self.queue.schedule(frame, events)
-
-    def at_boundary(self, fn: Callable[[MusicGenGenerator], None]) -> None:
-        """Run ``fn(generator)`` on the generator thread at the next frame boundary."""
-        self.queue.at_boundary(fn)
-
-    def apply_now(self, events: Sequence[ControlEvent], wall: float | None = None) -> bool:
-        """Apply a bundle now, all or nothing (generator thread). False if refused."""
-        result = self.queue.try_bundle(self.t, self.controls, events, wall)
-        if result is None:
-            return False
-        self.controls, applied = result
-        for entry in applied:
-            if entry.address == "/seed":
-                self.rng.manual_seed(entry.values[0])
-            elif entry.address == "/guidance":
-                self.guidance = float(entry.values[0])
-            elif entry.address == "/reset":
-                self.seq_start, self._history = self.t, []
-            elif entry.address == "/prime/rows":
-                self.prime(torch.from_numpy(entry.values[0]))
-                self.seam = entry.values[0]
-            self.queue.record(entry)
-        return True
-
-    def _apply_pending(self) -> None:
-        for fn in self.queue.boundary_jobs():
-            fn(self)
-        for events, wall in self.queue.due(self.t):
-            self.apply_now(events, wall)
-
-    @property
-    def control_log(self) -> list[AppliedControl]:
-        """The applied events with their frames."""
-        return list(self.queue.log)
-
-    @property
-    def errors(self) -> list[tuple[int, str]]:
-        """``(frame, message)`` of the refused bundles."""
-        return list(self.queue.errors)
+    # -- controls (engine.live.control_queue.ControlledGenerator) -------------------------
+    def _on_applied(self, entry: AppliedControl) -> None:
+        if entry.address == "/seed":
+            self.rng.manual_seed(entry.values[0])
+        elif entry.address == "/guidance":
+            self.guidance = float(entry.values[0])
+        elif entry.address == "/reset":
+            self.seq_start, self._history = self.t, []
+        elif entry.address == "/prime/rows":
+            self.prime(torch.from_numpy(entry.values[0]))
+            self.seam = entry.values[0]

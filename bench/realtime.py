@@ -2,6 +2,8 @@
 
     python bench/realtime.py --model musicgen-small-random|SRC [options of
                              bench/musicgen_realtime.py]  (the MusicGen family)
+    python bench/realtime.py --model rotary-random|FILE [--mode fast|exact] [--seconds S]
+                             [--window W] [--rtf-frames N]  (the rotary family)
     python bench/realtime.py --preset tiny|gpt2|gpt2-medium [--compute auto|cpu|cuda|cuda:N]
                              [--mode exact|fast] [--quantize auto|int4|int8|none|bf16|fp16]
                              [--seconds S] [--window 200] [--hop H] [--threads 1] [--decode-chunk 4]
@@ -55,6 +57,7 @@ from bench.cpu_step import bandwidth, kv_bytes, weight_bytes  # noqa: E402
 from bench.offline import blog_loop  # noqa: E402
 from engine import FRAME_RATE, SAMPLE_RATE  # noqa: E402
 from engine.cli.compute_flags import (  # noqa: E402
+    CPU_DECODE_CHUNK,
     add_compute,
     add_mode_and_runner,
     add_quantize,
@@ -67,9 +70,14 @@ from engine.live.decoder import StreamingDecoder  # noqa: E402
 from engine.live.engine import LiveConfig  # noqa: E402
 from engine.live.generator import RollingGenerator  # noqa: E402
 from engine.live.pipeline import Pipeline  # noqa: E402
+from engine.live.rotary.generator import RotaryGenerator  # noqa: E402
 from engine.model.codec import random_codec  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
+from engine.model.loading.family import load_family  # noqa: E402
+from engine.model.loading.hub import load_torch_file  # noqa: E402
+from engine.model.loading.xtransformers import unwrap_state  # noqa: E402
+from engine.model.rotary_lm import RotaryLM, RotaryLMConfig  # noqa: E402
 
 
 class _Discard:
@@ -105,12 +113,20 @@ def _decoder(codec, args) -> StreamingDecoder:
     return decoder
 
 
-def run_fast(model, codec, args) -> dict:
+def _moving_morph(model, args):
+    """EnCodecGPT: the preset's generator with the morph fader moving over ``frames``."""
+    def make(frames: int) -> RollingGenerator:
+        gen = _generator(model, args)
+        _morph_automation(gen, frames)
+        return gen
+    return make
+
+
+def run_fast(make_gen, codec, args) -> dict:
     start = time.perf_counter()
-    gen = _generator(model, args)
+    gen = make_gen(args.rtf_frames)
     args.startup["generator_s"] = time.perf_counter() - start
     args.startup["capture_s"] = gen.startup_s
-    _morph_automation(gen, args.rtf_frames)
     pipe = Pipeline(gen, _decoder(codec, args), _Discard(),
                     decode_chunk=args.decode_chunk, threads=args.threads)
     pipe.stats.all_ms = []
@@ -127,10 +143,9 @@ def run_fast(model, codec, args) -> dict:
             "decoded_s": pipe.stats.samples_out / SAMPLE_RATE}
 
 
-def run_paced(model, codec, args) -> dict:
+def run_paced(make_gen, codec, args) -> dict:
     frames = int(args.seconds * FRAME_RATE)
-    gen = _generator(model, args)
-    _morph_automation(gen, frames + 10 * FRAME_RATE)
+    gen = make_gen(frames + 10 * FRAME_RATE)
     sink = NullSink(buffer_s=args.buffer, block=512, prefill_s=args.buffer / 2)
     pipe = Pipeline(gen, _decoder(codec, args), sink, decode_chunk=args.decode_chunk,
                     threads=args.threads)
@@ -198,8 +213,8 @@ def streaming_floor(model, args, step_p50_ms: float) -> dict | None:
 
 
 def main() -> None:
-    if "--model" in sys.argv:  # another family: MusicGen (its own options)
-        return musicgen_main()
+    if "--model" in sys.argv:  # another family (its own options)
+        return rotary_main() if _is_rotary(_value_of("--model")) else musicgen_main()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     add_compute(parser)
@@ -229,7 +244,7 @@ def main() -> None:
     codec = random_codec(0)
     weights = args.choice.weights.label
 
-    fast = run_fast(model, codec, args)
+    fast = run_fast(_moving_morph(model, args), codec, args)
     floor = streaming_floor(model, args, fast["step_ms_p50"])
     print(f"{args.preset} {args.choice.mode} {weights}: RTF {fast['rtf']:.2f} (generate + "
           f"decode), {fast['steps_per_s']:.0f} steps/s, step p50 {fast['step_ms_p50']:.2f} ms "
@@ -245,8 +260,8 @@ def main() -> None:
         window_ms = window_loop_ms(model, args.window, 20)
         print(f"generation only, ms/frame: ours {ours_ms:.2f}, blog KV loop {blog_ms:.2f}, "
               f"whole-window loop {window_ms:.2f}", flush=True)
-    paced = run_paced(model, codec, args) if args.seconds > 0 else {"underruns": None,
-                                                                     "paced_played_s": 0.0}
+    paced = (run_paced(_moving_morph(model, args), codec, args) if args.seconds > 0
+             else {"underruns": None, "paced_played_s": 0.0})
     print(f"paced null sink ({args.buffer:.2f} s buffer, the morph moving): "
           f"{paced['paced_played_s']:.1f} s played, {paced['underruns']} underruns", flush=True)
     cpu = ours_ms is not None
@@ -267,6 +282,77 @@ def main() -> None:
         "decode_chunk": args.decode_chunk, "paced_played_s": round(paced["paced_played_s"], 1),
         "cpu_count": os.cpu_count(), "buffer_s": args.buffer, "bandwidth": floor,
     }))
+
+
+def _value_of(flag: str) -> str:
+    i = sys.argv.index(flag)
+    return sys.argv[i + 1] if i + 1 < len(sys.argv) else ""
+
+
+def _is_rotary(source: str) -> bool:
+    """``rotary-random``, or a file that holds an x-transformers state dict."""
+    if source == ROTARY_RANDOM:
+        return True
+    path = Path(source).expanduser()
+    return path.is_file() and path.suffix != ".ckpt" and unwrap_state(
+        load_torch_file(path)) is not None
+
+
+ROTARY_RANDOM = "rotary-random"
+
+
+def rotary_main() -> None:
+    """``--model FILE|rotary-random``: the rotary family (flattened codebooks, fp32 on the
+    CPU): RTF generating and decoding as fast as possible, step p50/p99, and underruns of a
+    paced null-sink run, with the temperature moving every second (this family has no
+    prompt mix to move)."""
+    p = argparse.ArgumentParser(description=rotary_main.__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, metavar="FILE|rotary-random",
+                   help="a rotary model file, or rotary-random (the recipe's size, random)")
+    p.add_argument("--mode", choices=("fast", "exact"), default="fast")
+    p.add_argument("--window", type=int, default=None, help="tokens (default max_seq_len)")
+    p.add_argument("--seconds", type=float, default=60.0, help="paced run (underruns)")
+    p.add_argument("--rtf-frames", type=int, default=750)
+    p.add_argument("--buffer", type=float, default=LiveConfig.buffer_s)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--decode-chunk", type=int, default=CPU_DECODE_CHUNK)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.model == ROTARY_RANDOM:
+        torch.manual_seed(0)
+        model, codec = RotaryLM(RotaryLMConfig()).eval(), random_codec(0)
+    else:
+        loaded = load_family(args.model)
+        model, codec = loaded.model, loaded.codec
+    args.choice = resolve_engine("cpu", "none", args.mode)
+    args.startup = {}
+
+    def make(frames: int) -> RotaryGenerator:
+        gen = RotaryGenerator(model, ControlState(num_slots=1), window=args.window,
+                              mode=args.mode, seed=0)
+        for i, f in enumerate(range(0, frames, FRAME_RATE)):
+            gen.schedule(f, [ControlEvent("/temperature", (0.9 if i % 2 else 1.1,))])
+        return gen
+
+    fast = run_fast(make, codec, args)
+    cfg = model.cfg
+    print(f"rotary (dim {cfg.dim}, depth {cfg.depth}, {cfg.codebooks} codebooks flattened) "
+          f"{args.mode}: RTF {fast['rtf']:.2f} (generate + decode), frame step p50 "
+          f"{fast['step_ms_p50']:.2f} ms p99 {fast['step_ms_p99']:.2f} ms "
+          f"({cfg.codebooks} tokens a frame), longest {fast['stall_ms_max']:.1f} ms", flush=True)
+    paced = (run_paced(make, codec, args) if args.seconds > 0
+             else {"underruns": None, "paced_played_s": 0.0})
+    print(f"paced null sink ({args.buffer:.2f} s buffer, the temperature moving): "
+          f"{paced['paced_played_s']:.1f} s played, {paced['underruns']} underruns", flush=True)
+    print(json.dumps({"family": "rotary", "model": args.model, "mode": args.mode,
+                      "window": args.window or cfg.max_seq_len, "seconds": args.seconds,
+                      "rtf": round(fast["rtf"], 3), "step_ms_p50": round(fast["step_ms_p50"], 3),
+                      "step_ms_p99": round(fast["step_ms_p99"], 3),
+                      "stall_ms_max": round(fast["stall_ms_max"], 2),
+                      "underruns": paced["underruns"],
+                      "paced_played_s": round(paced["paced_played_s"], 1),
+                      "threads": args.threads, "decode_chunk": args.decode_chunk,
+                      "buffer_s": args.buffer, "cpu_count": os.cpu_count()}))
 
 
 def musicgen_main() -> None:

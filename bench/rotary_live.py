@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.live.audio.sinks import NullSink  # noqa: E402
+from engine.live.controls import ControlEvent  # noqa: E402
 from engine.live.decoder import StreamingDecoder  # noqa: E402
 from engine.live.pipeline import Pipeline  # noqa: E402
 from engine.live.rotary.generator import RotaryGenerator  # noqa: E402
@@ -52,7 +53,8 @@ def main() -> None:
     seam_frame = None
     while pipe._gen_thread.is_alive():
         if seam_frame is None and gen.t >= frames // 2:
-            gen.prime(torch.randint(0, 1024, (2, 75)))
+            rows = torch.randint(0, 1024, (75, 2)).numpy()  # codes [T, Q]
+            gen.submit([ControlEvent("/prime/rows", (rows,))])  # at the next frame boundary
             seam_frame = gen.t + 1
         time.sleep(0.05)
     pipe.join()

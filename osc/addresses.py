@@ -16,6 +16,10 @@ import json
 from dataclasses import dataclass, replace
 
 from engine.live.controls import GENERATOR_CONTROLS, MAX_SLOTS
+from engine.live.rotary.generator import REFUSED, UNSUPPORTED_COMMANDS
+
+FAMILIES = ("encodecgpt", "rotary")  # the families the live engine plays
+_ROTARY_LACKS = set(REFUSED) | set(UNSUPPORTED_COMMANDS)
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class Address:
     widget: str = ""  # what a control surface shows for it (fader, xy, dial, button, ...)
     flow: str = "discrete"  # continuous: a later value supersedes (coalesced in a flood);
     # discrete: every message acts, none is dropped; "" for what the engine sends
+    families: tuple[str, ...] = FAMILIES  # the model families that have it (the others
+    # answer /error naming their family)
 
 
 _WIDGETS = {"/morph": "fader", "/morph/xy": "xy", "/mix": "multislider", "/glide": "dial",
@@ -88,8 +94,8 @@ REPLIES = tuple(replace(a, flow="") for a in (  # sent: no flow
             widget="label"),
     Address("/engine/info", "sssis",
             "on /status and to each new feedback target: compute (cpu, cuda:0, mps), weights "
-            "(fp32, bf16, fp16, int8, int4), model family (encodecgpt), window (frames), "
-            "mode (exact, fast)", kind="reply", widget="label"),
+            "(fp32, bf16, fp16, int8, int4), model family (encodecgpt, rotary), window "
+            "(frames; rotary: tokens), mode (exact, fast)", kind="reply", widget="label"),
     Address("/engine/mix", "f…", "~10 Hz: the current weight of every slot", kind="reply",
             widget="label"),
     Address("/engine/level", "ff", "~10 Hz: peak and RMS in dBFS of the last 0.1 s sent to "
@@ -114,6 +120,9 @@ REPLIES = tuple(replace(a, flow="") for a in (  # sent: no flow
     Address("/schema", "s", "reply to /schema", kind="reply"),
 ))
 
+CONTROLS, COMMANDS = (tuple(replace(a, families=("encodecgpt",)) if a.address in _ROTARY_LACKS
+                            else a for a in group) for group in (CONTROLS, COMMANDS))
+
 TABLE: dict[str, Address] = {a.address: a for a in CONTROLS + COMMANDS}
 """Addresses the engine accepts."""
 
@@ -133,7 +142,7 @@ def schema_json(num_slots: int = MAX_SLOTS) -> str:
     def row(a: Address) -> dict:
         return {"address": a.address, "types": a.types, "low": a.low, "high": a.high,
                 "default": list(a.default), "clamp": a.clamp, "kind": a.kind, "flow": a.flow,
-                "help": a.help}
+                "families": list(a.families), "help": a.help}
 
     accepts = table_for(num_slots)
     return json.dumps({"num_slots": num_slots,
@@ -143,16 +152,17 @@ def schema_json(num_slots: int = MAX_SLOTS) -> str:
 
 def markdown_table() -> str:
     """The README's OSC table (``python -m osc.addresses`` prints it)."""
-    lines = ["| address | args | flow | range | default | what it does |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| address | args | flow | families | range | default | what it does |",
+             "|---|---|---|---|---|---|---|"]
     for a in CONTROLS + COMMANDS + REPLIES:
         rng = "" if a.low is None and a.high is None else (
             f"{_fmt(a.low)}..{_fmt(a.high)}" + (" (clamped)" if a.clamp else ""))
         args = a.types or "-"
         direction = " (sent by the engine)" if a.kind == "reply" else ""
         default = " ".join(_fmt(v) for v in a.default)
-        lines.append(f"| `{a.address}` | `{args}` | {a.flow} | {rng} | {default} | "
-                     f"{a.help}{direction} |")
+        families = "all" if a.families == FAMILIES else ", ".join(a.families)
+        lines.append(f"| `{a.address}` | `{args}` | {a.flow} | {families} | {rng} | "
+                     f"{default} | {a.help}{direction} |")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from fixtures import TONE_CODEC, needs_fixtures
 from live_helpers import run_cli
@@ -116,3 +117,8 @@ def test_rotary_training_loss_falls_and_the_model_renders(rotary_run, tmp_path):
             "--tokens-out", tmp_path / "t.npy", "--out", tmp_path / "o.wav")
     tokens = np.load(tmp_path / "t.npy")
     assert tokens.shape == (75, 2) and tokens.min() >= 0 and tokens.max() < 1024
+    live = run_cli("--model", model, "--device", "null", "--seconds", "2", "--no-status",
+                   "--osc-port", "0", "--tap", tmp_path / "tap.wav", timeout=300)
+    assert "model: rotary" in live.stderr and "stopped after" in live.stderr, live.stderr
+    tap, rate = sf.read(tmp_path / "tap.wav")
+    assert tap.shape[0] > rate and np.abs(tap).max() > 0  # it played (and was heard)

@@ -16,6 +16,7 @@ import torch
 
 from engine.cli.commands import COMMANDS
 from engine.cli.compute_flags import (
+    EngineChoice,
     add_compute,
     add_mode_and_runner,
     add_quantize,
@@ -29,8 +30,10 @@ from engine.live.audio.sound_device import list_devices, set_jack_client_name
 from engine.live.control_input import DEFAULT_SLOTS
 from engine.live.controls import MAX_SLOTS
 from engine.live.engine import LiveConfig
+from engine.live.generator import DEFAULT_WINDOW
 from engine.live.listen.capture import check_input
-from engine.live.step.compute import out_of_memory_as_user_error
+from engine.live.rotary.prefix import PrefixReader, prefix_frames
+from engine.live.step.compute import out_of_memory_as_user_error, resolve_weights
 from engine.model.config import PRESETS
 from engine.model.encodecmae import DEFAULT_ENCODECMAE, default_cache_dir, load_encodecmae
 from engine.model.loading.checkpoint import DEFAULT_CHECKPOINT
@@ -40,6 +43,7 @@ from engine.model.loading.published import models_table
 from engine.model.loading.random_model import random_model
 from engine.model.musicgen.files import musicgen_table
 from engine.model.prompt_files import PromptReader, load_prompt_npy
+from engine.model.rotary_lm import RotaryLM
 from engine.session.live_session import build_live_engine
 from osc.feedback import FeedbackSender
 from osc.midi import MidiMapper, open_midi_input, read_mapping
@@ -82,7 +86,10 @@ def build_live_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-seconds", type=float, default=30.0, metavar="S",
                    help="embed at most the first S seconds of an audio prompt (--prompt and "
                         "/prompt/load; default 30; 0 = the whole file)")
-    g.add_argument("--window", type=int, default=200, help="token window in frames (< 300)")
+    g.add_argument("--window", type=int, default=argparse.SUPPRESS,
+                   help=f"token window in frames, < 300 (default: {DEFAULT_WINDOW}); a rotary "
+                        "model's in tokens, start token included (default and at most its "
+                        "max_seq_len)")
     add_mode_and_runner(g)
     g.add_argument("--hop", type=int, default=None, help="fast-mode hop (default window/4)")
     add_quantize(g)
@@ -164,10 +171,19 @@ def cmd_live(argv: list[str]) -> int:
     _check_input(args)
     choice = resolve_engine(args.compute, args.quantize, args.mode, args.step_runner)
     torch.set_num_threads(max(1, args.threads))
-    print(choice.describe(), file=sys.stderr, flush=True)
     start = time.perf_counter()
     model, codec, encoder_factory = _load(args)
-    slots = _initial_prompts(args, model, encoder_factory)
+    args.window = getattr(args, "window", None)  # given, or the family's default below
+    if isinstance(model, RotaryLM):
+        choice = _rotary_choice(args, model)
+        cfg = model.cfg
+        print(f"model: rotary (x-transformers, {cfg.codebooks} codebooks flattened, dim "
+              f"{cfg.dim}, depth {cfg.depth}), window {args.window} tokens; unconditional: "
+              "slots hold audio prefixes (/prompt/load i FILE, /prime i)", file=sys.stderr)
+    else:
+        args.window = args.window or DEFAULT_WINDOW
+    print(choice.describe(), file=sys.stderr, flush=True)
+    slots = _initial_prompts(args, model, codec, encoder_factory)
     loaded = time.perf_counter() - start
     engine = _build_engine(args, choice, model, codec, slots, encoder_factory)
     print(_startup_line(loaded, engine.startup, time.perf_counter() - start), file=sys.stderr,
@@ -254,12 +270,15 @@ def _load(args):
         if args.checkpoint is None and "cannot be reached" in str(e):
             raise UserError(OFFLINE_HELP.format(reason=e)) from None
         raise
+    if loaded.facts.name == "rotary":
+        args.context_s = None
+        args.identity = {"model": loaded.source, "sha256": loaded.sha256, "family": "rotary",
+                         "codec": loaded.codec.name}
+        return loaded.model, loaded.codec, encoder_factory
     if loaded.facts.name != "encodecgpt":
-        what = {"rotary": "x-transformers, flattened codebooks",
-                "musicgen": "text-conditioned, 32 kHz"}.get(loaded.facts.name, "")
-        raise UserError(f"{source}: a {loaded.facts.name} model ({what}); live play of this "
-                        "family is not wired into the engine yet: render it with "
-                        "`run_engine.py render --model SRC`")
+        raise UserError(f"{source}: a {loaded.facts.name} model (text-conditioned, 32 kHz); "
+                        "live play of this family is not wired into the engine yet: render "
+                        "it with `run_engine.py render --model SRC`")
     ckpt = loaded.checkpoint
     args.encodecmae, warning = choose_encodecmae(
         ckpt.encodecmae, ckpt.pairing, args.encodecmae, args.force_encodecmae, str(source))
@@ -292,7 +311,33 @@ def _random_prompt_dim(args, encoder_factory) -> int | None:
     return None
 
 
-def _initial_prompts(args, model, encoder_factory) -> list[np.ndarray]:
+def _rotary_choice(args, model: RotaryLM) -> EngineChoice:
+    """The rotary family runs fp32 on the CPU (a model of a few million weights), in the
+    window mode asked for (``fast`` by default); its window is in tokens (start token
+    included), ``max_seq_len`` by default and at most."""
+    if args.compute not in ("auto", "cpu"):
+        raise UserError(f"--compute {args.compute}: the rotary family runs on the CPU")
+    if args.quantize not in (None, "auto", "none"):
+        raise UserError(f"--quantize {args.quantize}: the rotary family runs fp32 weights")
+    if args.step_runner is not None or args.hop is not None:
+        raise UserError("--step-runner and --hop are EnCodecGPT's; the rotary window slides "
+                        "token by token (--mode fast) or is recomputed (--mode exact)")
+    if args.input is not None:
+        raise UserError("--input: the rotary model is unconditional: it has no prompt vector "
+                        "a live input could update")
+    cap = model.cfg.max_seq_len
+    args.window = args.window or cap
+    if not 2 <= args.window <= cap:
+        raise UserError(f"--window {args.window}: the rotary model was trained on {cap} "
+                        f"positions; give 2..{cap} tokens (start token included)")
+    cpu = torch.device("cpu")
+    mode = args.mode or "fast"
+    return EngineChoice(cpu, resolve_weights("none", cpu, mode), mode, None)
+
+
+def _initial_prompts(args, model, codec, encoder_factory) -> list[np.ndarray]:
+    if isinstance(model, RotaryLM):
+        return _initial_prefixes(args, model, codec)
     files = [Path(p) for p in args.prompt]
     count = min(args.slots, DEFAULT_SLOTS)  # every slot the XY pad uses
     if not files and args.random_weights and not args.embed_random_prompts:
@@ -309,6 +354,23 @@ def _initial_prompts(args, model, encoder_factory) -> list[np.ndarray]:
     reader = PromptReader(encoder_factory, expected_dim=model.prompt_dim,
                           max_seconds=_prompt_seconds(args))
     return [reader.read(f) for f in files]
+
+
+def _initial_prefixes(args, model: RotaryLM, codec) -> list[np.ndarray]:
+    """The rotary family's slots: audio prefixes, codes ``[T, Q]`` of each ``--prompt``
+    file's first seconds (the first primes the window); none: the start token alone."""
+    if any(p.lower().endswith(".npy") for p in args.prompt):
+        raise UserError("--prompt: the rotary model is unconditional; a slot holds an audio "
+                        "prefix (a sound file), not a .npy vector")
+    reader = PrefixReader(codec, model.cfg.codebooks,
+                          prefix_frames(args.window, model.cfg.codebooks,
+                                        _prompt_seconds(args)))
+    args.slot_sources = [str(Path(p).resolve()) for p in args.prompt]
+    prefixes = [reader.read(p) for p in args.prompt]
+    print("prompts: " + (", ".join(f"{Path(p).name} ({c.shape[0]} frames)"
+                                   for p, c in zip(args.prompt, prefixes, strict=True))
+                         or "none (the start token alone: unconditional)"), file=sys.stderr)
+    return prefixes
 
 
 def _positive(value: float, flag: str) -> float:
@@ -345,7 +407,8 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
                         prompt_seconds=_prompt_seconds(args),
                         tap=args.tap, sessions_dir=args.sessions_dir,
                         scenes_dir=args.scenes_dir,
-                        identity=dict(args.identity, prompt_dim=model.prompt_dim),
+                        identity=dict(args.identity,
+                                      prompt_dim=getattr(model, "prompt_dim", None)),
                         slot_sources=list(args.slot_sources), context_s=args.context_s,
                         limiter=args.limiter, input=args.input,
                         input_hostapi=args.input_hostapi,

@@ -16,6 +16,7 @@ import torch
 
 from engine import FRAME_RATE, SAMPLE_RATE
 from engine.errors import UserError
+from engine.live.controls import ControlEvent
 from engine.live.rotary.generator import RotaryGenerator
 from engine.model.audio_io import write_audio
 from engine.model.loading.family import LoadedFamilyModel
@@ -37,8 +38,10 @@ def render_rotary(args: argparse.Namespace, loaded: LoadedFamilyModel, steps: in
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
     gen = RotaryGenerator(loaded.model, window=window, mode=args.mode or "fast",
                           greedy=args.greedy, seed=seed, prefix=prefix)
-    gen.sampling.temperature, gen.sampling.top_k = args.temperature, args.top_k
-    gen.sampling.top_p = args.top_p
+    sampling = [ControlEvent("/temperature", (args.temperature,)),
+                ControlEvent("/topk", (args.top_k,)), ControlEvent("/topp", (args.top_p,))]
+    if not gen.apply_now(sampling):
+        raise UserError(f"render: {gen.errors[-1][1]}")
     start = time.perf_counter()
     frames = torch.stack([gen.step() for _ in range(steps)])  # [T, Q]
     elapsed = time.perf_counter() - start

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.live.controls import ControlEvent, ControlState
+from engine.live.controls import ControlError, ControlEvent, ControlState
 from engine.live.generator import RollingGenerator
 
 DEFAULT_SLOTS = 4
@@ -46,7 +46,9 @@ class ControlInbox:
     """Validate bundles against the state they will meet, then queue them on ``generator``.
 
     Args:
-        generator: where accepted bundles go (:meth:`RollingGenerator.submit`).
+        generator: where accepted bundles go (:meth:`RollingGenerator.submit`); a bundle
+            with an address in its ``refused`` (``{address: reason}``; a family without a
+            prompt mix) is refused with the reason.
         controls: the generator's controls before anything is submitted (copied).
     """
 
@@ -62,6 +64,10 @@ class ControlInbox:
         Raises:
             ControlError: the bundle is refused as a whole; nothing was queued.
         """
+        refused = getattr(self.generator, "refused", {})
+        for ev in events:
+            if ev.address in refused:
+                raise ControlError(f"{ev.address}: {refused[ev.address]}")
         with self._lock:
             trial = self._future.copy()
             for ev in events:

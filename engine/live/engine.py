@@ -2,7 +2,9 @@
 
 :class:`LiveEngine` builds and connects, one file each:
 
-* the rolling generator (:mod:`engine.live.generator`) and its control input
+* the model family's generator — the rolling generator (:mod:`engine.live.generator`) for
+  EnCodecGPT, :mod:`engine.live.rotary.generator` for the rotary family (slots hold audio
+  prefixes, :mod:`engine.live.rotary.prefix`) — and its control input
   (:mod:`engine.live.control_input`: initial slots, bundles validated as a whole);
 * the two-thread pipeline, generator → decoder → sink (:mod:`engine.live.pipeline`);
 * the output: a PortAudio device, or the null sink, with the watchdog that falls back to the
@@ -75,27 +77,27 @@ from engine.errors import UserError
 from engine.live.audio.output import LiveOutput
 from engine.live.audio.seam import min_primed_rows
 from engine.live.control_input import ControlInbox, initial_controls
-from engine.live.controls import ControlEvent
+from engine.live.controls import ControlError, ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
-from engine.live.generator import RollingGenerator
+from engine.live.generator import DEFAULT_WINDOW, RollingGenerator
 from engine.live.listen.capture import open_input
 from engine.live.listen.updater import DEFAULT_INTERVAL_S, SILENCE_DB, ListenUpdater
 from engine.live.listeners import EngineListener, Listeners
 from engine.live.pipeline import Pipeline
 from engine.live.prompt_loading import PromptLoader
+from engine.live.rotary.generator import RotaryGenerator
+from engine.live.rotary.prefix import PrefixReader, prefix_frames
 from engine.live.transport import Transport
 from engine.model.prompt_files import PromptReader
+from engine.model.rotary_lm import RotaryLM
 from engine.model.tokens.priming import prime_frames, read_prime
 
 WARM_UP_TIMEOUT_S = 30.0
 
 
-MODEL_FAMILY = "encodecgpt"  # what /engine/info names; one family plugs in today
-
-
 @dataclass
 class LiveConfig:
-    window: int = 200
+    window: int | None = None  # None: the family's (200 frames; rotary: max_seq_len tokens)
     mode: str = "fast"
     hop: int | None = None
     quantize: str = "none"  # resolved (engine.live.step.compute.resolve_weights)
@@ -130,8 +132,10 @@ class LiveEngine:
     """Everything that runs while a performer plays (see the module's threading model).
 
     Args:
-        model, codec: the language model and its codec.
-        slots: initial prompt embeddings, in slot order (at least one).
+        model, codec: the language model (an EnCodecGPT, or a rotary ``RotaryLM``) and its
+            codec.
+        slots: initial prompt embeddings ``[P]``, in slot order (at least one); for a rotary
+            model, audio prefixes: codes ``[T, Q]`` (none: the start token alone).
         config: see :class:`LiveConfig`.
         encoder_factory: builds the prompt encoder on the first ``/prompt/load`` (lazy, so
             a session that never loads files never loads EnCodecMAE).
@@ -141,15 +145,10 @@ class LiveEngine:
     def __init__(self, model, codec, slots: list[np.ndarray], config: LiveConfig,
                  encoder_factory: Callable[[], object] | None = None,
                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)):
-        if not slots:
-            raise UserError("the engine needs at least one prompt")
         self.config, self.log = config, log
         self.codec = codec
-        controls = initial_controls(slots, num_slots=config.num_slots)
-        self.generator = RollingGenerator(model, controls, window=config.window,
-                                          mode=config.mode, hop=config.hop,
-                                          quantize=config.quantize, seed=config.seed,
-                                          compute=config.compute, runner=config.runner)
+        self.prefixes: dict[int, np.ndarray] = {}  # audio-prefix slots: codes [T, Q]
+        self.generator, controls = self._make_generator(model, slots, config)
         self.inbox = ControlInbox(self.generator, controls)
         decoder = StreamingDecoder(codec.model, device=config.compute)
         self.startup = {"capture_s": self.generator.startup_s, "decoder_warmup_s": 0.0}
@@ -167,11 +166,18 @@ class LiveEngine:
         if not config.limiter:
             self.pipeline.safety = None
         self.events = Listeners(log, rate=lambda: self.output.rate)
-        reader = PromptReader(encoder_factory, expected_dim=model.prompt_dim,
-                              max_seconds=config.prompt_seconds)
+        if self.family == "rotary":  # a slot holds the codes of a file's first seconds
+            gen = self.generator
+            reader = PrefixReader(codec, gen.num_q,
+                                  prefix_frames(gen.window, gen.num_q, config.prompt_seconds))
+            store = self._store_prefix
+        else:
+            reader = PromptReader(encoder_factory, expected_dim=model.prompt_dim,
+                                  max_seconds=config.prompt_seconds)
+            store = None
         self.prompts = PromptLoader(reader,
                                     config.prompt_dirs, controls.num_slots, self.submit,
-                                    sources=config.slot_sources)
+                                    sources=config.slot_sources, store=store)
         self.transport = Transport(self.pipeline, self.output, self.generator, self.events)
         self.input = open_input(config.input, config.input_hostapi) if config.input else None
         self.listener = None if self.input is None else ListenUpdater(
@@ -183,6 +189,30 @@ class LiveEngine:
         self.recorder = None  # set by engine.session.live_session when sessions are recorded
         self.scenes = None  # likewise, the scene store (engine.session.scenes)
         self._connect()
+
+    def _make_generator(self, model, slots: list[np.ndarray], config: LiveConfig):
+        """The family's generator and its initial controls. EnCodecGPT: prompt vectors
+        ``[P]`` in the slots. Rotary: ``slots`` are audio prefixes, codes ``[T, Q]`` (the
+        first primes the window; none: the start token alone)."""
+        if isinstance(model, RotaryLM):
+            controls = ControlState(num_slots=config.num_slots)
+            self.prefixes = dict(enumerate(slots))
+            prefix = torch.from_numpy(np.ascontiguousarray(slots[0].T)) if slots else None
+            gen = RotaryGenerator(model, controls, window=config.window, mode=config.mode,
+                                  seed=config.seed, prefix=prefix)
+            return gen, controls
+        if not slots:
+            raise UserError("the engine needs at least one prompt")
+        controls = initial_controls(slots, num_slots=config.num_slots)
+        gen = RollingGenerator(model, controls, window=config.window or DEFAULT_WINDOW,
+                               mode=config.mode, hop=config.hop, quantize=config.quantize,
+                               seed=config.seed, compute=config.compute, runner=config.runner)
+        return gen, controls
+
+    @property
+    def family(self) -> str:
+        """The model family playing (``encodecgpt`` or ``rotary``)."""
+        return getattr(self.generator, "family", "encodecgpt")
 
     def _connect(self) -> None:
         """Route the generator's, the pipeline's and the output's events to the listeners."""
@@ -302,7 +332,11 @@ class LiveEngine:
     def prime(self, slot: int, done: Callable[[str, int], None],
               failed: Callable[[str], None]) -> None:
         """Continue slot ``slot``'s audio: its file's last seconds become the window's rows
-        at a frame boundary (loader thread); then ``done(file, rows)`` or ``failed(message)``."""
+        at a frame boundary (loader thread); then ``done(file, rows)`` or ``failed(message)``.
+        Rotary: the window restarts from the slot's audio prefix (its file's first seconds)."""
+        if self.family == "rotary":
+            self._prime_prefix(slot, done, failed)
+            return
         source = self.prompts.sources.get(slot)
         if source is None or Path(source).suffix.lower() == ".npy" or not Path(source).is_file():
             failed(f"slot {slot} holds no audio file to prime from (its source: {source})")
@@ -312,7 +346,29 @@ class LiveEngine:
     def prime_file(self, path: str, done: Callable[[str, int], None],
                    failed: Callable[[str], None]) -> None:
         """As :meth:`prime`, from an audio file inside the prompt folders."""
+        if self.family == "rotary":
+            self.prompts.prime(path, lambda file: (self.prompts.reader.read(file),), done,
+                               failed)
+            return
         self.prompts.prime(path, self._prime_values, done, failed)
+
+    # -- audio prefixes (the rotary family) -----------------------------------------------------
+    def _store_prefix(self, slot: int, codes: np.ndarray) -> None:
+        """``/prompt/load`` for the rotary family: keep the codes for ``/prime slot``."""
+        self.prefixes[slot] = codes
+
+    def _prime_prefix(self, slot: int, done: Callable[[str, int], None],
+                      failed: Callable[[str], None]) -> None:
+        codes = self.prefixes.get(slot)
+        if codes is None:
+            failed(f"slot {slot} holds no audio prefix (/prompt/load {slot} FILE first)")
+            return
+        try:
+            self.submit([ControlEvent("/prime/rows", (codes,))])
+        except ControlError as e:
+            failed(str(e))
+            return
+        done(self.slot_sources.get(slot, f"slot {slot}"), int(codes.shape[0]))
 
     def _prime_values(self, file: Path) -> tuple:
         """The ``/prime/rows`` values for ``file`` (loader thread): its rows, and in fast
@@ -354,6 +410,9 @@ class LiveEngine:
     def listen(self, slot: int, seconds: float | None = None) -> float:
         """Bind ``slot`` to the live input (``/prompt/listen``); returns the analysis
         seconds. Raises :class:`UserError` without ``--input`` or EnCodecMAE."""
+        if self.family == "rotary":
+            raise UserError("the rotary model is unconditional: a slot holds an audio prefix, "
+                            "not a vector a live input could update")
         if self.listener is None:
             raise UserError("no live input: start the engine with --input NAME|INDEX|file:PATH")
         if not 0 <= slot < self.num_slots:
@@ -382,7 +441,7 @@ class LiveEngine:
         weight format, model family, window, mode."""
         gen = self.generator
         weights = "fp32" if gen.weight_format == "none" else gen.weight_format
-        return {"compute": str(gen.compute), "weights": weights, "family": MODEL_FAMILY,
+        return {"compute": str(gen.compute), "weights": weights, "family": self.family,
                 "window": gen.window, "mode": gen.mode}
 
     def status(self) -> dict:

@@ -254,7 +254,9 @@ class Pipeline:
                     if chunk:
                         self._emit(chunk)
                         chunk = []
-                    self._fade = Crossfade(self.decoder, item.rows, self._take_warm(item.rows))
+                    flat = getattr(self.generator, "pattern", "delay") == "flatten"
+                    self._fade = Crossfade(self.decoder, item.rows, self._take_warm(item.rows),
+                                           self.generator.frame_assembler() if flat else None)
                     undelay = self._fade.undelay
                     continue
                 row, gain_db = item

@@ -40,11 +40,17 @@ class PromptLoader:
         submit: queues a control bundle (validates it as a whole; raises
             :class:`ControlError` if refused).
         sources: where each initial slot's vector came from (file, ``random``...).
+        store: ``store(slot, value)`` puts what ``reader`` read into a slot (default: a
+            ``/prompt/slot`` bundle through ``submit``; the rotary family keeps audio
+            prefixes in the engine instead).
     """
 
     def __init__(self, reader: PromptReader, prompt_dirs: Sequence[Path], num_slots: int,
-                 submit: Callable[[list[ControlEvent]], None], sources: Sequence = ()):
+                 submit: Callable[[list[ControlEvent]], None], sources: Sequence = (),
+                 store: Callable[[int, object], None] | None = None):
         self.reader, self.num_slots, self.submit = reader, num_slots, submit
+        self.store = store or (lambda slot, vec: submit([ControlEvent("/prompt/slot",
+                                                                      (slot, vec))]))
         self.prompt_dirs = [Path(d) for d in prompt_dirs]
         self.sources: dict[int, str] = {i: str(src) for i, src in enumerate(sources)}
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="prompt-load",
@@ -98,7 +104,7 @@ class PromptLoader:
             with self._lock:  # the check and the queueing as one step
                 if self._latest.get(slot) != ticket:
                     raise UserError(superseded)
-                self.submit([ControlEvent("/prompt/slot", (slot, vec))])
+                self.store(slot, vec)
             self.sources[slot] = str(file)
         except UserError as e:
             failed(str(e))

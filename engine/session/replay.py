@@ -28,9 +28,12 @@ from engine.live.controls import SPECS, ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
 from engine.live.pipeline import Pipeline
+from engine.live.rotary.generator import RotaryGenerator
 from engine.live.step.compute import resolve_weights
 from engine.model.loading.checkpoint import load_checkpoint
+from engine.model.loading.family import load_family
 from engine.model.loading.random_model import random_model
+from engine.model.rotary_lm import RotaryLM
 from engine.session.files import repair_npy, repair_wav
 from engine.session.format import (
     load_decoder_state,
@@ -94,10 +97,11 @@ def load_session_model(info: dict, checkpoint: str | None, trust: bool,
     ident = info.get("model", {})
     if checkpoint is None and ident.get("random_weights"):
         return random_model(ident)
-    source = checkpoint or ident.get("checkpoint")
+    source = checkpoint or ident.get("checkpoint") or ident.get("model")
     if not source:
         raise UserError("the session names no checkpoint; pass --checkpoint")
-    loaded = load_checkpoint(source, trust=trust)
+    loaded = (load_family(source, trust=trust) if ident.get("family") == "rotary"
+              else load_checkpoint(source, trust=trust))
     recorded = ident.get("sha256")
     if recorded and loaded.sha256 and loaded.sha256 != recorded:
         if checkpoint is None:
@@ -143,11 +147,15 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
                "not bit-identical (another sampler and float rounding; same rows, controls "
                "and window)")
     model, codec = load_session_model(info, checkpoint, trust, notice)
+    state, greedy = ControlState(num_slots=eng["num_slots"]), bool(eng.get("greedy", False))
     try:  # e.g. int4 weights recorded, onnxruntime not installed here
-        gen = RollingGenerator(model, ControlState(num_slots=eng["num_slots"]),
-                               window=eng["window"], mode=eng["mode"], hop=eng["hop"],
-                               quantize=quantize, greedy=bool(eng.get("greedy", False)),
-                               seed=eng["seed"], compute=compute)
+        if isinstance(model, RotaryLM):
+            gen = RotaryGenerator(model, state, window=eng["window"], mode=eng["mode"],
+                                  greedy=greedy, seed=eng["seed"])
+        else:
+            gen = RollingGenerator(model, state, window=eng["window"], mode=eng["mode"],
+                                   hop=eng["hop"], quantize=quantize, greedy=greedy,
+                                   seed=eng["seed"], compute=compute)
     except ValueError as e:
         raise UserError(f"{folder}: cannot replay this session here: {e}") from None
     gen.set_state(load_generator_state(folder, info), other_device=compute.type != recorded.type)

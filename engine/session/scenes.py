@@ -78,6 +78,9 @@ class SceneStore:
 
     def path(self, name: str) -> Path:
         """The scene file of ``name`` (refused if it has '/', '\\' or '..')."""
+        if self.engine.family == "rotary":
+            raise UserError("scenes hold prompt slots and a mix, which the rotary family does "
+                            "not have (it is unconditional)")
         if not name:
             raise UserError("a scene needs a name")
         return self.folder / f"{clean_session_name(name)}.json"

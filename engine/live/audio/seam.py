@@ -14,6 +14,10 @@ primed sequence, not to the one the decoder was playing:
   sound that was playing without a jump, the new one is the continuation — and a linear
   ramp crossfades from the first to the second; then only the new state remains.
 
+The rotary family (flattened codebooks, ``Crossfade(..., assembler=...)``) primes with codes
+``[T, Q]``: every primed row is a whole frame, nothing is in flight, and the new stream is
+warmed on the last :data:`WARM_FRAMES` frames the same way before the same ramp.
+
 Threading: decoder thread only (:class:`engine.live.pipeline.Pipeline`).
 """
 
@@ -62,8 +66,12 @@ class Crossfade:
             for the rows that follow.
     """
 
-    def __init__(self, decoder: StreamingDecoder, rows: np.ndarray, warm: dict | None = None):
+    def __init__(self, decoder: StreamingDecoder, rows: np.ndarray, warm: dict | None = None,
+                 assembler=None):
         num_q = rows.shape[1]
+        if assembler is not None:  # a flattened family: every primed row is a whole frame
+            self._flat_seam(decoder, rows, assembler)
+            return
         if rows.shape[0] < min_primed_rows(num_q):
             raise ValueError(f"a seam needs at least {min_primed_rows(num_q)} primed rows, "
                              f"got {rows.shape[0]}")
@@ -73,6 +81,22 @@ class Crossfade:
             self.undelay.push(r)
         self.old = decoder.get_state()
         self.new = warm if warm is not None else warm_state(decoder, rows)
+        self.length = CROSSFADE_FRAMES * HOP_LENGTH
+        self.pos = 0  # samples of the ramp done
+
+    def _flat_seam(self, decoder: StreamingDecoder, codes: np.ndarray, assembler) -> None:
+        """The rotary family's seam: ``codes`` ``[T, Q]`` are frames (no delay, nothing in
+        flight); the new stream is warmed on the last :data:`WARM_FRAMES` of them and the
+        rows that follow go through a fresh ``assembler`` (the family's un-flatten)."""
+        if codes.shape[0] < FIRST_CHUNK_FRAMES:
+            raise ValueError(f"a seam needs at least {FIRST_CHUNK_FRAMES} primed frames, got "
+                             f"{codes.shape[0]}")
+        self.decoder, self.undelay = decoder, assembler
+        self.old = decoder.get_state()
+        decoder.reset()
+        decoder.push(torch.from_numpy(codes[-WARM_FRAMES:]).T[None])  # heard by nobody
+        self.new = decoder.get_state()
+        decoder.set_state(self.old)
         self.length = CROSSFADE_FRAMES * HOP_LENGTH
         self.pos = 0  # samples of the ramp done
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from engine.live.rotary.window import window_start
+from engine.live.state import StateReader
 from engine.model.rotary_lm import RotaryLM
 
 
@@ -41,3 +42,17 @@ class RecomputeStep:
         self.tokens = tokens[window_start(len(tokens), self.keep, self.cfg.codebooks):]
         self.count += 1
         return self._forward()
+
+    def get_state(self) -> dict:
+        """The window's tokens ``[n]`` (after the start token) and the token count."""
+        return {"tokens": self.tokens.clone(), "count": int(self.count)}
+
+    def set_state(self, state: dict) -> None:
+        """Continue from :meth:`get_state` (raises ``ValueError`` on missing or unused keys,
+        or more tokens than the window holds)."""
+        with StateReader(state, "recompute step") as s:
+            tokens, count = s.pop("tokens"), int(s.pop("count"))
+        if tokens.ndim != 1 or len(tokens) > self.keep:
+            raise ValueError(f"recompute step state: {len(tokens)} tokens for a window of "
+                             f"{self.keep}")
+        self.tokens, self.count = tokens.clone().long(), count

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from engine.live.rotary.window import window_start
+from engine.live.state import StateReader
 from engine.model.rotary_lm import RotaryLM, apply_rotary, attend, rotary_angles
 
 
@@ -126,3 +127,30 @@ class SlidingStep:
         self.written += 1
         self.next_pos += 1
         return self.model.logits(x)[0, -1]
+
+    _TENSORS = ("keys", "values", "sink_keys", "slot_pos")
+    _COUNTS = ("count", "length", "next_pos", "written")
+
+    def get_state(self) -> dict:
+        """The cache and its counters (copies): ``keys``/``values`` ``[L, H, W, Dh]``,
+        ``sink_keys`` ``[L, H, 1, Dh]``, ``slot_pos`` ``[W]``, and the token counters."""
+        return {**{k: getattr(self, k).clone() for k in self._TENSORS},
+                **{k: int(getattr(self, k)) for k in self._COUNTS}}
+
+    def set_state(self, state: dict) -> None:
+        """Continue from :meth:`get_state` of a step over the same model and window.
+
+        Raises:
+            ValueError: missing or unused keys, or a cache of another shape.
+        """
+        with StateReader(state, "sliding step") as s:
+            tensors = {k: s.pop(k) for k in self._TENSORS}
+            counts = {k: int(s.pop(k)) for k in self._COUNTS}
+        for k, v in tensors.items():
+            if tuple(v.shape) != tuple(getattr(self, k).shape):
+                raise ValueError(f"sliding step state: {k} is {list(v.shape)}, this window "
+                                 f"needs {list(getattr(self, k).shape)}")
+        for k, v in tensors.items():
+            setattr(self, k, v.clone())
+        for k, v in counts.items():
+            setattr(self, k, v)

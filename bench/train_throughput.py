@@ -31,7 +31,7 @@ from engine.live.step.compute import resolve_compute  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
 from engine.model.encodecgpt import EnCodecGPT, gpt2_config  # noqa: E402
 from engine.train.data.dataset import collate  # noqa: E402
-from engine.train.options import TrainOptions, adamw  # noqa: E402
+from engine.train.options import TrainOptions, make_optimizer  # noqa: E402
 from engine.train.task import lm_loss  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def bench(preset: str, batch: int, seconds: float, steps: int, device: torch.dev
     model = EnCodecGPT(gpt2_config(PRESETS[preset]), prompt_dim=768).to(device).train()
     model.gpt.wte.weight.requires_grad_(False)
     o = TrainOptions(clip_seconds=seconds)
-    opt = adamw(model.parameters(), o)
+    opt = make_optimizer(model.parameters(), o)
     frames = o.clip_frames
     items = [(torch.randint(0, 1024, (8, frames)), torch.randn(768)) for _ in range(batch)]
     data = {k: v.to(device) for k, v in collate(items).items()}

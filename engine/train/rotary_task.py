@@ -15,7 +15,6 @@ cache's codec) — what ``--model`` loads, and what x-transformers itself can lo
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -23,7 +22,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from engine.errors import UserError
 from engine.model.codec import codec_digest, codec_from_spec
@@ -31,16 +29,13 @@ from engine.model.loading.xtransformers import config_json, to_xtransformers_sta
 from engine.model.rotary_lm import RotaryLM, RotaryLMConfig
 from engine.train.data.dataset import (
     IGNORE,
-    CropDataset,
-    StepBatches,
     TokenClips,
     collate_flat,
-    val_batches,
 )
 from engine.train.options import TrainOptions, lr_factor, make_optimizer
 from engine.train.progress import quiet_lightning
 from engine.train.report import plot_losses
-from engine.train.trainer import make_trainer
+from engine.train.trainer import ClipTask, make_trainer
 
 MODEL_FILE = "rotary.pt"
 
@@ -66,8 +61,9 @@ def clip_frames(cfg: RotaryLMConfig) -> int:
     return (cfg.max_seq_len - 1) // cfg.codebooks
 
 
-class RotaryTask(L.LightningModule):
-    """Training, validation and optimizer of the rotary recipe."""
+class RotaryTask(ClipTask):
+    """Training, validation and optimizer of the rotary recipe (the data:
+    :class:`~engine.train.trainer.ClipTask`, flattened by :func:`collate_flat`)."""
 
     def __init__(self, net: RotaryLM, clips: TokenClips, opts: TrainOptions, meta: dict):
         super().__init__()
@@ -75,23 +71,6 @@ class RotaryTask(L.LightningModule):
         self.frames = clip_frames(net.cfg)
         self.collate = partial(collate_flat, num_q=net.cfg.codebooks,
                                start_token=net.cfg.start_token)
-
-    def train_dataloader(self) -> DataLoader:
-        trainer, accumulate = self.trainer, self.opts.accumulate
-        sampler = StepBatches(self.clips, self.clips.train, self.frames, self.opts.batch_size,
-                              self.opts.seed, trainer.global_rank, trainer.world_size,
-                              start_fn=lambda: trainer.global_step * accumulate)
-        return self._loader(sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(val_batches(self.clips, self.opts.val_batch_size))
-
-    def _loader(self, batches) -> DataLoader:
-        workers = min(self.opts.workers, os.cpu_count() or 1)
-        return DataLoader(CropDataset(self.clips, self.frames), batch_sampler=batches,
-                          collate_fn=self.collate, num_workers=workers,
-                          persistent_workers=workers > 0,
-                          pin_memory=torch.cuda.is_available())
 
     def training_step(self, batch, batch_idx):
         loss = flat_loss(self.net, batch)

@@ -20,14 +20,12 @@ function of the step (:mod:`engine.train.data.dataset`) and dropout is reseeded 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from engine.errors import UserError
 from engine.model.codec import codec_digest, codec_from_spec, encodec_package_state_dict
@@ -36,16 +34,13 @@ from engine.model.encodecgpt import EnCodecGPT, gpt2_config
 from engine.model.loading.hub import load_torch_file
 from engine.train.data.dataset import (
     IGNORE,
-    CropDataset,
-    StepBatches,
     TokenClips,
     collate,
-    val_batches,
 )
 from engine.train.options import TrainOptions, lr_factor, make_optimizer
 from engine.train.progress import quiet_lightning
 from engine.train.report import plot_losses
-from engine.train.trainer import make_trainer
+from engine.train.trainer import ClipTask, make_trainer
 
 META_KEY = "encodecgpt_live"
 
@@ -81,8 +76,9 @@ def build_model(opts: TrainOptions, prompt_dim: int) -> EnCodecGPT:
     return model
 
 
-class EnCodecGPTTask(L.LightningModule):
-    """Training, validation, optimizer, and the checkpoint layout of one run."""
+class EnCodecGPTTask(ClipTask):
+    """Training, validation, optimizer, and the checkpoint layout of one run (the data:
+    :class:`~engine.train.trainer.ClipTask`, delayed by :func:`collate`)."""
 
     def __init__(self, net: EnCodecGPT, clips: TokenClips, opts: TrainOptions, meta: dict,
                  codec_state: dict[str, torch.Tensor]):
@@ -92,25 +88,7 @@ class EnCodecGPTTask(L.LightningModule):
         net.gpt.wte.weight.requires_grad_(False)
         self.net, self.clips, self.opts, self.meta = net, clips, opts, meta
         self.codec_state = codec_state
-        self.frames = opts.clip_frames
-
-    # -- data ------------------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
-        trainer, accumulate = self.trainer, self.opts.accumulate
-        sampler = StepBatches(self.clips, self.clips.train, self.frames, self.opts.batch_size,
-                              self.opts.seed, trainer.global_rank, trainer.world_size,
-                              start_fn=lambda: trainer.global_step * accumulate)
-        return self._loader(sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(val_batches(self.clips, self.opts.val_batch_size))
-
-    def _loader(self, batches) -> DataLoader:
-        workers = min(self.opts.workers, os.cpu_count() or 1)  # more: a DataLoader warning
-        return DataLoader(CropDataset(self.clips, self.frames), batch_sampler=batches,
-                          collate_fn=collate, num_workers=workers,
-                          persistent_workers=workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        self.frames, self.collate = opts.clip_frames, collate
 
     # -- steps -----------------------------------------------------------------------
     def training_step(self, batch, batch_idx):

@@ -1,15 +1,49 @@
-"""The Lightning trainer every architecture's run uses: devices, precision, clipping,
-accumulation, validation and checkpoint cadence, loggers and the progress lines."""
+"""What every architecture's training run shares: the Lightning trainer (devices, precision,
+clipping, accumulation, validation and checkpoint cadence, loggers, progress lines) and the
+data side of a task (:class:`ClipTask`: step-indexed crops of the cache's clips)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
+from engine.train.data.dataset import CropDataset, StepBatches, TokenClips, val_batches
 from engine.train.options import TrainOptions
 from engine.train.progress import ProgressLines
+
+
+class ClipTask(L.LightningModule):
+    """A task's data: training batches are a function of the step (exact resume, disjoint
+    ranks: :class:`StepBatches`), validation is every held-out clip once; crops of
+    ``frames`` frames, batched by ``collate``.
+
+    Subclasses set ``self.clips``, ``self.opts``, ``self.frames`` and ``self.collate``.
+    """
+
+    clips: TokenClips
+    opts: TrainOptions
+    frames: int
+
+    def train_dataloader(self) -> DataLoader:
+        trainer, accumulate = self.trainer, self.opts.accumulate
+        sampler = StepBatches(self.clips, self.clips.train, self.frames, self.opts.batch_size,
+                              self.opts.seed, trainer.global_rank, trainer.world_size,
+                              start_fn=lambda: trainer.global_step * accumulate)
+        return self._loader(sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(val_batches(self.clips, self.opts.val_batch_size))
+
+    def _loader(self, batches) -> DataLoader:
+        workers = min(self.opts.workers, os.cpu_count() or 1)  # more: a DataLoader warning
+        return DataLoader(CropDataset(self.clips, self.frames), batch_sampler=batches,
+                          collate_fn=self.collate, num_workers=workers,
+                          persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available())
 
 
 def precision_for(choice: str, accelerator: str) -> str:

@@ -8,6 +8,7 @@ the wire, so these tests do not share an encoder with the code under test.
 import copy
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -383,13 +384,19 @@ def test_a_second_load_to_a_slot_supersedes_one_still_waiting(tmp_path):
         np.save(tmp_path / f"{name}.npy", np.full(8, value, np.float32))
     release, submitted, done, failed = threading.Event(), [], [], []
 
+    class HoldingReader(PromptReader):
+        def read(self, path):
+            if Path(path).name == "hold.npy":
+                release.wait(10)  # the first load holds the loader while two more queue up
+            return super().read(path)
+
     def submit(events):
         slot, vec = events[0].values
-        if slot == 0:
-            release.wait(10)  # the first load holds the loader while two more queue up
         submitted.append((slot, float(vec[0])))
 
-    loader = PromptLoader(PromptReader(None, expected_dim=8), [tmp_path], 4, submit)
+    # (held in the read, not in submit: the loader queues under its lock, and a submit
+    # that blocked there would hold the next load's registration back)
+    loader = PromptLoader(HoldingReader(None, expected_dim=8), [tmp_path], 4, submit)
     for slot, name in [(0, "hold"), (1, "a"), (1, "b")]:
         loader.load(slot, str(tmp_path / f"{name}.npy"), lambda s, p: done.append(p),
                     failed.append)

@@ -17,11 +17,26 @@ with the first samples of the sequence; the stream therefore waits for
 :data:`FIRST_CHUNK_FRAMES` frames before its first output so the same samples are there, and
 from then on emits as soon as a frame arrives. The result equals the offline decode to float
 rounding (see ``tests/test_decoder.py``).
+
+**Non-causal codecs** (MusicGen's EnCodec 32 kHz, ``use_causal_conv`` false): a stride-1
+convolution pads ``P − ⌊P/2⌋`` on the left and ``⌊P/2⌋`` on the right, so its output sample
+``j`` also needs ``⌊P/2⌋`` inputs after ``j``; a transposed convolution trims
+``r − ⌊r/2⌋`` samples on the left. The same carried state works with each layer *lagging*:
+a convolution emits ``⌊P/2⌋`` samples fewer than it has read (only at stream start, so it
+lags by that much from then on), a transposed convolution drops its first ``r − ⌊r/2⌋``
+samples, and a residual block holds the skip path's samples until the convolutions have
+caught up. Summed over the layers and scaled to the output rate, the decoder lags
+:attr:`StreamingDecoder.lookahead_samples` (2402 samples = 75 ms for the 32 kHz codec); it
+emits whole frames only, so it holds back :attr:`StreamingDecoder.lookahead_frames` frames
+(4 = 80 ms at 50 Hz): after ``n`` frames, the audio of frames ``< n − L`` is final. Every
+emitted sample equals the offline decode; only the last ``L`` frames of a stream (which
+offline decoding reflect-pads at the right edge) are never emitted.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterable
 
@@ -37,24 +52,28 @@ from transformers.models.encodec.modeling_encodec import (
     EncodecResnetBlock,
 )
 
-from engine import HOP_LENGTH
 from engine.live.state import StateReader
 
 FIRST_CHUNK_FRAMES = 7  # the first conv (k = 7) reflect-pads with 6 samples after the first
 
 
 class _ConvState:
-    """Left context of a stride-1 causal convolution."""
+    """Left context of a stride-1 convolution (causal, or lagging ``⌊P/2⌋`` samples)."""
 
     def __init__(self, conv: EncodecConv1d):
         if int(conv.stride) != 1:
             raise ValueError("streaming decoder expects stride-1 convolutions")
         self.conv, self.pad = conv, int(conv.padding_total)
+        self.lag = 0 if conv.causal else self.pad // 2  # offline: right padding
         self.context: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.context is None:  # stream start: exactly the offline (reflect) padding
+        if self.context is None and self.conv.causal:  # stream start: the offline padding
             full, y = x, self.conv(x)
+        elif self.context is None:  # non-causal start: the left (reflect) padding only
+            left = self.pad - self.lag
+            full = self.conv._pad1d(x, (left, 0), mode=self.conv.pad_mode)
+            y = self.conv.conv(full)
         else:
             full = torch.cat([self.context, x], dim=-1)
             y = self.conv.conv(full)
@@ -73,9 +92,11 @@ class _ConvTransposeState:
     """
 
     def __init__(self, conv: EncodecConvTranspose1d):
-        self.stride = conv.conv.stride[0]
-        if conv.conv.kernel_size[0] != 2 * self.stride or not conv.causal:
-            raise ValueError("streaming decoder expects causal kernel = 2 * stride")
+        self.stride = r = conv.conv.stride[0]
+        if conv.conv.kernel_size[0] != 2 * r:
+            raise ValueError("streaming decoder expects kernel = 2 * stride")
+        right = math.ceil(r * conv.trim_right_ratio) if conv.causal else r // 2
+        self.lag = r - right  # offline trims this many samples on the left: drop them once
         weight = conv.conv.weight.detach()  # [C_in, C_out, 2r]
         self.c_out = weight.shape[1]
         self.weight = weight.reshape(weight.shape[0], -1).contiguous()  # [C_in, C_out·2r]
@@ -92,10 +113,11 @@ class _ConvTransposeState:
         y[:, :n] = z[:, :, :, 0]
         y[:, 1:] += z[:, :, :, 1]
         y = y.permute(0, 2, 1, 3).reshape(b, self.c_out, (n + 1) * r)  # [B, C_out, (n+1)·r]
-        if self.tail is not None:
+        first = self.tail is None
+        if not first:
             y[..., :r] += self.tail
         self.tail = y[..., -r:].clone()
-        out = y[..., :-r]
+        out = y[..., self.lag if first else 0:-r]
         return out if self.bias is None else out + self.bias
 
 
@@ -146,15 +168,32 @@ class _LSTMState:
 
 
 class _ResnetState:
+    """Skip path + convolutions; when the convolutions lag (non-causal), the skip path's
+    samples wait in ``held`` (``[B, C, lag]``) until the convolutions' output reaches them."""
+
     def __init__(self, block: EncodecResnetBlock):
         self.block = [_wrap(layer) for layer in block.block]
         self.shortcut = _wrap(block.shortcut)
+        self.lag = sum(_lag(layer) for layer in self.block) - _lag(self.shortcut)
+        self.held: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = x
         for layer in self.block:
             y = layer(y)
-        return self.shortcut(x) + y
+        skip = self.shortcut(x)
+        if self.lag == 0:
+            return skip + y
+        if self.held is not None:
+            skip = torch.cat([self.held, skip], dim=-1)
+        m = y.shape[-1]
+        self.held = skip[..., m:].clone()
+        return skip[..., :m] + y
+
+
+def _lag(layer) -> int:
+    """Samples a wrapped layer's output lags its input (0 for causal layers)."""
+    return getattr(layer, "lag", 0)
 
 
 def _wrap(layer: nn.Module):
@@ -175,10 +214,13 @@ _STATE_ATTRS = {_ConvState: "context", _ConvTransposeState: "tail", _LSTMState: 
 
 
 def _holders(layers):
-    """(wrapper, attribute) of every carried state, in a fixed order."""
+    """(wrapper, attribute) of every carried state, in a fixed order (a causal codec's
+    residual blocks hold nothing: its sessions' states keep their layout)."""
     for layer in layers:
         if isinstance(layer, _ResnetState):
             yield from _holders([*layer.block, layer.shortcut])
+            if layer.lag:
+                yield layer, "held"
         elif type(layer) in _STATE_ATTRS:
             yield layer, _STATE_ATTRS[type(layer)]
 
@@ -228,12 +270,16 @@ class StreamingDecoder:
             one device→host copy per decoded chunk. On CUDA the decoder has its own stream.
 
     Call :meth:`push` with ``[B, Q, n]`` codes (any ``n >= 0``); it returns the audio that is
-    now final, ``[B, 1, 320·m]``. The first call(s) return nothing until
-    :data:`FIRST_CHUNK_FRAMES` frames have arrived. :meth:`reset` starts a new stream.
+    now final, ``[B, 1, hop·m]`` (hop = 320 at 24 kHz, 640 at 32 kHz). The first call(s)
+    return nothing until :data:`FIRST_CHUNK_FRAMES` frames have arrived; a non-causal codec's
+    stream then stays :attr:`lookahead_frames` frames behind the codes pushed (see the
+    module docstring). :meth:`reset` starts a new stream.
     """
 
     def __init__(self, model: EncodecModel, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
+        self.hop = math.prod(model.config.upsampling_ratios)  # samples per frame
+        self.sample_rate = int(model.config.sampling_rate)
         self.quantizer = model.quantizer
         if self.device.type != "cpu":  # a copy: the codec's own quantizer encodes on the CPU
             self.quantizer = copy.deepcopy(model.quantizer).to(self.device)
@@ -253,6 +299,7 @@ class StreamingDecoder:
         other = object.__new__(StreamingDecoder)
         other.device, other.quantizer, other.decoder, other.stream = (
             self.device, self.quantizer, self.decoder, None)
+        other.hop, other.sample_rate = self.hop, self.sample_rate
         other.reset()
         return other
 
@@ -260,14 +307,24 @@ class StreamingDecoder:
         self.layers = [_wrap(layer) for layer in self.decoder.layers]
         self.pending: torch.Tensor | None = None  # codes held back at stream start
         self.started = False
+        self.held: torch.Tensor | None = None  # [B, 1, < hop] audio short of a whole frame
+        self.lookahead_samples = _output_lag(self.layers)
+
+    @property
+    def lookahead_frames(self) -> int:
+        """Frames the emitted audio stays behind the codes pushed (0: causal codec)."""
+        return math.ceil(self.lookahead_samples / self.hop)
 
     def get_state(self) -> dict:
         """The carried state (copies; see :mod:`engine.live.state`): ``layers`` — per carrying
         layer in a fixed order, a conv context / transposed-conv tail ``[B, C, n]``, an LSTM
         ``[h, c]`` (each ``[layers, B, C]``) or ``None`` before the first chunk; ``pending`` —
         the codes ``[B, Q, n]`` held back at stream start, or ``None``; ``started``."""
-        return {"layers": [_to_state(v) for v in _states(self.layers)],
-                "pending": _to_state(self.pending), "started": self.started}
+        state = {"layers": [_to_state(v) for v in _states(self.layers)],
+                 "pending": _to_state(self.pending), "started": self.started}
+        if self.lookahead_samples:  # a non-causal codec: the part-frame of audio held back
+            state["held"] = _to_state(self.held)
+        return state
 
     def set_state(self, state: dict) -> None:
         """Continue a stream from :meth:`get_state` (of a decoder for the same codec).
@@ -277,6 +334,7 @@ class StreamingDecoder:
         """
         with StateReader(state, "decoder") as s:
             layers, pending, started = s.pop("layers"), s.pop("pending"), s.pop("started")
+            held = s.pop("held") if self.lookahead_samples else None
         carried = len(list(_holders(self.layers)))
         if len(layers) != carried:
             raise ValueError(f"decoder state has {len(layers)} layer states, this decoder "
@@ -286,6 +344,7 @@ class StreamingDecoder:
             setattr(obj, attr, _from_state(value, self.device))
         cpu = torch.device("cpu")
         self.pending, self.started = _from_state(pending, cpu), bool(started)
+        self.held = _from_state(held, self.device)
 
     def warm_up(self, chunk_frames: Iterable[int], num_q: int) -> float:
         """Decode every chunk size once (lazy CUDA/cuDNN initialisation, kernel selection),
@@ -301,7 +360,7 @@ class StreamingDecoder:
 
     @torch.inference_mode()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
-        """``[B, Q, n]`` codes → ``[B, 1, 320·m]`` newly final audio on the CPU (m may be 0)."""
+        """``[B, Q, n]`` codes → ``[B, 1, hop·m]`` newly final audio on the CPU (m may be 0)."""
         if self.stream is None:
             return self._push(codes)
         with torch.cuda.stream(self.stream):
@@ -320,5 +379,20 @@ class StreamingDecoder:
         x = self.quantizer.decode(codes.transpose(0, 1).to(self.device))  # [B, 128, n]
         for layer in self.layers:
             x = layer(x)
-        assert x.shape[-1] == codes.shape[-1] * HOP_LENGTH
+        if self.lookahead_samples:  # whole frames only; the rest waits for the next chunk
+            if self.held is not None:
+                x = torch.cat([self.held, x], dim=-1)
+            whole = x.shape[-1] // self.hop * self.hop
+            x, self.held = x[..., :whole], x[..., whole:].clone()
         return x.cpu()  # the chunk's one device→host copy (a no-op on the CPU)
+
+
+def _output_lag(layers) -> int:
+    """Output samples the wrapped decoder lags behind ``hop ·`` frames read: each layer's lag
+    times the upsampling after it."""
+    lag, scale = 0, 1
+    for layer in reversed(layers):
+        lag += _lag(layer) * scale
+        if isinstance(layer, _ConvTransposeState):
+            scale *= layer.stride
+    return lag

@@ -13,7 +13,7 @@
    100,
    100,
    760,
-   848
+   896
   ],
   "bglocked": 0,
   "openinpresentation": 0,
@@ -136,7 +136,7 @@
      "numoutlets": 0,
      "patching_rect": [
       15,
-      808,
+      856,
       164,
       22
      ],
@@ -254,7 +254,7 @@
       240,
       22
      ],
-     "text": "/midi/learn /morph",
+     "text": "/guidance 3.",
      "outlettype": [
       ""
      ]
@@ -272,7 +272,7 @@
       480,
       20
      ],
-     "text": "bind the next MIDI control change moved to this address (needs --midi)"
+     "text": "classifier-free guidance scale (MusicGen; 1 = none, published 3)"
     }
    },
    {
@@ -287,7 +287,7 @@
       240,
       22
      ],
-     "text": "/mix 0.25 0.25 0.25 0.25",
+     "text": "/midi/learn /morph",
      "outlettype": [
       ""
      ]
@@ -305,7 +305,7 @@
       480,
       20
      ],
-     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
+     "text": "bind the next MIDI control change moved to this address (needs --midi)"
     }
    },
    {
@@ -320,7 +320,7 @@
       240,
       22
      ],
-     "text": "/morph 0.5",
+     "text": "/mix 0.25 0.25 0.25 0.25",
      "outlettype": [
       ""
      ]
@@ -338,7 +338,7 @@
       480,
       20
      ],
-     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
+     "text": "weights of slots 0..N-1 (>= 0, normalised to sum 1)"
     }
    },
    {
@@ -353,7 +353,7 @@
       240,
       22
      ],
-     "text": "/morph/xy 0.5 0.5",
+     "text": "/morph 0.5",
      "outlettype": [
       ""
      ]
@@ -371,7 +371,7 @@
       480,
       20
      ],
-     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
+     "text": "2-slot morph: 0 = slot 0, 1 = slot 1"
     }
    },
    {
@@ -386,7 +386,7 @@
       240,
       22
      ],
-     "text": "/panic",
+     "text": "/morph/xy 0.5 0.5",
      "outlettype": [
       ""
      ]
@@ -404,7 +404,7 @@
       480,
       20
      ],
-     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
+     "text": "XY pad, bilinear over slots 0-3: (0,0) slot 0, (1,0) slot 1, (0,1) slot 2, (1,1)"
     }
    },
    {
@@ -419,7 +419,7 @@
       240,
       22
      ],
-     "text": "/pause",
+     "text": "/panic",
      "outlettype": [
       ""
      ]
@@ -437,7 +437,7 @@
       480,
       20
      ],
-     "text": "stop generating; the output fades to silence"
+     "text": "silence now: fade out, drop buffered audio, reset the window, pause"
     }
    },
    {
@@ -452,7 +452,7 @@
       240,
       22
      ],
-     "text": "/play",
+     "text": "/pause",
      "outlettype": [
       ""
      ]
@@ -470,7 +470,7 @@
       480,
       20
      ],
-     "text": "start or resume playing (fades in)"
+     "text": "stop generating; the output fades to silence"
     }
    },
    {
@@ -485,7 +485,7 @@
       240,
       22
      ],
-     "text": "/prime 0",
+     "text": "/play",
      "outlettype": [
       ""
      ]
@@ -503,7 +503,7 @@
       480,
       20
      ],
-     "text": "continue slot i's audio: its last seconds (the model's context, at most the wind"
+     "text": "start or resume playing (fades in)"
     }
    },
    {
@@ -518,7 +518,7 @@
       240,
       22
      ],
-     "text": "/prime/file /path/to/take.wav",
+     "text": "/prime 0",
      "outlettype": [
       ""
      ]
@@ -536,7 +536,7 @@
       480,
       20
      ],
-     "text": "continue an audio file (inside the prompt folders) as /prime does; replies /prim"
+     "text": "continue slot i's audio: its last seconds (the model's context, at most the wind"
     }
    },
    {
@@ -551,7 +551,7 @@
       240,
       22
      ],
-     "text": "/prompt/listen 1 2.",
+     "text": "/prime/file /path/to/take.wav",
      "outlettype": [
       ""
      ]
@@ -569,7 +569,7 @@
       480,
       20
      ],
-     "text": "bind slot i to the live input (--input): every update interval its last f second"
+     "text": "continue an audio file (inside the prompt folders) as /prime does; replies /prim"
     }
    },
    {
@@ -584,7 +584,7 @@
       240,
       22
      ],
-     "text": "/prompt/load 0 /path/to/sound.wav",
+     "text": "/prompt/listen 1 2.",
      "outlettype": [
       ""
      ]
@@ -602,7 +602,7 @@
       480,
       20
      ],
-     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
+     "text": "bind slot i to the live input (--input): every update interval its last f second"
     }
    },
    {
@@ -617,7 +617,7 @@
       240,
       22
      ],
-     "text": "/prompt/unlisten 1",
+     "text": "/prompt/load 0 /path/to/sound.wav",
      "outlettype": [
       ""
      ]
@@ -635,7 +635,7 @@
       480,
       20
      ],
-     "text": "freeze slot i at its last vector from the input"
+     "text": "embed an audio file (EnCodecMAE) into a prompt slot; replies /prompt/loaded i s "
     }
    },
    {
@@ -650,7 +650,7 @@
       240,
       22
      ],
-     "text": "/record/start take",
+     "text": "/prompt/text 1 breakbeat",
      "outlettype": [
       ""
      ]
@@ -668,7 +668,7 @@
       480,
       20
      ],
-     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
+     "text": "put a text into a MusicGen slot (T5 runs in a worker; the slot changes at a fram"
     }
    },
    {
@@ -683,7 +683,7 @@
       240,
       22
      ],
-     "text": "/record/stop",
+     "text": "/prompt/unlisten 1",
      "outlettype": [
       ""
      ]
@@ -701,7 +701,7 @@
       480,
       20
      ],
-     "text": "finish the recording; replies /record/stopped s:folder"
+     "text": "freeze slot i at its last vector from the input"
     }
    },
    {
@@ -716,7 +716,7 @@
       240,
       22
      ],
-     "text": "/reset",
+     "text": "/record/start take",
      "outlettype": [
       ""
      ]
@@ -734,7 +734,7 @@
       480,
       20
      ],
-     "text": "forget the token window and start a fresh sequence"
+     "text": "record a session (optional name) under --sessions-dir; replies /record/started s"
     }
    },
    {
@@ -749,7 +749,7 @@
       240,
       22
      ],
-     "text": "/scene/recall verse",
+     "text": "/record/stop",
      "outlettype": [
       ""
      ]
@@ -767,7 +767,7 @@
       480,
       20
      ],
-     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
+     "text": "finish the recording; replies /record/stopped s:folder"
     }
    },
    {
@@ -782,7 +782,7 @@
       240,
       22
      ],
-     "text": "/scene/save verse",
+     "text": "/reset",
      "outlettype": [
       ""
      ]
@@ -800,7 +800,7 @@
       480,
       20
      ],
-     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
+     "text": "forget the token window and start a fresh sequence"
     }
    },
    {
@@ -815,7 +815,7 @@
       240,
       22
      ],
-     "text": "/schema",
+     "text": "/scene/recall verse",
      "outlettype": [
       ""
      ]
@@ -833,7 +833,7 @@
       480,
       20
      ],
-     "text": "reply /schema s: this table as JSON"
+     "text": "recall a saved scene (glides with its glide time); replies /scene/recalled s:nam"
     }
    },
    {
@@ -848,7 +848,7 @@
       240,
       22
      ],
-     "text": "/seed 7",
+     "text": "/scene/save verse",
      "outlettype": [
       ""
      ]
@@ -866,7 +866,7 @@
       480,
       20
      ],
-     "text": "reseed the sampler at this frame"
+     "text": "save slots, mix, sampling, glide and gain as a scene under --scenes-dir; replies"
     }
    },
    {
@@ -881,7 +881,7 @@
       240,
       22
      ],
-     "text": "/status",
+     "text": "/schema",
      "outlettype": [
       ""
      ]
@@ -899,7 +899,7 @@
       480,
       20
      ],
-     "text": "reply once with /engine/status and /engine/info"
+     "text": "reply /schema s: this table as JSON"
     }
    },
    {
@@ -914,7 +914,7 @@
       240,
       22
      ],
-     "text": "/temperature 0.9",
+     "text": "/seed 7",
      "outlettype": [
       ""
      ]
@@ -932,7 +932,7 @@
       480,
       20
      ],
-     "text": "sampling temperature (0 = greedy)"
+     "text": "reseed the sampler at this frame"
     }
    },
    {
@@ -947,7 +947,7 @@
       240,
       22
      ],
-     "text": "/topk 50",
+     "text": "/status",
      "outlettype": [
       ""
      ]
@@ -965,7 +965,7 @@
       480,
       20
      ],
-     "text": "keep the k most likely tokens per codebook (0 = off)"
+     "text": "reply once with /engine/status and /engine/info"
     }
    },
    {
@@ -980,7 +980,7 @@
       240,
       22
      ],
-     "text": "/topp 0.9",
+     "text": "/temperature 0.9",
      "outlettype": [
       ""
      ]
@@ -995,6 +995,72 @@
      "patching_rect": [
       265,
       774,
+      480,
+      20
+     ],
+     "text": "sampling temperature (0 = greedy)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-61",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      798,
+      240,
+      22
+     ],
+     "text": "/topk 50",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-62",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      798,
+      480,
+      20
+     ],
+     "text": "keep the k most likely tokens per codebook (0 = off)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-63",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      822,
+      240,
+      22
+     ],
+     "text": "/topp 0.9",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-64",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      265,
+      822,
       480,
       20
      ],
@@ -1307,6 +1373,30 @@
     "patchline": {
      "source": [
       "obj-59",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-61",
+      0
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-63",
       0
      ],
      "destination": [

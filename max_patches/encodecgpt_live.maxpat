@@ -13,7 +13,7 @@
    60,
    60,
    1200,
-   680
+   760
   ],
   "bglocked": 0,
   "openinpresentation": 0,
@@ -46,7 +46,7 @@
      "numoutlets": 0,
      "patching_rect": [
       420,
-      600,
+      700,
       164,
       22
      ],
@@ -1029,6 +1029,92 @@
      "numoutlets": 0,
      "patching_rect": [
       15,
+      340,
+      145,
+      20
+     ],
+     "text": "guidance (MusicGen)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-59",
+     "maxclass": "dial",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      362,
+      45,
+      45
+     ],
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-60",
+     "maxclass": "newobj",
+     "numinlets": 6,
+     "numoutlets": 1,
+     "patching_rect": [
+      70,
+      362,
+      110,
+      22
+     ],
+     "text": "scale 0 127 1.0 6.0",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-61",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      70,
+      387,
+      55,
+      22
+     ],
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-62",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      190,
+      387,
+      123,
+      22
+     ],
+     "text": "prepend /guidance",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-63",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      15,
       440,
       152,
       20
@@ -1038,7 +1124,7 @@
    },
    {
     "box": {
-     "id": "obj-59",
+     "id": "obj-64",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1056,7 +1142,7 @@
    },
    {
     "box": {
-     "id": "obj-60",
+     "id": "obj-65",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1075,7 +1161,7 @@
    },
    {
     "box": {
-     "id": "obj-61",
+     "id": "obj-66",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1093,7 +1179,7 @@
    },
    {
     "box": {
-     "id": "obj-62",
+     "id": "obj-67",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1111,7 +1197,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-68",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1129,7 +1215,7 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-69",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1147,7 +1233,98 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-70",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      15,
+      567,
+      159,
+      20
+     ],
+     "text": "or a text (MusicGen):"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-71",
+     "maxclass": "textedit",
+     "numinlets": 1,
+     "numoutlets": 4,
+     "patching_rect": [
+      15,
+      590,
+      160,
+      24
+     ],
+     "text": "",
+     "outlettype": [
+      "",
+      "",
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-72",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      15,
+      620,
+      70,
+      22
+     ],
+     "text": "route text",
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-73",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      90,
+      620,
+      70,
+      22
+     ],
+     "text": "tosymbol",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-74",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      645,
+      158,
+      22
+     ],
+     "text": "prepend /prompt/text 0",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-75",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1162,7 +1339,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-76",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1180,7 +1357,7 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-77",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1199,7 +1376,7 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-78",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1217,7 +1394,7 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-79",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1235,7 +1412,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-80",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1253,7 +1430,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-81",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1271,7 +1448,98 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-82",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      190,
+      567,
+      159,
+      20
+     ],
+     "text": "or a text (MusicGen):"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-83",
+     "maxclass": "textedit",
+     "numinlets": 1,
+     "numoutlets": 4,
+     "patching_rect": [
+      190,
+      590,
+      160,
+      24
+     ],
+     "text": "",
+     "outlettype": [
+      "",
+      "",
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-84",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      190,
+      620,
+      70,
+      22
+     ],
+     "text": "route text",
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-85",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      265,
+      620,
+      70,
+      22
+     ],
+     "text": "tosymbol",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-86",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      190,
+      645,
+      158,
+      22
+     ],
+     "text": "prepend /prompt/text 1",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-87",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1286,7 +1554,7 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-88",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1304,7 +1572,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-89",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1323,7 +1591,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-90",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1341,7 +1609,7 @@
    },
    {
     "box": {
-     "id": "obj-76",
+     "id": "obj-91",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1359,7 +1627,7 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-92",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1377,7 +1645,7 @@
    },
    {
     "box": {
-     "id": "obj-78",
+     "id": "obj-93",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1395,7 +1663,98 @@
    },
    {
     "box": {
-     "id": "obj-79",
+     "id": "obj-94",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      365,
+      567,
+      159,
+      20
+     ],
+     "text": "or a text (MusicGen):"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-95",
+     "maxclass": "textedit",
+     "numinlets": 1,
+     "numoutlets": 4,
+     "patching_rect": [
+      365,
+      590,
+      160,
+      24
+     ],
+     "text": "",
+     "outlettype": [
+      "",
+      "",
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-96",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      365,
+      620,
+      70,
+      22
+     ],
+     "text": "route text",
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-97",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      440,
+      620,
+      70,
+      22
+     ],
+     "text": "tosymbol",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-98",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      365,
+      645,
+      158,
+      22
+     ],
+     "text": "prepend /prompt/text 2",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-99",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1410,7 +1769,7 @@
    },
    {
     "box": {
-     "id": "obj-80",
+     "id": "obj-100",
      "maxclass": "dropfile",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1428,7 +1787,7 @@
    },
    {
     "box": {
-     "id": "obj-81",
+     "id": "obj-101",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1447,7 +1806,7 @@
    },
    {
     "box": {
-     "id": "obj-82",
+     "id": "obj-102",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1465,7 +1824,7 @@
    },
    {
     "box": {
-     "id": "obj-83",
+     "id": "obj-103",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1483,7 +1842,7 @@
    },
    {
     "box": {
-     "id": "obj-84",
+     "id": "obj-104",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1501,7 +1860,7 @@
    },
    {
     "box": {
-     "id": "obj-85",
+     "id": "obj-105",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1519,7 +1878,98 @@
    },
    {
     "box": {
-     "id": "obj-86",
+     "id": "obj-106",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      540,
+      567,
+      159,
+      20
+     ],
+     "text": "or a text (MusicGen):"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-107",
+     "maxclass": "textedit",
+     "numinlets": 1,
+     "numoutlets": 4,
+     "patching_rect": [
+      540,
+      590,
+      160,
+      24
+     ],
+     "text": "",
+     "outlettype": [
+      "",
+      "",
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-108",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      540,
+      620,
+      70,
+      22
+     ],
+     "text": "route text",
+     "outlettype": [
+      "",
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-109",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      615,
+      620,
+      70,
+      22
+     ],
+     "text": "tosymbol",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-110",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      540,
+      645,
+      158,
+      22
+     ],
+     "text": "prepend /prompt/text 3",
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-111",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1537,7 +1987,7 @@
    },
    {
     "box": {
-     "id": "obj-87",
+     "id": "obj-112",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 7,
@@ -1561,7 +2011,7 @@
    },
    {
     "box": {
-     "id": "obj-88",
+     "id": "obj-113",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 11,
@@ -1589,7 +2039,7 @@
    },
    {
     "box": {
-     "id": "obj-89",
+     "id": "obj-114",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1607,7 +2057,7 @@
    },
    {
     "box": {
-     "id": "obj-90",
+     "id": "obj-115",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1622,7 +2072,7 @@
    },
    {
     "box": {
-     "id": "obj-91",
+     "id": "obj-116",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1640,7 +2090,7 @@
    },
    {
     "box": {
-     "id": "obj-92",
+     "id": "obj-117",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1655,7 +2105,7 @@
    },
    {
     "box": {
-     "id": "obj-93",
+     "id": "obj-118",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1673,7 +2123,7 @@
    },
    {
     "box": {
-     "id": "obj-94",
+     "id": "obj-119",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1688,7 +2138,7 @@
    },
    {
     "box": {
-     "id": "obj-95",
+     "id": "obj-120",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1707,7 +2157,7 @@
    },
    {
     "box": {
-     "id": "obj-96",
+     "id": "obj-121",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1725,7 +2175,7 @@
    },
    {
     "box": {
-     "id": "obj-97",
+     "id": "obj-122",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1740,7 +2190,7 @@
    },
    {
     "box": {
-     "id": "obj-98",
+     "id": "obj-123",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1758,7 +2208,7 @@
    },
    {
     "box": {
-     "id": "obj-99",
+     "id": "obj-124",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1773,7 +2223,7 @@
    },
    {
     "box": {
-     "id": "obj-100",
+     "id": "obj-125",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1788,7 +2238,7 @@
    },
    {
     "box": {
-     "id": "obj-101",
+     "id": "obj-126",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1806,7 +2256,7 @@
    },
    {
     "box": {
-     "id": "obj-102",
+     "id": "obj-127",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1824,7 +2274,7 @@
    },
    {
     "box": {
-     "id": "obj-103",
+     "id": "obj-128",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1839,7 +2289,7 @@
    },
    {
     "box": {
-     "id": "obj-104",
+     "id": "obj-129",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1857,7 +2307,7 @@
    },
    {
     "box": {
-     "id": "obj-105",
+     "id": "obj-130",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1875,7 +2325,7 @@
    },
    {
     "box": {
-     "id": "obj-106",
+     "id": "obj-131",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1890,7 +2340,7 @@
    },
    {
     "box": {
-     "id": "obj-107",
+     "id": "obj-132",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1908,7 +2358,7 @@
    },
    {
     "box": {
-     "id": "obj-108",
+     "id": "obj-133",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1926,7 +2376,7 @@
    },
    {
     "box": {
-     "id": "obj-109",
+     "id": "obj-134",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1941,7 +2391,7 @@
    },
    {
     "box": {
-     "id": "obj-110",
+     "id": "obj-135",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1959,7 +2409,7 @@
    },
    {
     "box": {
-     "id": "obj-111",
+     "id": "obj-136",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -2568,11 +3018,11 @@
    {
     "patchline": {
      "source": [
-      "obj-61",
+      "obj-60",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-62",
       0
      ]
     }
@@ -2592,11 +3042,11 @@
    {
     "patchline": {
      "source": [
-      "obj-63",
+      "obj-64",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-65",
       0
      ]
     }
@@ -2604,11 +3054,11 @@
    {
     "patchline": {
      "source": [
-      "obj-64",
+      "obj-65",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-66",
       0
      ]
     }
@@ -2620,7 +3070,7 @@
       0
      ],
      "destination": [
-      "obj-67",
+      "obj-2",
       0
      ]
     }
@@ -2632,7 +3082,7 @@
       0
      ],
      "destination": [
-      "obj-68",
+      "obj-2",
       0
      ]
     }
@@ -2664,11 +3114,11 @@
    {
     "patchline": {
      "source": [
-      "obj-70",
+      "obj-71",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-72",
       0
      ]
     }
@@ -2676,11 +3126,11 @@
    {
     "patchline": {
      "source": [
-      "obj-71",
+      "obj-72",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-73",
       0
      ]
     }
@@ -2704,18 +3154,6 @@
       0
      ],
      "destination": [
-      "obj-75",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-75",
-      0
-     ],
-     "destination": [
       "obj-2",
       0
      ]
@@ -2728,7 +3166,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-77",
       0
      ]
     }
@@ -2740,7 +3178,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-78",
       0
      ]
     }
@@ -2760,11 +3198,23 @@
    {
     "patchline": {
      "source": [
+      "obj-79",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-80",
       0
      ],
      "destination": [
-      "obj-81",
+      "obj-2",
       0
      ]
     }
@@ -2773,18 +3223,6 @@
     "patchline": {
      "source": [
       "obj-81",
-      0
-     ],
-     "destination": [
-      "obj-82",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-82",
       0
      ],
      "destination": [
@@ -2800,7 +3238,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-84",
       0
      ]
     }
@@ -2812,7 +3250,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-85",
       0
      ]
     }
@@ -2824,7 +3262,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-86",
       0
      ]
     }
@@ -2836,19 +3274,7 @@
       0
      ],
      "destination": [
-      "obj-87",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-87",
-      0
-     ],
-     "destination": [
-      "obj-88",
+      "obj-2",
       0
      ]
     }
@@ -2868,23 +3294,35 @@
    {
     "patchline": {
      "source": [
-      "obj-88",
-      3
+      "obj-89",
+      0
      ],
      "destination": [
+      "obj-90",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-90",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-91",
       0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-88",
-      5
      ],
      "destination": [
-      "obj-93",
+      "obj-2",
       0
      ]
     }
@@ -2892,11 +3330,23 @@
    {
     "patchline": {
      "source": [
-      "obj-87",
-      5
+      "obj-92",
+      0
      ],
      "destination": [
-      "obj-95",
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-93",
+      0
+     ],
+     "destination": [
+      "obj-2",
       0
      ]
     }
@@ -2916,8 +3366,20 @@
    {
     "patchline": {
      "source": [
-      "obj-95",
-      1
+      "obj-96",
+      0
+     ],
+     "destination": [
+      "obj-97",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-97",
+      0
      ],
      "destination": [
       "obj-98",
@@ -2928,8 +3390,20 @@
    {
     "patchline": {
      "source": [
-      "obj-87",
-      1
+      "obj-98",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-100",
+      0
      ],
      "destination": [
       "obj-101",
@@ -2952,11 +3426,23 @@
    {
     "patchline": {
      "source": [
-      "obj-87",
-      2
+      "obj-102",
+      0
      ],
      "destination": [
-      "obj-104",
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-103",
+      0
+     ],
+     "destination": [
+      "obj-2",
       0
      ]
     }
@@ -2968,19 +3454,19 @@
       0
      ],
      "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-105",
       0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-87",
-      3
      ],
      "destination": [
-      "obj-107",
+      "obj-2",
       0
      ]
     }
@@ -3000,8 +3486,20 @@
    {
     "patchline": {
      "source": [
-      "obj-87",
-      4
+      "obj-108",
+      0
+     ],
+     "destination": [
+      "obj-109",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-109",
+      0
      ],
      "destination": [
       "obj-110",
@@ -3016,7 +3514,199 @@
       0
      ],
      "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-111",
+      0
+     ],
+     "destination": [
+      "obj-112",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-112",
+      0
+     ],
+     "destination": [
+      "obj-113",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-113",
+      0
+     ],
+     "destination": [
+      "obj-114",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-113",
+      3
+     ],
+     "destination": [
+      "obj-116",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-113",
+      5
+     ],
+     "destination": [
+      "obj-118",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-112",
+      5
+     ],
+     "destination": [
+      "obj-120",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-120",
+      0
+     ],
+     "destination": [
+      "obj-121",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-120",
+      1
+     ],
+     "destination": [
+      "obj-123",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-112",
+      1
+     ],
+     "destination": [
+      "obj-126",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-126",
+      0
+     ],
+     "destination": [
+      "obj-127",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-112",
+      2
+     ],
+     "destination": [
+      "obj-129",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-129",
+      0
+     ],
+     "destination": [
+      "obj-130",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-112",
+      3
+     ],
+     "destination": [
+      "obj-132",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-132",
+      0
+     ],
+     "destination": [
+      "obj-133",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-112",
+      4
+     ],
+     "destination": [
+      "obj-135",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-135",
+      0
+     ],
+     "destination": [
+      "obj-136",
       0
      ]
     }

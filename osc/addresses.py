@@ -15,11 +15,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 
+from engine.live import generator as encodecgpt
 from engine.live.controls import GENERATOR_CONTROLS, MAX_SLOTS
-from engine.live.rotary.generator import REFUSED, UNSUPPORTED_COMMANDS
+from engine.live.musicgen import generator as musicgen
+from engine.live.rotary import generator as rotary
 
-FAMILIES = ("encodecgpt", "rotary")  # the families the live engine plays
-_ROTARY_LACKS = set(REFUSED) | set(UNSUPPORTED_COMMANDS)
+FAMILIES = ("encodecgpt", "rotary", "musicgen")  # the families the live engine plays
+_LACKS = {  # what each family refuses (controls) or answers with /error (commands)
+    "encodecgpt": set(encodecgpt.REFUSED) | set(encodecgpt.UNSUPPORTED),
+    "rotary": set(rotary.REFUSED) | set(rotary.UNSUPPORTED_COMMANDS) | set(rotary.UNSUPPORTED),
+    "musicgen": set(musicgen.REFUSED) | set(musicgen.UNSUPPORTED),
+}
 
 
 @dataclass(frozen=True)
@@ -41,9 +47,10 @@ class Address:
 
 _WIDGETS = {"/morph": "fader", "/morph/xy": "xy", "/mix": "multislider", "/glide": "dial",
             "/temperature": "dial", "/topk": "dial", "/topp": "dial", "/seed": "number",
-            "/reset": "button", "/gain": "fader"}
+            "/reset": "button", "/gain": "fader", "/guidance": "dial"}
 
-_INTERNAL = ("/prompt/slot", "/prime/rows")  # made by the engine itself, never sent over OSC
+# made by the engine itself, never sent over OSC
+_INTERNAL = ("/prompt/slot", "/prompt/slot/text", "/prime/rows")
 
 CONTROLS = tuple(
     Address(s.address, s.types, s.help, s.low, s.high, s.default, s.clamp, "control",
@@ -54,6 +61,9 @@ CONTROLS = tuple(
 COMMANDS = (
     Address("/prompt/load", "is", "embed an audio file (EnCodecMAE) into a prompt slot; replies "
             "/prompt/loaded i s or /error", 0, MAX_SLOTS - 1, kind="command", widget="dropfile"),
+    Address("/prompt/text", "is", "put a text into a MusicGen slot (T5 runs in a worker; the "
+            "slot changes at a frame boundary once it is encoded); replies /prompt/loaded i s "
+            "or /error", 0, MAX_SLOTS - 1, kind="command", widget="text"),
     Address("/prime", "i", "continue slot i's audio: its last seconds (the model's context, "
             "at most the window) become the window's tokens; replies /primed s i or /error",
             0, MAX_SLOTS - 1, kind="command", widget="slotbutton"),
@@ -94,14 +104,14 @@ REPLIES = tuple(replace(a, flow="") for a in (  # sent: no flow
             widget="label"),
     Address("/engine/info", "sssis",
             "on /status and to each new feedback target: compute (cpu, cuda:0, mps), weights "
-            "(fp32, bf16, fp16, int8, int4), model family (encodecgpt, rotary), window "
-            "(frames; rotary: tokens), mode (exact, fast)", kind="reply", widget="label"),
+            "(fp32, bf16, fp16, int8, int4), model family (encodecgpt, rotary, musicgen), "
+            "window (frames; rotary: tokens), mode (exact, fast)", kind="reply", widget="label"),
     Address("/engine/mix", "f…", "~10 Hz: the current weight of every slot", kind="reply",
             widget="label"),
     Address("/engine/level", "ff", "~10 Hz: peak and RMS in dBFS of the last 0.1 s sent to "
             "the output, after /gain (-120 = silence)", kind="reply", widget="meter"),
-    Address("/prompt/loaded", "is", "a /prompt/load finished: slot, file", kind="reply",
-            widget="label"),
+    Address("/prompt/loaded", "is", "a /prompt/load or /prompt/text finished: slot, file or "
+            "text", kind="reply", widget="label"),
     Address("/primed", "si", "a /prime or /prime/file took effect: file, primed frames",
             kind="reply", widget="label"),
     Address("/record/started", "s", "a recording began: its folder", kind="reply",
@@ -120,8 +130,9 @@ REPLIES = tuple(replace(a, flow="") for a in (  # sent: no flow
     Address("/schema", "s", "reply to /schema", kind="reply"),
 ))
 
-CONTROLS, COMMANDS = (tuple(replace(a, families=("encodecgpt",)) if a.address in _ROTARY_LACKS
-                            else a for a in group) for group in (CONTROLS, COMMANDS))
+CONTROLS, COMMANDS = (tuple(
+    replace(a, families=tuple(f for f in FAMILIES if a.address not in _LACKS[f]))
+    for a in group) for group in (CONTROLS, COMMANDS))
 
 TABLE: dict[str, Address] = {a.address: a for a in CONTROLS + COMMANDS}
 """Addresses the engine accepts."""
@@ -131,7 +142,7 @@ def table_for(num_slots: int = MAX_SLOTS) -> dict[str, Address]:
     """The accepted addresses of an engine with ``num_slots`` prompt slots (``--slots``):
     ``/prompt/load`` takes slots ``0 .. num_slots - 1``, so ``/schema`` and the engine agree."""
     table = dict(TABLE)
-    for address in ("/prompt/load", "/prompt/listen", "/prompt/unlisten"):
+    for address in ("/prompt/load", "/prompt/text", "/prompt/listen", "/prompt/unlisten"):
         table[address] = replace(TABLE[address], high=num_slots - 1)
     return table
 

@@ -112,7 +112,7 @@ class OSCDispatcher:
             "/play": self._play, "/pause": self._pause, "/panic": self._panic,
             "/status": self._status, "/schema": self._schema,
             "/record/start": self._record_start, "/record/stop": self._record_stop,
-            "/prompt/load": self._prompt_load,
+            "/prompt/load": self._prompt_load, "/prompt/text": self._prompt_text,
             "/scene/save": self._scene_save, "/scene/recall": self._scene_recall,
             "/midi/learn": self._midi_learn,
             "/prime": self._prime, "/prime/file": self._prime_file,
@@ -137,8 +137,13 @@ class OSCDispatcher:
                 self.engine.submit(events)
             except ControlError as e:
                 return self.error(sender, str(e))
+        unsupported = getattr(self.engine, "unsupported", {})  # this model family lacks them
         for spec, args in checked:
-            if spec.kind == "command" and not self.commands[spec.address](args, sender):
+            if spec.kind != "command":
+                continue
+            if spec.address in unsupported:
+                return self.error(sender, f"{spec.address}: {unsupported[spec.address]}")
+            if not self.commands[spec.address](args, sender):
                 return False
         return True
 
@@ -248,6 +253,21 @@ class OSCDispatcher:
             self.reply("/prompt/loaded", [slot, path], sender)
 
         self.engine.load_prompt(slot, path, done=done, failed=failed)
+        return not refused
+
+    def _prompt_text(self, args: tuple, sender: Target) -> bool:
+        slot, text = args
+        refused: list[str] = []
+
+        def failed(message: str) -> None:  # now (bad slot or text) or from the text worker
+            refused.append(message)
+            self.error(sender, f"/prompt/text: {message}")
+
+        def done(slot: int, text: str) -> None:  # on the text worker
+            self.log(f"prompt: slot {slot} holds the text {text!r}")
+            self.reply("/prompt/loaded", [slot, text], sender)
+
+        self.engine.set_text(slot, text, done=done, failed=failed)
         return not refused
 
     def _device_reopen(self, args: tuple, sender: Target) -> bool:

@@ -237,16 +237,6 @@ def test_text_is_refused_for_an_encodecgpt_model(tmp_path, capsys):
     assert "--text/--text-to are for MusicGen" in capsys.readouterr().err
 
 
-def test_the_live_engine_refuses_a_musicgen_model_in_one_line_naming_it(tiny_folder, capsys):
-    """Live play of MusicGen is not wired yet: one line that says what the model is and
-    where it plays today (not the rotary family's description)."""
-    assert main(["--model", str(tiny_folder), "--device", "null", "--osc-port", "0",
-                 "--seconds", "1"]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(err) == 1 and "a musicgen model (text-conditioned, 32 kHz)" in err[0], err
-    assert "render --model" in err[0] and "x-transformers" not in err[0]
-
-
 @pytest.mark.slow
 def test_realtime_bench_runs_the_musicgen_family():
     done = subprocess.run([sys.executable, str(REPO / "bench" / "realtime.py"), "--model",

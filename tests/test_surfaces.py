@@ -135,7 +135,7 @@ def test_max_patch_has_the_performer_widgets_and_feedback():
     boxes, incoming = _max_graph("encodecgpt_live.maxpat")
     classes = [b["maxclass"] for b in boxes.values()]
     assert classes.count("dropfile") == 4 and "pictslider" in classes
-    assert classes.count("dial") == 4 and "textedit" in classes and "toggle" in classes
+    assert classes.count("dial") == 5 and classes.count("textedit") == 5 and "toggle" in classes
     texts = {b.get("text", "") for b in boxes.values()}
     assert f"udpreceive {FEEDBACK_PORT}" in texts
     route = next(t for t in texts if t.startswith("route /engine/status"))

@@ -32,8 +32,14 @@ from engine.live.controls import MAX_SLOTS
 from engine.live.engine import LiveConfig
 from engine.live.generator import DEFAULT_WINDOW
 from engine.live.listen.capture import check_input
+from engine.live.musicgen.generator import DEFAULT_WINDOW as MUSICGEN_WINDOW
+from engine.live.musicgen.generator import check_window
 from engine.live.rotary.prefix import PrefixReader, prefix_frames
-from engine.live.step.compute import out_of_memory_as_user_error, resolve_weights
+from engine.live.step.compute import (
+    out_of_memory_as_user_error,
+    resolve_compute,
+    resolve_weights,
+)
 from engine.model.config import PRESETS
 from engine.model.encodecmae import DEFAULT_ENCODECMAE, default_cache_dir, load_encodecmae
 from engine.model.loading.checkpoint import DEFAULT_CHECKPOINT
@@ -42,6 +48,7 @@ from engine.model.loading.pairing import choose_encodecmae
 from engine.model.loading.published import models_table
 from engine.model.loading.random_model import random_model
 from engine.model.musicgen.files import musicgen_table
+from engine.model.musicgen.lm import MusicGenLM
 from engine.model.prompt_files import PromptReader, load_prompt_npy
 from engine.model.rotary_lm import RotaryLM
 from engine.session.live_session import build_live_engine
@@ -77,6 +84,12 @@ def build_live_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", nargs="+", metavar="FILE", default=[],
                    help="prompt slots in order: audio files or .npy vectors (default: a "
                         "plucked string, a bell, filtered noise and a reed, synthesized)")
+    g.add_argument("--prompt-text", nargs="+", metavar="TEXT", default=[],
+                   help="MusicGen: text slots in order, e.g. \"warm analog pad\" \"broken "
+                        "breakbeat\" (/prompt/text i TEXT changes one while playing)")
+    g.add_argument("--guidance", type=float, default=3.0, metavar="G",
+                   help="MusicGen: classifier-free guidance scale at start (1 = none; "
+                        "/guidance changes it)")
     g.add_argument("--slots", type=int, default=DEFAULT_SLOTS, metavar="N",
                    help=f"prompt slots 0..N-1 (at most {MAX_SLOTS}; the control surfaces "
                         "address the first 4)")
@@ -174,14 +187,19 @@ def cmd_live(argv: list[str]) -> int:
     start = time.perf_counter()
     model, codec, encoder_factory = _load(args)
     args.window = getattr(args, "window", None)  # given, or the family's default below
-    if isinstance(model, RotaryLM):
+    if isinstance(model, MusicGenLM):
+        choice = _musicgen_choice(args, model)
+    elif isinstance(model, RotaryLM):
         choice = _rotary_choice(args, model)
         cfg = model.cfg
         print(f"model: rotary (x-transformers, {cfg.codebooks} codebooks flattened, dim "
               f"{cfg.dim}, depth {cfg.depth}), window {args.window} tokens; unconditional: "
               "slots hold audio prefixes (/prompt/load i FILE, /prime i)", file=sys.stderr)
-    else:
+    elif not isinstance(model, MusicGenLM):
         args.window = args.window or DEFAULT_WINDOW
+        if args.prompt_text:
+            raise UserError("--prompt-text: text slots are MusicGen's (--model musicgen-small); "
+                            "this model's slots hold audio prompts (--prompt FILE)")
     print(choice.describe(), file=sys.stderr, flush=True)
     slots = _initial_prompts(args, model, codec, encoder_factory)
     loaded = time.perf_counter() - start
@@ -197,6 +215,9 @@ def _check_slots(args) -> None:
     if len(args.prompt) > args.slots:
         raise UserError(f"{len(args.prompt)} --prompt files for --slots {args.slots}; "
                         "pass a larger --slots")
+    if len(args.prompt_text) > args.slots:
+        raise UserError(f"{len(args.prompt_text)} --prompt-text texts for --slots "
+                        f"{args.slots}; pass a larger --slots")
 
 
 def _check_input(args) -> None:
@@ -275,10 +296,11 @@ def _load(args):
         args.identity = {"model": loaded.source, "sha256": loaded.sha256, "family": "rotary",
                          "codec": loaded.codec.name}
         return loaded.model, loaded.codec, encoder_factory
-    if loaded.facts.name != "encodecgpt":
-        raise UserError(f"{source}: a {loaded.facts.name} model (text-conditioned, 32 kHz); "
-                        "live play of this family is not wired into the engine yet: render "
-                        "it with `run_engine.py render --model SRC`")
+    if loaded.facts.name == "musicgen":
+        args.context_s = None
+        args.identity = {"model": loaded.source, "sha256": loaded.sha256, "family": "musicgen",
+                         "codec": loaded.codec.name}
+        return loaded.model, loaded.codec, lambda: loaded.text
     ckpt = loaded.checkpoint
     args.encodecmae, warning = choose_encodecmae(
         ckpt.encodecmae, ckpt.pairing, args.encodecmae, args.force_encodecmae, str(source))
@@ -335,7 +357,38 @@ def _rotary_choice(args, model: RotaryLM) -> EngineChoice:
     return EngineChoice(cpu, resolve_weights("none", cpu, mode), mode, None)
 
 
-def _initial_prompts(args, model, codec, encoder_factory) -> list[np.ndarray]:
+def _musicgen_choice(args, lm: MusicGenLM) -> EngineChoice:
+    """MusicGen runs its exact step (the window recomputed, under guidance) in fp32, on the
+    CPU or a GPU (``--compute``; the model moves there); its window is in 50 Hz frames,
+    150 (3 s) by default, below 200 (4 s)."""
+    if args.quantize not in (None, "auto", "none"):
+        raise UserError(f"--quantize {args.quantize}: MusicGen runs fp32 weights")
+    if args.step_runner is not None or args.hop is not None or args.mode not in (None, "exact"):
+        raise UserError("--mode fast, --step-runner and --hop are EnCodecGPT's; MusicGen "
+                        "recomputes its window every step (exact)")
+    if args.input is not None or args.prompt:
+        raise UserError("--input/--prompt: MusicGen's slots hold texts (--prompt-text TEXT ...)")
+    if not args.prompt_text:
+        raise UserError('MusicGen needs a text: --prompt-text "warm analog pad" ...')
+    args.window = args.window or MUSICGEN_WINDOW
+    try:
+        check_window(args.window, lm.max_positions)
+    except ValueError as e:
+        raise UserError(f"--window: {e}") from None
+    if not 0.0 <= args.guidance <= 10.0:
+        raise UserError(f"--guidance must be in 0..10, got {args.guidance:g}")
+    device = resolve_compute(args.compute)
+    lm.model.to(device)
+    args.slot_sources = [f"text: {t}" for t in args.prompt_text]
+    print(f"model: MusicGen ({lm.num_q} codebooks of {lm.card}, 32 kHz), window "
+          f"{args.window} frames ({args.window / 50:.1f} s), guidance {args.guidance:g}, "
+          f"on {device}; text slots: " + "; ".join(args.prompt_text), file=sys.stderr)
+    return EngineChoice(device, resolve_weights("none", device, "exact"), "exact", None)
+
+
+def _initial_prompts(args, model, codec, encoder_factory) -> list:
+    if isinstance(model, MusicGenLM):
+        return [t.strip() for t in args.prompt_text]
     if isinstance(model, RotaryLM):
         return _initial_prefixes(args, model, codec)
     files = [Path(p) for p in args.prompt]
@@ -413,8 +466,9 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
                         limiter=args.limiter, input=args.input,
                         input_hostapi=args.input_hostapi,
                         listen_interval_s=_positive(args.listen_interval, "--listen-interval"),
-                        listen_silence_db=args.listen_silence_db)
-    size = f"a {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M-parameter model " \
+                        listen_silence_db=args.listen_silence_db, guidance=args.guidance)
+    params = (model.model.decoder if isinstance(model, MusicGenLM) else model).parameters()
+    size = f"a {sum(p.numel() for p in params) / 1e6:.0f}M-parameter model " \
            f"({choice.weights.label})"
     try:
         with out_of_memory_as_user_error(size, args.window):

@@ -81,8 +81,12 @@ GENERATOR_CONTROLS: tuple[ControlSpec, ...] = (
     ControlSpec("/reset", "", "forget the token window and start a fresh sequence"),
     ControlSpec("/gain", "f", "output gain in dB (ceiling +6; a change ramps over 20 ms)",
                 -60.0, 6.0, (0.0,), True, "gain"),
+    ControlSpec("/guidance", "f", "classifier-free guidance scale (MusicGen; 1 = none, "
+                "published 3)", 0.0, 10.0, (3.0,), True, "guidance"),
     ControlSpec("/prompt/slot", "ib", "(internal) put an embedding into a slot", 0,
                 MAX_SLOTS - 1),
+    ControlSpec("/prompt/slot/text", "is", "(internal) put a text into a slot (MusicGen; its "
+                "T5 encoding is cached first)", 0, MAX_SLOTS - 1),
     ControlSpec("/prime/rows", "b", "(internal) start a new sequence from primed token rows "
                 "[T, Q] (engine.model.tokens.priming)"),
 )
@@ -125,7 +129,7 @@ class ControlState:
     """Slots, mix and sampling controls: targets and the current (glided) values."""
 
     num_slots: int = 4
-    slots: list = field(default_factory=list)  # np.ndarray [P] float32 or None
+    slots: list = field(default_factory=list)  # np.ndarray [P] float32, str (text) or None
     weights: np.ndarray = None  # type: ignore[assignment]  [num_slots] float64, current
     target_weights: np.ndarray = None  # type: ignore[assignment]
     temperature: float = 1.0
@@ -137,6 +141,7 @@ class ControlState:
     gain_db: float = 0.0  # master gain; ramped in the audio (engine.live.audio.gain)
     target_slots: list = field(default_factory=list)  # where each slot's vector glides to
     slot_glide: bool = True  # False: a new vector replaces a slot at once (older sessions)
+    frame_rate: float = FRAME_RATE  # glide steps per second (the family's: MusicGen 50 Hz)
 
     def __post_init__(self):
         if not 1 <= self.num_slots <= MAX_SLOTS:
@@ -177,7 +182,7 @@ class ControlState:
         """Move the glided controls one frame towards their targets."""
         if not self.gliding:
             return
-        alpha = 1.0 if self.glide <= 0 else 1.0 - math.exp(-1.0 / (self.glide * FRAME_RATE))
+        alpha = 1.0 if self.glide <= 0 else 1.0 - math.exp(-1.0 / (self.glide * self.frame_rate))
         self.weights = _glide_step(self.weights, self.target_weights, alpha)
         self.temperature = _glide_step(self.temperature, self.target_temperature, alpha)
         self.top_p = _glide_step(self.top_p, self.target_top_p, alpha)
@@ -201,6 +206,8 @@ class ControlState:
         values = tuple(event.values)
         if spec.address == "/prompt/slot":
             return self._set_slot(values)
+        if spec.address == "/prompt/slot/text":
+            return self._set_text(values)
         if spec.address == "/prime/rows":
             return _check_rows(values)
         nums = check_args(spec, values)
@@ -216,7 +223,7 @@ class ControlState:
         if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.num_slots:
             raise ControlError(f"slot must be an integer in 0..{self.num_slots - 1}, got {slot!r}")
         vec = np.asarray(vec, dtype=np.float32)
-        filled = [s for s in self.slots if s is not None]
+        filled = [s for s in self.slots if isinstance(s, np.ndarray)]
         if vec.ndim != 1 or not np.isfinite(vec).all():
             raise ControlError("a prompt embedding must be a finite vector [P]")
         if filled and filled[0].shape != vec.shape:
@@ -229,6 +236,19 @@ class ControlState:
                 and current.shape == vec.shape):
             self.slots[i] = vec  # a jump (no glide, an empty slot, an older session)
         return (i, vec)
+
+    def _set_text(self, values: tuple) -> tuple:
+        """A text slot (MusicGen): no glide between texts (the mix weights glide)."""
+        if len(values) != 2 or not isinstance(values[1], str):
+            raise ControlError("/prompt/slot/text expects (slot, text)")
+        slot, text = values
+        if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.num_slots:
+            raise ControlError(f"slot must be an integer in 0..{self.num_slots - 1}, got {slot!r}")
+        if not text.strip():
+            raise ControlError("a text slot needs a text (it was empty)")
+        i = int(slot)
+        self.slots[i] = self.target_slots[i] = text
+        return (i, text)
 
     def _set_weights(self, weights: np.ndarray) -> None:
         total = float(weights.sum())
@@ -284,7 +304,7 @@ class ControlState:
         mix weights ``[num_slots]`` float64 tensors, the sampling values and the glide."""
         return {
             "num_slots": self.num_slots,
-            "slots": [array_to_state(s) for s in self.slots],
+            "slots": [_slot_to_state(s) for s in self.slots],
             "weights": array_to_state(self.weights),
             "target_weights": array_to_state(self.target_weights),
             "temperature": float(self.temperature),
@@ -292,7 +312,7 @@ class ControlState:
             "top_p": float(self.top_p), "target_top_p": float(self.target_top_p),
             "top_k": int(self.top_k), "glide": float(self.glide),
             "master_gain_db": float(self.gain_db),
-            **({"target_slots": [array_to_state(s) for s in self.target_slots]}
+            **({"target_slots": [_slot_to_state(s) for s in self.target_slots]}
                if self.slot_glide else {}),
         }
 
@@ -312,11 +332,11 @@ class ControlState:
             targets = s.pop("target_slots") if "target_slots" in state else None
         if num_slots != self.num_slots or len(slots) != self.num_slots:
             raise ValueError(f"controls state has {num_slots} slots, this one {self.num_slots}")
-        self.slots = [array_from_state(v) for v in slots]
+        self.slots = [_slot_from_state(v) for v in slots]
         self.slot_glide = targets is not None
         self.target_slots = list(self.slots)
         for i, t in enumerate(targets or []):
-            t = array_from_state(t)
+            t = _slot_from_state(t)
             if not (isinstance(t, np.ndarray) and isinstance(self.slots[i], np.ndarray)
                     and np.array_equal(t, self.slots[i])):
                 self.target_slots[i] = t  # still gliding when the state was taken
@@ -331,6 +351,15 @@ class ControlState:
         new = copy.copy(self)
         new.slots, new.target_slots = list(self.slots), list(self.target_slots)
         return new
+
+
+def _slot_to_state(slot):
+    """A slot in a state: a text as it is, a vector as a tensor copy."""
+    return slot if isinstance(slot, str) else array_to_state(slot)
+
+
+def _slot_from_state(value):
+    return value if isinstance(value, str) else array_from_state(value)
 
 
 def _check_rows(values: tuple) -> tuple:

@@ -4,7 +4,9 @@
 
 * the model family's generator — the rolling generator (:mod:`engine.live.generator`) for
   EnCodecGPT, :mod:`engine.live.rotary.generator` for the rotary family (slots hold audio
-  prefixes, :mod:`engine.live.rotary.prefix`) — and its control input
+  prefixes, :mod:`engine.live.rotary.prefix`), :mod:`engine.live.musicgen.generator` for
+  MusicGen (slots hold texts, encoded by :mod:`engine.live.musicgen.text_slots`) — and its
+  control input
   (:mod:`engine.live.control_input`: initial slots, bundles validated as a whole);
 * the two-thread pipeline, generator → decoder → sink (:mod:`engine.live.pipeline`);
 * the output: a PortAudio device, or the null sink, with the watchdog that falls back to the
@@ -72,7 +74,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import FRAME_RATE
 from engine.errors import UserError
 from engine.live.audio.output import LiveOutput
 from engine.live.audio.seam import min_primed_rows
@@ -83,11 +84,15 @@ from engine.live.generator import DEFAULT_WINDOW, RollingGenerator
 from engine.live.listen.capture import open_input
 from engine.live.listen.updater import DEFAULT_INTERVAL_S, SILENCE_DB, ListenUpdater
 from engine.live.listeners import EngineListener, Listeners
+from engine.live.musicgen.generator import DEFAULT_WINDOW as MUSICGEN_WINDOW
+from engine.live.musicgen.generator import MusicGenGenerator
+from engine.live.musicgen.text_slots import TextSlots
 from engine.live.pipeline import Pipeline
 from engine.live.prompt_loading import PromptLoader
 from engine.live.rotary.generator import RotaryGenerator
 from engine.live.rotary.prefix import PrefixReader, prefix_frames
 from engine.live.transport import Transport
+from engine.model.musicgen.lm import MusicGenLM
 from engine.model.prompt_files import PromptReader
 from engine.model.rotary_lm import RotaryLM
 from engine.model.tokens.priming import prime_frames, read_prime
@@ -126,19 +131,22 @@ class LiveConfig:
     input_hostapi: str | None = None
     listen_interval_s: float = DEFAULT_INTERVAL_S
     listen_silence_db: float = SILENCE_DB
+    guidance: float = 3.0  # MusicGen's classifier-free guidance scale at start (/guidance)
 
 
 class LiveEngine:
     """Everything that runs while a performer plays (see the module's threading model).
 
     Args:
-        model, codec: the language model (an EnCodecGPT, or a rotary ``RotaryLM``) and its
-            codec.
+        model, codec: the language model (an EnCodecGPT, a rotary ``RotaryLM`` or a
+            ``MusicGenLM``) and its codec.
         slots: initial prompt embeddings ``[P]``, in slot order (at least one); for a rotary
-            model, audio prefixes: codes ``[T, Q]`` (none: the start token alone).
+            model, audio prefixes: codes ``[T, Q]`` (none: the start token alone); for
+            MusicGen, texts (at least one).
         config: see :class:`LiveConfig`.
         encoder_factory: builds the prompt encoder on the first ``/prompt/load`` (lazy, so
-            a session that never loads files never loads EnCodecMAE).
+            a session that never loads files never loads EnCodecMAE); for MusicGen, returns
+            its :class:`~engine.model.musicgen.text.TextEncoder` (needed at once).
         log: console messages (one line each).
     """
 
@@ -148,18 +156,21 @@ class LiveEngine:
         self.config, self.log = config, log
         self.codec = codec
         self.prefixes: dict[int, np.ndarray] = {}  # audio-prefix slots: codes [T, Q]
-        self.generator, controls = self._make_generator(model, slots, config)
-        self.inbox = ControlInbox(self.generator, controls)
+        self.texts: TextSlots | None = None  # MusicGen's text slots
         decoder = StreamingDecoder(codec.model, device=config.compute)
+        self.frame_rate = decoder.sample_rate / decoder.hop  # 75 Hz; MusicGen 50 Hz
+        self.generator, controls = self._make_generator(model, slots, config, encoder_factory)
+        self.inbox = ControlInbox(self.generator, controls)
         self.startup = {"capture_s": self.generator.startup_s, "decoder_warmup_s": 0.0}
         if decoder.device.type == "cuda":  # before the device opens: no first-second glitch
             chunks = range(1, max(1, config.decode_chunk) + 1)  # a recording start cuts one
             self.startup["decoder_warmup_s"] = decoder.warm_up(chunks, model.num_q)
         self.output = LiveOutput(config.device, config.hostapi, buffer_s=config.buffer_s,
-                                 blocksize=config.blocksize, latency=config.latency, log=log)
+                                 blocksize=config.blocksize, latency=config.latency, log=log,
+                                 source_rate=decoder.sample_rate)
         # paced one frame at a time as playback advances (a control waits ~a device period,
         # not a chunk's idle gap), as far ahead as the ring plus a queue of a chunk and two
-        lead_s = config.buffer_s + (max(1, config.decode_chunk) + 2) / FRAME_RATE
+        lead_s = config.buffer_s + (max(1, config.decode_chunk) + 2) / self.frame_rate
         self.pipeline = Pipeline(self.generator, decoder, self.output.sink,
                                  decode_chunk=config.decode_chunk, threads=config.threads,
                                  lead_s=lead_s, buffered_s=lambda: self.output.buffered_s)
@@ -172,12 +183,16 @@ class LiveEngine:
                                   prefix_frames(gen.window, gen.num_q, config.prompt_seconds))
             store = self._store_prefix
         else:
-            reader = PromptReader(encoder_factory, expected_dim=model.prompt_dim,
+            reader = PromptReader(encoder_factory,
+                                  expected_dim=getattr(model, "prompt_dim", None),
                                   max_seconds=config.prompt_seconds)
             store = None
         self.prompts = PromptLoader(reader,
                                     config.prompt_dirs, controls.num_slots, self.submit,
                                     sources=config.slot_sources, store=store)
+        if self.family == "musicgen":
+            self.texts = TextSlots(self.generator.text, controls.num_slots, self.submit,
+                                   [s for s in controls.slots if isinstance(s, str)])
         self.transport = Transport(self.pipeline, self.output, self.generator, self.events)
         self.input = open_input(config.input, config.input_hostapi) if config.input else None
         self.listener = None if self.input is None else ListenUpdater(
@@ -190,10 +205,13 @@ class LiveEngine:
         self.scenes = None  # likewise, the scene store (engine.session.scenes)
         self._connect()
 
-    def _make_generator(self, model, slots: list[np.ndarray], config: LiveConfig):
+    def _make_generator(self, model, slots: list, config: LiveConfig, encoder_factory):
         """The family's generator and its initial controls. EnCodecGPT: prompt vectors
         ``[P]`` in the slots. Rotary: ``slots`` are audio prefixes, codes ``[T, Q]`` (the
-        first primes the window; none: the start token alone)."""
+        first primes the window; none: the start token alone). MusicGen: texts (encoded
+        here, before the first step)."""
+        if isinstance(model, MusicGenLM):
+            return self._musicgen_generator(model, slots, config, encoder_factory())
         if isinstance(model, RotaryLM):
             controls = ControlState(num_slots=config.num_slots)
             self.prefixes = dict(enumerate(slots))
@@ -209,10 +227,27 @@ class LiveEngine:
                                seed=config.seed, compute=config.compute, runner=config.runner)
         return gen, controls
 
+    def _musicgen_generator(self, lm: MusicGenLM, texts: list, config: LiveConfig, text):
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise UserError("MusicGen needs at least one text (--prompt-text TEXT ...)")
+        controls = ControlState(num_slots=max(config.num_slots, len(texts)),
+                                frame_rate=self.frame_rate)
+        for i, t in enumerate(texts):
+            text.encode(t.strip())  # cached: the first steps never run T5
+            controls.apply(ControlEvent("/prompt/slot/text", (i, t.strip())))
+        gen = MusicGenGenerator(lm, text, controls, window=config.window or MUSICGEN_WINDOW,
+                                guidance=config.guidance, seed=config.seed)
+        return gen, controls
+
     @property
     def family(self) -> str:
-        """The model family playing (``encodecgpt`` or ``rotary``)."""
+        """The model family playing (``encodecgpt``, ``rotary`` or ``musicgen``)."""
         return getattr(self.generator, "family", "encodecgpt")
+
+    @property
+    def unsupported(self) -> dict[str, str]:
+        """Engine commands this family answers with ``/error`` (address → why)."""
+        return getattr(self.generator, "unsupported", {})
 
     def _connect(self) -> None:
         """Route the generator's, the pipeline's and the output's events to the listeners."""
@@ -293,6 +328,8 @@ class LiveEngine:
         self.events.close()
         self.generator.close()
         self.prompts.close()
+        if self.texts is not None:
+            self.texts.close()
         if self.listener is not None:
             self.listener.close()
         if self.input is not None:
@@ -322,6 +359,18 @@ class LiveEngine:
     def panic(self) -> None:
         """Silence now: fade out, drop buffered audio, reset the window, pause."""
         self.transport.panic()
+
+    def set_text(self, slot: int, text: str, done: Callable[[int, str], None],
+                 failed: Callable[[str], None]) -> None:
+        """``/prompt/text``: encode ``text`` for MusicGen slot ``slot`` in the text worker,
+        then queue it for a frame boundary; ``done(slot, text)`` or ``failed(message)``."""
+        if self.texts is None:
+            failed(f"the {self.family} model has no text slots (MusicGen's); "
+                   + ("its slots hold audio prefixes: /prompt/load i FILE"
+                      if self.family == "rotary" else
+                      "its slots hold EnCodecMAE vectors of audio: /prompt/load i FILE"))
+            return
+        self.texts.set(slot, text, done, failed)
 
     def load_prompt(self, slot: int, path: str, done: Callable[[int, str], None],
                     failed: Callable[[str], None]) -> None:
@@ -392,7 +441,7 @@ class LiveEngine:
         if rows.shape[0] < min_primed_rows(gen.num_q):
             raise UserError(f"{file}: too short to prime from ({rows.shape[0]} frames; at "
                             f"least {min_primed_rows(gen.num_q)}, "
-                            f"{min_primed_rows(gen.num_q) / FRAME_RATE:.2f} s)")
+                            f"{min_primed_rows(gen.num_q) / self.frame_rate:.2f} s)")
         if note:
             self.log(note)
         return rows
@@ -454,7 +503,7 @@ class LiveEngine:
         level = self.pipeline.level.read()
         safety = self.pipeline.safety
         return {
-            "rtf": (1000.0 / FRAME_RATE) / mean if mean > 0 else 0.0,
+            "rtf": (1000.0 / self.frame_rate) / mean if mean > 0 else 0.0,
             "step_ms_p50": stats.percentile(50), "step_ms_p99": stats.percentile(99),
             "buffer_ms": 1000.0 * self.output.buffered_s,
             "underruns": self.output.underruns,

@@ -67,6 +67,12 @@ MAX_WINDOW = 299  # < 300 frames = 4 s at 75 Hz
 DEFAULT_WINDOW = 200  # 2.67 s, the original demo's buffer
 MODES = ("exact", "fast")
 _STATIC_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# What EnCodecGPT cannot do, and why (ControlInbox refuses the controls, the OSC dispatcher
+# the commands; the OSC address table's families column is made from both).
+REFUSED = {"/guidance": "EnCodecGPT has no classifier-free guidance (a MusicGen control)",
+           "/prompt/slot/text": "EnCodecGPT's slots hold EnCodecMAE vectors, not texts"}
+UNSUPPORTED = {"/prompt/text": "EnCodecGPT's slots hold EnCodecMAE vectors of audio files "
+                               "(/prompt/load i FILE), not texts (MusicGen's)"}
 
 
 def check_window(window: int, hop: int | None, max_positions: int) -> int:
@@ -84,6 +90,8 @@ def check_window(window: int, hop: int | None, max_positions: int) -> int:
 
 class RollingGenerator(ControlledGenerator):
     """Generate delayed token rows forever; see the module docstring.
+
+    Controls it refuses: :data:`REFUSED`; engine commands it lacks: :data:`UNSUPPORTED`.
 
     Args:
         model: the reference EnCodecGPT (eval mode).
@@ -109,6 +117,9 @@ class RollingGenerator(ControlledGenerator):
     Attributes:
         startup_s: seconds spent building and capturing the step (0 for the CPU paths).
     """
+
+    refused = REFUSED
+    unsupported = UNSUPPORTED
 
     def __init__(self, model: EnCodecGPT, controls: ControlState, *, window: int = DEFAULT_WINDOW,
                  mode: str = "fast", hop: int | None = None, quantize: str = "none",

@@ -46,8 +46,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from engine import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE
-from engine.live.audio.gain import GainRamp
+from engine.live.audio.gain import RAMP_S, GainRamp
 from engine.live.audio.level import LevelMeter
 from engine.live.audio.safety import SafetyLimiter
 from engine.live.audio.seam import Crossfade, min_primed_rows, warm_state
@@ -95,8 +94,9 @@ class Pipeline:
         decode_chunk: frames per decoder call (larger = cheaper per frame, more latency).
         threads: torch intra-op threads for the whole process (None: leave them as they are).
         on_row: called on the generator thread with ``(frame, row)`` after each step.
-        on_audio: called on the decoder thread with each 24 kHz audio block and the output
-            sample index it starts at (frame f starts at sample 320·f), before the sink.
+        on_audio: called on the decoder thread with each audio block (at the decoder's rate:
+            24 kHz, MusicGen 32 kHz) and the output sample index it starts at (frame f starts
+            at sample hop·f), before the sink.
         lead_s: pace the generator to stay this far ahead of playback (see the module
             docstring); None: run ahead until the row queue is full.
         buffered_s: seconds of audio in the output's ring now (any thread); needed with
@@ -118,11 +118,15 @@ class Pipeline:
         self.threads = threads
         self.on_row, self.on_audio = on_row, on_audio
         self.stats = StepStats()
-        self.gain = GainRamp()  # decoder thread only
-        self.safety = SafetyLimiter()  # decoder thread only; None = off (--no-limiter)
+        # the decoder's audio format: frames of `hop` samples at `rate` (24 kHz: 320 at 75 Hz)
+        self.hop, self.rate = decoder.hop, decoder.sample_rate
+        self.frame_rate = self.rate / self.hop
+        self.gain = GainRamp(int(RAMP_S * self.rate), hop=self.hop)  # decoder thread only
+        # decoder thread only; None = off (--no-limiter)
+        self.safety = SafetyLimiter(frame=self.hop, rate=self.rate)
         self.on_fault: Callable[[str], None] | None = None  # decoder or generator thread
         self._audio_fault = False  # in a run of blocks with non-finite samples
-        self.level = LevelMeter()  # written by the decoder thread, read by anyone
+        self.level = LevelMeter(rate=self.rate)  # written by the decoder thread, read by anyone
         self._frame_gains: deque[float] = deque()  # dB of each frame not decoded yet
         # Small: rows waiting here are generated but unheard, i.e. control latency.
         self.rows: queue.Queue = queue.Queue(maxsize=self.decode_chunk + 2)
@@ -228,8 +232,9 @@ class Pipeline:
     def _ahead_s(self) -> float:
         """Seconds of audio generated but not yet played (generator thread; the counts are
         each read once, without a lock: a stale one errs by a frame for one poll)."""
-        rows = self.rows.qsize() + self._in_hand
-        return rows / FRAME_RATE + self._held / SAMPLE_RATE + self._buffered_s()
+        # + the frames a non-causal decoder holds back (its look-ahead): decoded, not emitted
+        rows = self.rows.qsize() + self._in_hand + self.decoder.lookahead_frames
+        return rows / self.frame_rate + self._held / self.rate + self._buffered_s()
 
     def _put(self, item) -> None:
         while True:
@@ -273,7 +278,7 @@ class Pipeline:
                         state = self.decoder.get_state()
                         for h in due:
                             hooks.remove(h)
-                            h[1](state, frames * HOP_LENGTH)
+                            h[1](state, frames * self.hop)
                     chunk.append(frame)
                     frames += 1
                 if len(chunk) >= self.decode_chunk:
@@ -308,7 +313,7 @@ class Pipeline:
         if audio.size == 0:
             return
         gains = [self._frame_gains.popleft() if self._frame_gains else self.generator.controls
-                 .gain_db for _ in range(audio.size // HOP_LENGTH)]
+                 .gain_db for _ in range(audio.size // self.hop)]
         self.gain.process(audio, gains)
         self._guard(audio)
         self.level.add(audio)
@@ -324,7 +329,7 @@ class Pipeline:
             self.sink.write(audio)
             return
         self._held, self._in_hand = audio.size, 0  # the chunk's frames are now these samples
-        for start in range(0, audio.size, HOP_LENGTH):
+        for start in range(0, audio.size, self.hop):
             self._held = audio.size - start
-            self.sink.write(audio[start: start + HOP_LENGTH])
+            self.sink.write(audio[start: start + self.hop])
         self._held = 0

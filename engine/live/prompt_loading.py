@@ -54,7 +54,7 @@ class PromptLoader:
         self.prompt_dirs = [Path(d) for d in prompt_dirs]
         self.sources: dict[int, str] = {i: str(src) for i, src in enumerate(sources)}
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="prompt-load",
-                                          initializer=_lower_priority)
+                                          initializer=lower_thread_priority)
         self._latest: dict[int, int] = {}  # slot -> number of the newest load asked for it
         self._count = 0
         self._lock = threading.Lock()
@@ -147,7 +147,7 @@ class PromptLoader:
         self._worker.shutdown(wait=False, cancel_futures=True)
 
 
-def _lower_priority() -> None:
+def lower_thread_priority() -> None:
     """Nice the loader thread (Linux: a thread's own priority) so embedding yields to
     generation; where that is not possible it runs at normal priority."""
     try:

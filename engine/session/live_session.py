@@ -18,11 +18,11 @@ from engine.session.writers import AudioFileWriter, JsonLinesWriter
 class _ControlLog(EngineListener):
     """``--control-log``: one JSON line per applied control, written by its own thread."""
 
-    def __init__(self, writer: JsonLinesWriter):
-        self.writer = writer
+    def __init__(self, writer: JsonLinesWriter, hop: int):
+        self.writer, self.hop = writer, hop  # samples a frame at the decoder's rate
 
     def on_control(self, entry) -> None:
-        self.writer.put(control_record(entry))
+        self.writer.put(control_record(entry, hop=self.hop))
 
     def close(self) -> None:
         self.writer.close()
@@ -53,7 +53,8 @@ def build_live_engine(model, codec, slots: list[np.ndarray], config: LiveConfig,
     engine.add_listener(engine.recorder)
     engine.scenes = SceneStore(engine, config.scenes_dir, log)
     if config.control_log is not None:
-        engine.add_listener(_ControlLog(JsonLinesWriter(config.control_log, on_error=log)))
+        engine.add_listener(_ControlLog(JsonLinesWriter(config.control_log, on_error=log),
+                                        engine.pipeline.hop))
     if config.tap is not None:
         engine.add_listener(_Tap(AudioFileWriter(config.tap, engine.output.rate,
                                                  on_error=log)))

@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import HOP_LENGTH, SAMPLE_RATE
+from engine import HOP_LENGTH
 from engine.atomic_write import write_json_atomic
 from engine.errors import UserError
 from engine.live.engine import LiveEngine
@@ -87,8 +87,10 @@ def embedding_digest(vec: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(vec, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
-def control_record(entry, digest: Callable[[np.ndarray], str] = embedding_digest) -> dict:
-    """A frame-log entry as JSON data (an embedding is logged by size and digest)."""
+def control_record(entry, digest: Callable[[np.ndarray], str] = embedding_digest,
+                   hop: int = HOP_LENGTH) -> dict:
+    """A frame-log entry as JSON data (an embedding is logged by size and digest; ``sample``
+    counts at the decoder's rate, ``hop`` samples a frame: 320 at 24 kHz, MusicGen 640)."""
     values = []
     for v in entry.values:
         if isinstance(v, np.ndarray) and v.ndim == 2:  # /prime/rows: tokens [T, Q]
@@ -99,7 +101,7 @@ def control_record(entry, digest: Callable[[np.ndarray], str] = embedding_digest
             values.append(v.item())
         else:
             values.append(v)
-    return {"frame": entry.frame, "sample": entry.frame * HOP_LENGTH,
+    return {"frame": entry.frame, "sample": entry.frame * hop,
             "wall_time": entry.wall_time, "address": entry.address, "values": values}
 
 
@@ -289,7 +291,7 @@ class Recorder(EngineListener):
             if take.phase is not Phase.STOPPING or take.end_frame is not None:
                 return
             take.end_frame = gen.t
-            take.audio_until = gen.t * HOP_LENGTH
+            take.audio_until = gen.t * self.engine.pipeline.hop
             take.deadline = time.monotonic() + AUDIO_WAIT_S
 
     def on_row(self, frame: int, row: torch.Tensor) -> None:
@@ -301,7 +303,8 @@ class Recorder(EngineListener):
         take = self._take
         if take is not None and take.takes_frame(entry.frame):
             vecs = [v for v in entry.values if isinstance(v, np.ndarray)]
-            take.queue.put(("control", control_record(entry), vecs))
+            take.queue.put(("control", control_record(entry, hop=self.engine.pipeline.hop),
+                            vecs))
 
     # -- decoder thread ---------------------------------------------------------------------
     def _decoder_mark(self, take: _Take, decoder_state: dict, sample_index: int) -> None:
@@ -316,7 +319,7 @@ class Recorder(EngineListener):
         take = self._take
         if take is None or take.audio_from is None or take.phase not in _TAKING:
             return
-        ratio = rate / SAMPLE_RATE
+        ratio = rate / self.engine.pipeline.rate  # device rate / the decoder's
         stop = len(block)
         until = take.audio_until
         if until is not None:
@@ -396,9 +399,11 @@ class SessionFolder:
         torch.save(begin["state"], path / "state.pt")
         info = dict(begin["info"], format=FORMAT, format_version=FORMAT_VERSION,
                     first_frame=begin["first_frame"],
-                    audio_start_sample_24k=begin["first_frame"] * HOP_LENGTH,
+                    audio_start_sample_24k=begin["first_frame"] * HOP_LENGTH,  # EnCodec 24k
                     created_utc=datetime.now(timezone.utc).isoformat(), end_frame=None)
         for slot in info["prompt_slots"]:
+            if "text" in slot:  # a MusicGen text slot: the text is in session.json
+                continue
             vec = slot.pop("embedding")
             np.save(path / "slots" / f"{slot['sha256']}.npy", vec)
             slot["file"] = f"slots/{slot['sha256']}.npy"
@@ -467,10 +472,13 @@ def session_info(engine: LiveEngine) -> dict:
     gen, cfg = engine.generator, engine.config
     slots = []
     for i, vec in enumerate(gen.controls.slots):
-        if vec is not None:
+        if isinstance(vec, str):  # MusicGen: a text slot
+            slots.append({"slot": i, "source": engine.slot_sources.get(i), "text": vec})
+        elif vec is not None:
             slots.append({"slot": i, "source": engine.slot_sources.get(i),
                           "sha256": embedding_digest(vec), "embedding": vec.copy()})
     return {"model": dict(cfg.identity), "sample_rate": engine.output.rate,
+            "source_rate": engine.pipeline.rate,  # the decoder's (24 kHz; MusicGen 32 kHz)
             "engine": {"window": gen.window, "hop": gen.hop, "mode": gen.mode,
                        "quantize": gen.weight_format, "compute": str(gen.compute),
                        "seed": cfg.seed, "greedy": gen.greedy,

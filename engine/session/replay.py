@@ -27,12 +27,14 @@ from engine.live.audio.sinks import MemorySink
 from engine.live.controls import SPECS, ControlEvent, ControlState
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
+from engine.live.musicgen.generator import MusicGenGenerator
 from engine.live.pipeline import Pipeline
 from engine.live.rotary.generator import RotaryGenerator
 from engine.live.step.compute import resolve_weights
 from engine.model.loading.checkpoint import load_checkpoint
 from engine.model.loading.family import load_family
 from engine.model.loading.random_model import random_model
+from engine.model.musicgen.lm import MusicGenLM
 from engine.model.rotary_lm import RotaryLM
 from engine.session.files import repair_npy, repair_wav
 from engine.session.format import (
@@ -100,7 +102,7 @@ def load_session_model(info: dict, checkpoint: str | None, trust: bool,
     source = checkpoint or ident.get("checkpoint") or ident.get("model")
     if not source:
         raise UserError("the session names no checkpoint; pass --checkpoint")
-    loaded = (load_family(source, trust=trust) if ident.get("family") == "rotary"
+    loaded = (load_family(source, trust=trust) if ident.get("family") in ("rotary", "musicgen")
               else load_checkpoint(source, trust=trust))
     recorded = ident.get("sha256")
     if recorded and loaded.sha256 and loaded.sha256 != recorded:
@@ -152,6 +154,10 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
         if isinstance(model, RotaryLM):
             gen = RotaryGenerator(model, state, window=eng["window"], mode=eng["mode"],
                                   greedy=greedy, seed=eng["seed"])
+        elif isinstance(model, MusicGenLM):  # texts, guidance: restored with the state
+            state.frame_rate = codec.frame_rate
+            gen = MusicGenGenerator(model, model.text, state, window=eng["window"],
+                                    greedy=greedy, seed=eng["seed"])
         else:
             gen = RollingGenerator(model, state, window=eng["window"], mode=eng["mode"],
                                    hop=eng["hop"], quantize=quantize, greedy=greedy,
@@ -193,7 +199,12 @@ def replay(folder: Path, controls: Path | None = None, checkpoint: str | None = 
         pipeline.run(frames)
     finally:
         gen.close()
-    return _stack(rows, gen.num_q), sink.audio
+    audio = sink.audio
+    if dec_state is not None and decoder.lookahead_frames:
+        # a non-causal codec's decoder (MusicGen's) was saved L frames behind the take's
+        # first frame: its first L frames of audio precede the take
+        audio = audio[decoder.lookahead_frames * decoder.hop:]
+    return _stack(rows, gen.num_q), audio
 
 
 def replays_identically(folder: Path, threads: int = 1) -> bool:

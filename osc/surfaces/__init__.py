@@ -43,6 +43,7 @@ KNOBS = (
     Knob("/topk", "top-k", 0, 250, integer=True),
     Knob("/topp", "top-p", 0.01, 1.0),
     Knob("/glide", "glide (s)", 0.0, 10.0),
+    Knob("/guidance", "guidance (MusicGen)", 1.0, 6.0),
     Knob("/gain", "gain (dB)", -60.0, 6.0),
 )
 BUTTONS = ("/play", "/pause", "/reset", "/panic", "/device/reopen")
@@ -52,8 +53,15 @@ BUTTONS = ("/play", "/pause", "/reset", "/panic", "/device/reopen")
 DESKTOP_ONLY = {"dropfile", "multislider", "number", "slotbutton"}
 
 
+# Typing a text (MusicGen's /prompt/text): Max has a text field; Pd vanilla has no way to
+# type several words into one symbol, and a phone's keyboard over the surface is no help on
+# stage: there, send it from another OSC program (oscsend, Max).
+TEXT_ENTRY = {"max"}
+
+
 def needed(surface: str) -> set[str]:
     """Addresses a performer needs on ``surface`` ('max', 'pd' or 'touchosc')."""
     return {a.address for a in TABLE.values()
             if a.widget and a.widget != "label"
-            and (surface != "touchosc" or a.widget not in DESKTOP_ONLY)}
+            and (surface != "touchosc" or a.widget not in DESKTOP_ONLY)
+            and (surface in TEXT_ENTRY or a.widget != "text")}

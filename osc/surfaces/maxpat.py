@@ -26,7 +26,7 @@ _UI_IO = {"slider": (1, 1), "dial": (1, 1), "pictslider": (2, 2), "multislider":
 class MaxPatch:
     """Boxes and patch lines of a Max patcher; methods return box ids."""
 
-    def __init__(self, rect=(60, 60, 1200, 680)):
+    def __init__(self, rect=(60, 60, 1200, 760)):
         self.rect = list(rect)
         self.boxes: list[dict] = []
         self.lines: list[dict] = []
@@ -79,10 +79,11 @@ def main_patch() -> str:
     p = MaxPatch()
     p.comment(15, 10, f"encodecgpt-live: start the engine with --feedback 127.0.0.1:"
                       f"{FEEDBACK_PORT}, then play. Open the help patch for more.", w=700)
-    send = p.obj(420, 600, f"udpsend 127.0.0.1 {ENGINE_PORT}")
+    send = p.obj(420, 700, f"udpsend 127.0.0.1 {ENGINE_PORT}")
     _knobs(p, send)
     _xy_and_mix(p, send)
     _transport_and_record(p, send)
+    _guidance(p, send)
     _slots(p, send)
     _feedback(p)
     return p.json_text()
@@ -101,7 +102,7 @@ def _scale(k) -> str:
 
 
 def _knobs(p: MaxPatch, send: str) -> None:
-    morph, *dials = [k for k in KNOBS if k.address != "/gain"]
+    morph, *dials = [k for k in KNOBS if k.address not in ("/gain", "/guidance")]
     slider = p.ui("slider", 15, 50, 200, 24, floatoutput=1, size=1.0)
     p.comment(220, 50, "morph: slot 0 <-> slot 1")
     _send(p, 15, 80, slider, morph.address, send)
@@ -148,6 +149,18 @@ def _gain(p: MaxPatch, send: str) -> None:
     _send(p, 1090, 205, scaled, gain.address, send)
 
 
+def _guidance(p: MaxPatch, send: str) -> None:
+    """MusicGen's guidance scale, below the transport (the dial row is full)."""
+    k = next(k for k in KNOBS if k.address == "/guidance")
+    p.comment(15, 340, k.label)
+    dial = p.ui("dial", 15, 362, 45, 45)
+    scaled = p.obj(70, 362, _scale(k), w=110)
+    p.connect(dial, 0, scaled)
+    shown = p.ui("flonum", 70, 387, 55)
+    p.connect(scaled, 0, shown)
+    _send(p, 190, 387, scaled, k.address, send)
+
+
 def _transport_and_record(p: MaxPatch, send: str) -> None:
     for col, address in enumerate(BUTTONS):
         box = p.message(15 + col * 70, 300, address)
@@ -183,6 +196,14 @@ def _slots(p: MaxPatch, send: str) -> None:
         for row, address in enumerate(("/prompt/listen", "/prompt/unlisten")):  # --input
             follow = p.message(x + 95, 485 + 25 * row, f"{address} {k}", w=75)
             p.connect(follow, 0, send)
+        # MusicGen: type a text, press return: /prompt/text k "the words as one string"
+        p.comment(x, 567, "or a text (MusicGen):")
+        field = p.ui("textedit", x, 590, 160, 24, text="")
+        words = p.obj(x, 620, "route text", w=70)
+        one = p.obj(x + 75, 620, "tosymbol", w=70)
+        p.connect(field, 0, words)
+        p.connect(words, 0, one)
+        _send(p, x, 645, one, f"/prompt/text {k}", send)
 
 
 def _feedback(p: MaxPatch) -> None:
@@ -240,7 +261,8 @@ def help_patch() -> str:
                 "/seed": "7", "/prompt/load": "0 /path/to/sound.wav", "/record/start": "take",
                 "/gain": "-6.", "/scene/save": "verse", "/scene/recall": "verse",
                 "/midi/learn": "/morph", "/prime": "0", "/prime/file": "/path/to/take.wav",
-                "/prompt/listen": "1 2.", "/prompt/unlisten": "1"}
+                "/prompt/listen": "1 2.", "/prompt/unlisten": "1", "/guidance": "3.",
+                "/prompt/text": "1 breakbeat"}
     for row, a in enumerate(sorted(TABLE.values(), key=lambda a: a.address)):
         y = top + row * 24
         box = p.message(15, y, f"{a.address} {examples.get(a.address, '')}".strip(), w=240)

@@ -34,21 +34,23 @@ class GainRamp:
 
     Args:
         ramp_samples: samples a change takes (from wherever the gain is to the new target).
+        hop: samples per frame (320 at 24 kHz, 640 at 32 kHz).
     """
 
-    def __init__(self, ramp_samples: int = int(RAMP_S * SAMPLE_RATE)):
-        self.ramp_samples = ramp_samples
+    def __init__(self, ramp_samples: int = int(RAMP_S * SAMPLE_RATE), hop: int = HOP_LENGTH):
+        self.ramp_samples, self.hop = ramp_samples, hop
         self.gain: float | None = None  # current linear gain; None: take the first target
         self._target = 1.0
         self._slope = 0.0  # linear gain per sample while ramping
-        self._index = np.arange(1, HOP_LENGTH + 1, dtype=np.float64)  # [320]
-        self._ramp = np.empty(HOP_LENGTH, dtype=np.float64)
+        self._index = np.arange(1, hop + 1, dtype=np.float64)  # [hop]
+        self._ramp = np.empty(hop, dtype=np.float64)
 
     def process(self, audio: np.ndarray, targets_db: list[float]) -> None:
-        """Scale ``audio`` ``[320·m]`` float32 in place; frame j (samples 320·j …) ramps
+        """Scale ``audio`` ``[hop·m]`` float32 in place; frame j (samples hop·j …) ramps
         towards ``targets_db[j]``."""
+        h = self.hop
         for j, db in enumerate(targets_db):
-            self._frame(audio[j * HOP_LENGTH:(j + 1) * HOP_LENGTH], db_to_gain(db))
+            self._frame(audio[j * h:(j + 1) * h], db_to_gain(db))
 
     def _frame(self, x: np.ndarray, target: float) -> None:
         if self.gain is None:

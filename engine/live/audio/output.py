@@ -78,8 +78,10 @@ class LiveOutput:
     """
 
     def __init__(self, device: str | None, hostapi: str | None, *, buffer_s: float,
-                 blocksize: int, latency: float | str, log: Callable[[str], None]):
+                 blocksize: int, latency: float | str, log: Callable[[str], None],
+                 source_rate: int = SAMPLE_RATE):
         self.buffer_s, self.blocksize, self.log = buffer_s, blocksize, log
+        self.source_rate = int(source_rate)  # the decoder's rate (24 kHz; MusicGen 32 kHz)
         self._spec = (device, hostapi, latency)
         self.sink: AudioOut | NullSink = self._open(device, hostapi, latency)
         self.front = self.sink  # what the pipeline writes into, for good
@@ -103,18 +105,20 @@ class LiveOutput:
             return self._null_sink()
         try:
             out = open_output(device, hostapi, buffer_s=self.buffer_s,
-                              blocksize=self.blocksize, latency=latency)
+                              blocksize=self.blocksize, latency=latency,
+                              source_rate=self.source_rate)
         except UserError as e:
             self.log(f"audio: {e}")
             self.log("audio: going on with the null sink (no sound); fix the device and "
                      "restart, or pass --device null to silence this")
             return self._null_sink()
-        resample = "" if out.rate == SAMPLE_RATE else f", resampled 24000 -> {out.rate} Hz"
+        resample = ("" if out.rate == self.source_rate
+                    else f", resampled {self.source_rate} -> {out.rate} Hz")
         self.log(f"audio: {out.device_name} at {out.rate} Hz, {out.channels} ch{resample}")
         return out
 
-    def _null_sink(self, rate: int = SAMPLE_RATE) -> NullSink:
-        return NullSink(rate=rate, buffer_s=self.buffer_s, block=self.blocksize,
+    def _null_sink(self, rate: int | None = None) -> NullSink:
+        return NullSink(rate=rate or self.source_rate, buffer_s=self.buffer_s, block=self.blocksize,
                         prefill_s=self.buffer_s / 2)
 
     # -- what it is, and its figures --------------------------------------------------------
@@ -126,8 +130,8 @@ class LiveOutput:
 
     @property
     def rate(self) -> int:
-        """Samples per second the output takes (the device's rate, 24 kHz for the null sink);
-        a fallback or a reopen keeps it."""
+        """Samples per second the output takes (the device's rate; the decoder's for the null
+        sink); a fallback or a reopen keeps it."""
         return int(self.front.rate)
 
     @property
@@ -307,7 +311,7 @@ class LiveOutput:
         device, hostapi, latency = self._spec
         try:
             new = open_output(device, hostapi, buffer_s=self.buffer_s, blocksize=self.blocksize,
-                              latency=latency, rate=self.rate)
+                              latency=latency, rate=self.rate, source_rate=self.source_rate)
         except UserError as e:
             raise UserError(f"{e}; still on the null sink (try /device/reopen again once "
                             "the device is back)") from None

@@ -26,7 +26,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine import HOP_LENGTH
 from engine.live.decoder import FIRST_CHUNK_FRAMES, StreamingDecoder
 from engine.model.tokens.patterns import StreamingUndelay
 
@@ -81,7 +80,7 @@ class Crossfade:
             self.undelay.push(r)
         self.old = decoder.get_state()
         self.new = warm if warm is not None else warm_state(decoder, rows)
-        self.length = CROSSFADE_FRAMES * HOP_LENGTH
+        self.length = CROSSFADE_FRAMES * decoder.hop
         self.pos = 0  # samples of the ramp done
 
     def _flat_seam(self, decoder: StreamingDecoder, codes: np.ndarray, assembler) -> None:
@@ -97,7 +96,7 @@ class Crossfade:
         decoder.push(torch.from_numpy(codes[-WARM_FRAMES:]).T[None])  # heard by nobody
         self.new = decoder.get_state()
         decoder.set_state(self.old)
-        self.length = CROSSFADE_FRAMES * HOP_LENGTH
+        self.length = CROSSFADE_FRAMES * decoder.hop
         self.pos = 0  # samples of the ramp done
 
     @property

@@ -143,18 +143,21 @@ class AudioOut:
     """
 
     def __init__(self, device: int | None, *, buffer_s: float = 0.3, blocksize: int = 512,
-                 latency: float | str = "low", rate: int | None = None):
+                 latency: float | str = "low", rate: int | None = None,
+                 source_rate: int = SAMPLE_RATE):
         sd = _sd()
         info = sd.query_devices(device, "output")
         self.device_name = info["name"]
-        self.rate = int(rate or self._pick_rate(sd, device, info))
+        self.source_rate = int(source_rate)  # what the decoder writes (24 or 32 kHz)
+        self.rate = int(rate or self._pick_rate(sd, device, info, self.source_rate))
         self.channels = max(1, min(2, int(info["max_output_channels"])))
         self.ring = SampleRing(max(int(buffer_s * self.rate), 4 * max(blocksize, 256)))
         self._resampler = None
-        if self.rate != SAMPLE_RATE:
+        if self.rate != self.source_rate:
             import soxr
 
-            self._resampler = soxr.ResampleStream(SAMPLE_RATE, self.rate, 1, dtype="float32",
+            self._resampler = soxr.ResampleStream(self.source_rate, self.rate, 1,
+                                                  dtype="float32",
                                                   quality="HQ")
         max_block = max(blocksize, 8192)
         self._mono = np.zeros((max_block, 1), dtype=np.float32)
@@ -170,7 +173,7 @@ class AudioOut:
         self.closed = False
         self.fallback = None  # where writes go once the device is lost (see redirect)
         self.tap = None  # callable(block at device rate, start24) on the writer side
-        self._in24 = 0  # 24 kHz samples received so far
+        self._in24 = 0  # source-rate samples received so far (24 kHz for EnCodecGPT)
         try:
             self.stream = sd.OutputStream(
                 device=device, samplerate=self.rate, channels=self.channels, dtype="float32",
@@ -181,18 +184,18 @@ class AudioOut:
         self._stopping = False
 
     @staticmethod
-    def _pick_rate(sd, device, info) -> int:
-        """24 kHz if the device takes it (no resampling), else its default rate."""
+    def _pick_rate(sd, device, info, source_rate: int) -> int:
+        """The source's rate if the device takes it (no resampling), else its default."""
         try:
-            sd.check_output_settings(device=device, samplerate=SAMPLE_RATE, channels=1,
+            sd.check_output_settings(device=device, samplerate=source_rate, channels=1,
                                      dtype="float32")
-            return SAMPLE_RATE
+            return source_rate
         except Exception:
             return int(info["default_samplerate"])
 
     # -- writer side (decoder thread) -----------------------------------------------------
     def write(self, block: np.ndarray) -> None:
-        """24 kHz mono block in: resampled, tapped, then played here (:meth:`play`) or
+        """Source-rate mono block in: resampled, tapped, then played here (:meth:`play`) or
         handed to the stand-in set by :meth:`redirect`."""
         start24 = self._in24
         self._in24 += len(block)

@@ -29,6 +29,7 @@ import torch
 
 from engine.live.control_queue import ControlledGenerator, ControlQueue
 from engine.live.controls import AppliedControl, ControlError, ControlState
+from engine.live.state import StateReader
 from engine.model.musicgen.guidance import condition_batch, guided_logits
 from engine.model.musicgen.lm import MusicGenLM
 from engine.model.musicgen.text import TextCondition, TextEncoder
@@ -39,6 +40,21 @@ DEFAULT_WINDOW = 150  # 3 s at 50 Hz
 MAX_WINDOW = 199  # < 4 s at 50 Hz, as for EnCodecGPT
 DEFAULT_GUIDANCE = 3.0  # MusicGen's published guidance scale
 MODES = ("exact",)
+FAMILY = "musicgen"
+_WHY = "MusicGen's slots hold texts (/prompt/text i TEXT)"
+# What this family cannot do, and why (ControlInbox refuses the controls, the OSC dispatcher
+# the commands; the OSC address table's families column is made from both).
+REFUSED = {"/prompt/slot": f"{_WHY}, not EnCodecMAE vectors",
+           "/prime/rows": "MusicGen is not primed from audio in the live engine"}
+UNSUPPORTED = {
+    "/prompt/load": f"{_WHY}, not audio files",
+    "/prime": "MusicGen is not primed from audio in the live engine",
+    "/prime/file": "MusicGen is not primed from audio in the live engine",
+    "/prompt/listen": f"{_WHY}; a live input cannot update a text",
+    "/prompt/unlisten": f"{_WHY}; a live input cannot update a text",
+    "/scene/save": "scenes hold EnCodecGPT's slot vectors; not yet for MusicGen's texts",
+    "/scene/recall": "scenes hold EnCodecGPT's slot vectors; not yet for MusicGen's texts",
+}
 
 
 def check_window(window: int, max_positions: int, limit: int = MAX_WINDOW) -> None:
@@ -65,6 +81,15 @@ class MusicGenGenerator(ControlledGenerator):
             whole context; live keeps < 4 s).
     """
 
+    family = FAMILY
+    pattern = "delay"
+    refused = REFUSED
+    unsupported = UNSUPPORTED
+    hop = None  # (no shadow re-prefill: exact mode recomputes the window)
+    weight_format = "none"  # fp32 weights (what /engine/info and session.json say)
+    startup_s = 0.0
+    nonfinite_steps = 0  # (the pipeline's safety limiter guards the audio)
+
     def __init__(self, lm: MusicGenLM, text: TextEncoder, controls: ControlState, *,
                  window: int = DEFAULT_WINDOW, guidance: float = DEFAULT_GUIDANCE,
                  greedy: bool = False, seed: int = 0, max_window: int = MAX_WINDOW):
@@ -72,6 +97,8 @@ class MusicGenGenerator(ControlledGenerator):
         self.lm, self.text, self.controls = lm, text, controls
         self.num_q, self.window, self.mode = lm.num_q, window, "exact"
         self.guidance, self.greedy = float(guidance), greedy
+        self.compute = lm.device
+        self.on_fault = None
         self.rng = torch.Generator().manual_seed(seed)
         self.queue = ControlQueue()
         self.t = 0
@@ -144,6 +171,38 @@ class MusicGenGenerator(ControlledGenerator):
 
     def close(self) -> None:
         """Nothing runs in the background."""
+
+    # -- sessions (engine.session) --------------------------------------------------------
+    def get_state(self) -> dict:
+        """Everything the next steps depend on: ``family`` and ``window`` (checked on
+        restore), ``t``, ``seq_start``, the window's rows ``history`` ``[n, K]``, ``rng``,
+        ``controls`` (text slots included), ``guidance`` and ``compute``."""
+        history = (torch.stack(self._history) if self._history
+                   else torch.zeros(0, self.num_q, dtype=torch.long))
+        return {"family": FAMILY, "window": self.window, "t": self.t,
+                "seq_start": self.seq_start, "history": history.clone(),
+                "rng": self.rng.get_state(), "controls": self.controls.get_state(),
+                "guidance": self.guidance, "compute": str(self.compute)}
+
+    def set_state(self, state: dict, *, other_device: bool = False) -> None:
+        """Continue from :meth:`get_state` of a generator with the same model and window
+        (``other_device``: the replay's signature; the rows carry no device).
+
+        Raises:
+            ValueError: missing or unused keys, another family or window.
+        """
+        with StateReader(state, "musicgen generator") as s:
+            config = (s.pop("family"), s.pop("window"))
+            t, seq_start, history = s.pop("t"), s.pop("seq_start"), s.pop("history")
+            rng, controls, guidance = s.pop("rng"), s.pop("controls"), s.pop("guidance")
+            s.pop("compute")
+        if config != (FAMILY, self.window):
+            raise ValueError(f"state was saved by a generator with family/window {config}, "
+                             f"this one has {(FAMILY, self.window)}")
+        self.controls.set_state(controls)
+        self.t, self.seq_start, self.guidance = int(t), int(seq_start), float(guidance)
+        self._history = list(history.to(torch.long))
+        self.rng.set_state(rng)
 
     # -- controls (engine.live.control_queue.ControlledGenerator) -------------------------
     def _on_applied(self, entry: AppliedControl) -> None:

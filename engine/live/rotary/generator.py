@@ -32,10 +32,15 @@ FAMILY = "rotary"
 REFUSED = {address: ("the rotary model (x-transformers, flattened codebooks) is "
                      "unconditional: it has no prompt mix; its slots hold audio prefixes "
                      "(/prompt/load i FILE, then /prime i)")
-           for address in ("/morph", "/morph/xy", "/mix", "/prompt/slot")}
+           for address in ("/morph", "/morph/xy", "/mix", "/prompt/slot", "/prompt/slot/text")}
+REFUSED["/guidance"] = ("the rotary model is unconditional: it has no classifier-free "
+                        "guidance (a MusicGen control)")
 # Engine commands this family answers with /error (no prompt vector for a live input to
 # update, no mix for a scene to hold).
 UNSUPPORTED_COMMANDS = ("/prompt/listen", "/prompt/unlisten", "/scene/save", "/scene/recall")
+# ... and those the OSC dispatcher refuses for it before any engine method runs
+UNSUPPORTED = {"/prompt/text": "the rotary model is unconditional: its slots hold audio "
+                               "prefixes (/prompt/load i FILE), not texts (MusicGen's)"}
 
 
 class UnflattenRows:
@@ -73,6 +78,7 @@ class RotaryGenerator(ControlledGenerator):
     family = FAMILY
     pattern = "flatten"  # a seam's primed rows are whole frames (engine.live.audio.seam)
     refused = REFUSED
+    unsupported = UNSUPPORTED
     hop = None  # (no shadow re-prefill: the window slides token by token)
     weight_format = "none"  # fp32 weights (what /engine/info and session.json say)
     startup_s = 0.0

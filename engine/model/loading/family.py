@@ -101,11 +101,12 @@ def musicgen_context_rows(files: MusicGenFiles) -> int:
 def _load_musicgen_family(source: str) -> LoadedFamilyModel:
     files = load_musicgen(source)
     lm = MusicGenLM(files.model)
+    lm.text = TextEncoder(files.model, files.tokenizer)
     weights = sorted(Path(files.source).glob("*.safetensors"))
     return LoadedFamilyModel(musicgen_facts(lm, musicgen_context_rows(files)), lm,
                              MusicGenCodec(files.model.audio_encoder, files.source),
                              files.source, file_sha256(weights[0]) if len(weights) == 1 else None,
-                             text=TextEncoder(files.model, files.tokenizer), files=files)
+                             text=lm.text, files=files)
 
 
 def _peek_rotary(path: Path, trust: bool) -> dict | None:

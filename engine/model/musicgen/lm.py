@@ -24,8 +24,15 @@ frames are re-laid out with a fresh start).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, MusicgenForConditionalGeneration
+
+# transformers 5.x renames the decoder's `past_key_values` argument (the old name still works
+# there, with a FutureWarning on every live step's first call); older releases take only it
+warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated",
+                        category=FutureWarning)
 
 from engine.model.musicgen.guidance import ConditionBatch
 from engine.model.tokens.patterns import start_triangle_mask
@@ -49,6 +56,7 @@ class MusicGenLM:
                        else cfg.pad_token_id)
         self.max_positions = cfg.max_position_embeddings
         self.triangle = start_triangle_mask(self.num_q, self.num_q)  # [K, K] True = empty
+        self.text = None  # its TextEncoder, set by the loader (engine.model.loading.family)
 
     @property
     def device(self) -> torch.device:

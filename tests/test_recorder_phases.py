@@ -31,7 +31,8 @@ class FakeEngine:
             t=0, at_boundary=self._boundary.append, get_state=lambda: {"t": self.generator.t},
             controls=controls, window=8, hop=2, mode="fast", greedy=False, num_q=2,
             weight_format="none", compute="cpu")
-        self.pipeline = SimpleNamespace(at_frame=lambda f, hook: self._marks.append((f, hook)))
+        self.pipeline = SimpleNamespace(at_frame=lambda f, hook: self._marks.append((f, hook)),
+                                        hop=320, rate=24000)
         self.config = SimpleNamespace(identity={}, quantize="none", seed=0, limiter=True)
         self.output = SimpleNamespace(rate=24000)
         self.slot_sources, self.is_device, self.playing = {}, False, True

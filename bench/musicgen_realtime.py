@@ -12,8 +12,10 @@ text + each slot) and the morph moving between the slots:
 1. ``step_ms_p50/p99``: the live generator's step (``exact``: the whole window of ``--window``
    rows recomputed) over ``--frames`` steps after warm-up, and its ``rtf_generate`` (audio
    seconds per wall second, 50 frames/s);
-2. ``decode_ms_per_frame``: the 32 kHz EnCodec decoding those frames in one call (offline;
-   the streaming decoder is measured by its own bench), and ``rtf`` = generate + decode;
+2. ``decode_ms_per_frame``: the live path's streaming 32 kHz decoder
+   (:class:`~engine.live.decoder.StreamingDecoder`, chunks of 8 frames, carried state)
+   decoding those frames, its ``lookahead_ms`` (frames held back: the codec is not causal),
+   and ``rtf`` = generate + decode;
 3. ``render_rtf``: the offline cached render (one KV-cached column per step).
 
 Ends with one JSON line. Timings depend on the machine's load.
@@ -33,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.live.controls import ControlEvent, ControlState  # noqa: E402
+from engine.live.decoder import FIRST_CHUNK_FRAMES, StreamingDecoder  # noqa: E402
 from engine.live.musicgen.generator import DEFAULT_WINDOW, MusicGenGenerator  # noqa: E402
 from engine.model.config import SamplingConfig  # noqa: E402
 from engine.model.loading.family import load_family  # noqa: E402
@@ -40,7 +43,6 @@ from engine.model.musicgen.lm import MusicGenLM  # noqa: E402
 from engine.model.musicgen.render import morph_weights, render_rows  # noqa: E402
 from engine.model.musicgen.text import TextEncoder  # noqa: E402
 from engine.model.musicgen.tiny import random_musicgen, word_tokenizer  # noqa: E402
-from engine.model.tokens.patterns import undelay  # noqa: E402
 
 RANDOM = {"musicgen-small-random": "small", "musicgen-tiny-random": "tiny"}
 TEXTS = ("warm analog pad", "broken breakbeat with drums and bass")
@@ -94,13 +96,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def decode_ms(model, rows: torch.Tensor) -> float:
-    codes = (undelay(rows.T[None]) - 1).to(next(model.audio_encoder.parameters()).device)
+def decode_ms(model, frames: int = 48) -> tuple[float, float]:
+    """Streaming decode of ``frames`` random frames (the cost does not depend on the codes),
+    8 a call: (ms per frame, look-ahead ms)."""
+    device = next(model.audio_encoder.parameters()).device
+    decoder = StreamingDecoder(model.audio_encoder, device=device)
+    cfg = model.audio_encoder.config
+    codes = torch.randint(0, cfg.codebook_size, (1, model.decoder.config.num_codebooks,
+                                                 FIRST_CHUNK_FRAMES + frames))
+    decoder.push(codes[..., :FIRST_CHUNK_FRAMES])  # the stream's start, untimed
+    rest = codes[..., FIRST_CHUNK_FRAMES:]
     start = time.perf_counter()
-    with torch.inference_mode():
-        model.audio_encoder.decode(codes[None], [None])
-    sync(codes.device)
-    return (time.perf_counter() - start) * 1000.0 / codes.shape[-1]
+    for i in range(0, rest.shape[-1], 8):
+        decoder.push(rest[..., i:i + 8])
+    sync(device)
+    ms = (time.perf_counter() - start) * 1000.0 / max(1, rest.shape[-1])
+    return ms, 1000.0 * decoder.lookahead_frames * decoder.hop / decoder.sample_rate
 
 
 def render_rtf(lm, text, args) -> float:
@@ -140,18 +151,20 @@ def run(args: argparse.Namespace) -> dict:
     lm, text, model = load(args.model, device, dtype)
     load_s = time.perf_counter() - start
     gen, rows = run_generator(lm, text, args)
-    dec = decode_ms(model, rows)
+    dec, lookahead = decode_ms(model)
     rtf = 1000.0 / 50.0 / (1000.0 / 50.0 / gen["rtf_generate"] + dec)
     rend = render_rtf(lm, text, args)
     print(f"{args.model} on {device} ({str(dtype).removeprefix('torch.')}), window "
           f"{args.window}, {args.slots} slot(s) + guidance {args.guidance:g}: step p50 "
           f"{gen['step_ms_p50']:.1f} ms p99 {gen['step_ms_p99']:.1f} ms, RTF generate "
-          f"{gen['rtf_generate']:.2f}, with decode {rtf:.2f}; cached render RTF {rend:.2f}",
+          f"{gen['rtf_generate']:.2f}, with decode {rtf:.2f} (streaming decoder {dec:.1f} ms a "
+          f"frame, look-ahead {lookahead:.0f} ms); cached render RTF {rend:.2f}",
           flush=True)
     return {"model": args.model, "compute": str(device), "dtype": str(dtype), "family":
             "musicgen", "window": args.window, "slots": args.slots, "guidance": args.guidance,
             "frames": args.frames, **{k: round(v, 3) for k, v in gen.items()},
-            "decode_ms_per_frame": round(dec, 3), "rtf": round(rtf, 3),
+            "decode_ms_per_frame": round(dec, 3), "lookahead_ms": round(lookahead, 1),
+            "rtf": round(rtf, 3),
             "render_rtf": round(rend, 3), "load_s": round(load_s, 1), "threads": args.threads}
 
 

@@ -15,8 +15,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from live_helpers import EngineProcess, OscDump, free_udp_port, need, null_engine, oscsend, \
-    wait_until
+from live_helpers import (
+    EngineProcess,
+    OscDump,
+    free_udp_port,
+    need,
+    null_engine,
+    oscsend,
+    wait_until,
+)
 
 from engine.cli.main import main
 from engine.live.controls import ControlError, ControlEvent, ControlState
@@ -207,3 +214,45 @@ def test_run_engine_plays_musicgen_text_slots_driven_by_oscsend(live):
     assert applied["/prompt/slot/text"]["values"] == [1, BREAKS]
     assert applied["/morph"]["values"] == [0.5] and applied["/guidance"]["values"] == [2.5]
     assert applied["/morph"]["sample"] == applied["/morph"]["frame"] * 640
+
+
+def test_a_musicgen_scene_holds_texts_and_recalls_them(tiny_folder, tmp_path):
+    """Saved with two texts and a morph; the slot and the mix changed; the recall brings both
+    back at one frame (the texts were cached before, so the step ran no T5)."""
+    engine = musicgen_engine(tiny_folder, tmp_path)
+    engine.start()
+    try:
+        done = []
+        engine.set_text(1, BREAKS, lambda s, t: done.append(s), done.append)
+        assert wait_until(lambda: done, timeout=30) and done == [1], done
+        engine.submit([ControlEvent("/morph", (0.3,))])
+        assert wait_until(lambda: engine.generator.controls.weights[1] == 0.3, timeout=30)
+        path = engine.scenes.save("verse")
+        engine.set_text(1, "slow piano", lambda s, t: done.append(s), done.append)
+        assert wait_until(lambda: len(done) == 2, timeout=30) and done[1] == 1, done
+        engine.submit([ControlEvent("/morph", (1.0,))])
+        assert wait_until(lambda: engine.generator.controls.slots[1] == "slow piano", 30)
+        engine.scenes.recall("verse")
+        assert wait_until(lambda: engine.generator.controls.slots[1] == BREAKS, timeout=30)
+        controls = engine.generator.controls
+    finally:
+        engine.stop()
+    scene = json.loads(path.read_text())
+    assert [s and s.get("text") for s in scene["slots"]] == [PAD, BREAKS, None, None]
+    assert controls.slots[:2] == [PAD, BREAKS] and controls.target_weights[1] == 0.3
+    assert engine.texts.texts[1] == BREAKS
+    recalled = [e for e in engine.generator.control_log if e.address == "/prompt/slot/text"]
+    assert [e.values for e in recalled[-2:]] == [(0, PAD), (1, BREAKS)]
+
+
+def test_a_text_scene_is_refused_by_encodecgpt_and_a_vector_scene_by_musicgen(tiny_folder,
+                                                                              tmp_path):
+    gpt = null_engine(tmp_path)
+    path = gpt.scenes.save("vectors")
+    (tmp_path / "scenes" / "texts.json").write_text(json.dumps(
+        {**json.loads(path.read_text()), "slots": [{"source": "", "text": PAD}, None]}))
+    with pytest.raises(ControlError, match="not texts"):
+        gpt.scenes.recall("texts")
+    mg = musicgen_engine(tiny_folder, tmp_path)
+    with pytest.raises(ControlError, match="MusicGen's slots hold texts"):
+        mg.scenes.recall("vectors")

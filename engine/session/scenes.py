@@ -3,8 +3,10 @@
 
 A scene is a small JSON file ``SCENES_DIR/<name>.json`` (``--scenes-dir``, default
 ``./scenes`` beside ``./sessions``) holding what the performer set: every slot (its source
-and its vector ``[P]``, float32 values written exactly), the mix weights, temperature, top-k,
-top-p, glide and gain — the targets, not a glide's halfway point. Recalling submits it as one
+and its vector ``[P]``, float32 values written exactly; for MusicGen, its text), the mix
+weights, temperature, top-k, top-p, glide and gain — the targets, not a glide's halfway point.
+A MusicGen scene's texts are encoded (T5, cached by text) before the bundle is submitted, so
+the generator never runs T5 at the frame that recalls it. Recalling submits it as one
 bundle (slots, then glide, then the rest), so it takes effect at one frame, is logged like any
 control (and so replays), and the mix, temperature and top-p glide to it with the scene's
 glide time. (``--preset`` already names a model size, hence "scene".)
@@ -35,13 +37,25 @@ def scene_from_controls(controls: ControlState, sources: dict[int, str]) -> dict
     c = controls
     return {"format": SCENE_FORMAT, "format_version": SCENE_VERSION,
             "num_slots": c.num_slots,
-            "slots": [None if vec is None else {"source": sources.get(i, ""),
-                                                 "vector": [float(v) for v in vec]}
-                      for i, vec in enumerate(c.slots)],
+            "slots": [_slot_json(vec, sources.get(i, "")) for i, vec in enumerate(c.slots)],
             "weights": [float(w) for w in c.target_weights],
             "temperature": float(c.target_temperature), "top_k": int(c.top_k),
             "top_p": float(c.target_top_p), "glide": float(c.glide),
             "gain_db": float(c.gain_db)}
+
+
+def _slot_json(slot, source: str) -> dict | None:
+    if slot is None:
+        return None
+    if isinstance(slot, str):  # MusicGen: a text
+        return {"source": source, "text": slot}
+    return {"source": source, "vector": [float(v) for v in slot]}
+
+
+def _slot_event(i: int, slot: dict) -> ControlEvent:
+    if "text" in slot:
+        return ControlEvent("/prompt/slot/text", (i, str(slot["text"])))
+    return ControlEvent("/prompt/slot", (i, np.asarray(slot["vector"], np.float32)))
 
 
 def scene_events(scene: dict, num_slots: int) -> list[ControlEvent]:
@@ -57,8 +71,7 @@ def scene_events(scene: dict, num_slots: int) -> list[ControlEvent]:
     if used and used[-1] >= num_slots:
         raise UserError(f"the scene fills slot {used[-1]}; this engine has {num_slots} "
                         "(--slots)")
-    events = [ControlEvent("/prompt/slot", (i, np.asarray(slots[i]["vector"], np.float32)))
-              for i in used]
+    events = [_slot_event(i, slots[i]) for i in used]
     weights = scene["weights"][:num_slots]
     events += [ControlEvent("/glide", (scene["glide"],)),
                ControlEvent("/mix", tuple(weights)),
@@ -108,7 +121,18 @@ class SceneStore:
             raise UserError(f"no scene {name!r} in {self.folder}") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{path}: not a readable scene ({e})") from None
+        texts = [e.values[1] for e in events if e.address == "/prompt/slot/text"]
+        text = getattr(self.engine.generator, "text", None)
+        if texts and text is not None:  # MusicGen: into the cache first (the OSC thread)
+            try:
+                for t in texts:
+                    text.encode(t)
+            except Exception as e:  # a tokenizer or T5 failure: refused, state kept
+                raise UserError(f"{path}: a text could not be encoded ({e})") from None
         self.engine.submit(events)
+        for e in events:
+            if e.address == "/prompt/slot/text" and self.engine.texts is not None:
+                self.engine.texts.texts[e.values[0]] = e.values[1]
         for i, slot in enumerate(scene["slots"]):
             if slot is not None:
                 self.engine.slot_sources[i] = slot["source"] or f"scene {name}"

@@ -52,8 +52,6 @@ UNSUPPORTED = {
     "/prime/file": "MusicGen is not primed from audio in the live engine",
     "/prompt/listen": f"{_WHY}; a live input cannot update a text",
     "/prompt/unlisten": f"{_WHY}; a live input cannot update a text",
-    "/scene/save": "scenes hold EnCodecGPT's slot vectors; not yet for MusicGen's texts",
-    "/scene/recall": "scenes hold EnCodecGPT's slot vectors; not yet for MusicGen's texts",
 }
 
 

@@ -29,13 +29,13 @@ import warnings
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, MusicgenForConditionalGeneration
 
+from engine.model.musicgen.guidance import ConditionBatch
+from engine.model.tokens.patterns import start_triangle_mask
+
 # transformers 5.x renames the decoder's `past_key_values` argument (the old name still works
 # there, with a FutureWarning on every live step's first call); older releases take only it
 warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated",
                         category=FutureWarning)
-
-from engine.model.musicgen.guidance import ConditionBatch
-from engine.model.tokens.patterns import start_triangle_mask
 
 
 class MusicGenLM:

@@ -18,6 +18,8 @@ from engine.live.audio.safety import CEILING_DB, SafetyLimiter
 from engine.live.control_input import initial_controls
 from engine.live.engine import EngineListener
 from engine.live.generator import RollingGenerator
+from engine.live.rotary.generator import RotaryGenerator
+from engine.model.rotary_lm import RotaryLM, RotaryLMConfig
 
 CEILING = 10 ** (CEILING_DB / 20)
 
@@ -90,6 +92,21 @@ def test_nonfinite_logits_every_step_are_reported_once_and_never_crash():
         row = gen.step()
         assert row.shape == (8,)
     assert gen.nonfinite_steps == 10 and len(faults) == 1
+
+
+def test_a_rotary_model_with_broken_weights_is_reported_once_per_run_of_frames():
+    """Every frame's logits are NaN: each gives a frame of code 0 (counted), one report."""
+    torch.manual_seed(0)
+    model = RotaryLM(RotaryLMConfig(dim=32, depth=1, heads=2, max_seq_len=16,
+                                    codebooks=2)).eval()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    gen = RotaryGenerator(model, mode="exact")
+    faults = []
+    gen.on_fault = faults.append
+    rows = [gen.step() for _ in range(10)]
+    assert all(torch.equal(r, torch.zeros(2, dtype=torch.long)) for r in rows)
+    assert gen.nonfinite_steps == 10 and len(faults) == 1 and "not finite" in faults[0]
 
 
 class _Audio(EngineListener):

@@ -34,7 +34,7 @@ class EngineListener:
 
     def on_audio(self, block: np.ndarray, start24: int, rate: int) -> None:
         """``block`` (float32 at ``rate``) was sent to the output; its first sample is the
-        24 kHz output sample ``start24``."""
+        output sample ``start24`` counted at the decoder's rate (24 kHz; MusicGen 32 kHz)."""
 
     def on_pause(self) -> None:
         """The engine was paused."""

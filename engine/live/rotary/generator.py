@@ -105,6 +105,7 @@ class RotaryGenerator(ControlledGenerator):
         self.t = 0
         self.seam: np.ndarray | None = None  # codes [T, Q] primed at this step
         self.nonfinite_steps = 0
+        self._faulted = False  # in a run of non-finite frames (reported once per run)
         self.on_fault: Callable[[str], None] | None = None
         self.logits = self.stepper.start(self._flat(prefix))
 
@@ -153,17 +154,20 @@ class RotaryGenerator(ControlledGenerator):
                                  generator=self.rng)[0, 0]
             row.append(token)
             self.logits = self.stepper.push(int(token))
+        self._faulted = False
         self.t += 1
         self.controls.advance()
         return torch.stack(row)
 
     def _nonfinite_row(self) -> torch.Tensor:
         """Non-finite logits (broken weights or cache): a frame of code 0 and the window
-        restarted from the start token; reported once (``on_fault``), counted."""
+        restarted from the start token; reported once per run of such frames (``on_fault``),
+        each counted."""
         self.nonfinite_steps += 1
-        if self.on_fault is not None:
+        if not self._faulted and self.on_fault is not None:
             self.on_fault(f"frame {self.t}: the model's logits are not finite (NaN or Inf); "
                           "the window restarts from the start token")
+        self._faulted = True
         self.logits = self.stepper.start(self._flat(None))
         self.t += 1
         return torch.zeros(self.num_q, dtype=torch.long)

@@ -19,6 +19,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from engine.model.encodecmae import load_encodecmae
+from engine.model.musicgen.tiny import save_random_musicgen
 
 RATE = 48000
 
@@ -84,14 +85,28 @@ def _capture(server: str, seconds: float, out) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_engine_plays_to_jack_and_the_capture_matches(jack_server, tmp_path):
+    _plays_to_jack(jack_server, tmp_path, 24000, "--random-weights", "--preset", "tiny",
+                   "--quantize", "int8")
+
+
+@pytest.mark.slow
+def test_musicgen_plays_to_jack_resampled_from_32k(jack_server, tmp_path):
+    """MusicGen's 32 kHz stream, resampled to the server's 48 kHz, reaches JACK as sent."""
+    folder = save_random_musicgen(tmp_path / "tiny-musicgen", context_frames=200)
+    _plays_to_jack(jack_server, tmp_path, 32000, "--model", str(folder), "--prompt-text",
+                   "warm analog pad", "--window", "60")
+
+
+def _plays_to_jack(jack_server, tmp_path, source_rate: int, *model_args: str) -> None:
     jack, server, _ = jack_server
-    engine = EngineProcess("--random-weights", "--preset", "tiny", "--quantize", "int8",
+    engine = EngineProcess(*model_args,
                            "--hostapi", "JACK", "--device", "system", "--buffer", "0.3",
                            "--osc-port", str(free_udp_port()), "--no-status",
                            "--tap", str(tmp_path / "tap.wav"), log=tmp_path / "engine.log")
     try:
         engine.wait_for("playing")
-        assert "at 48000 Hz" in engine.log and "resampled 24000 -> 48000" in engine.log
+        assert "at 48000 Hz" in engine.log, engine.log
+        assert f"resampled {source_rate} -> 48000" in engine.log, engine.log
         capture = _capture(server, 8.0, tmp_path / "captured.npy")
         out, _ = capture.communicate(timeout=90)
         assert "saved" in out, out

@@ -6,24 +6,24 @@ for one setting, only the last can take effect anyway (the same rule as the gene
 queue, :mod:`engine.live.control_queue`, one step earlier and much cheaper). So the thread
 takes every datagram waiting in the socket (up to :data:`MAX_BATCH`) and, before parsing,
 skips each plain message that a later one in the batch makes pointless: same sender, same
-address and type tags, the address a continuous control
-(:data:`~engine.live.controls.CONTINUOUS`), and only such messages in between. Bundles,
+address and type tags, the address a continuous control (the ``continuous`` addresses given:
+:data:`~engine.live.controls.CONTINUOUS`), and only such messages in between. Bundles,
 discrete controls, commands and anything unparsable end a run and are always handled, in
 order. A skipped datagram is counted, not checked (a malformed value in it goes unanswered:
 it was replaced before it could matter).
+
+This module imports nothing of the engine: the OSC reader process
+(:mod:`osc.reader_process`) runs it without torch.
 """
 
 from __future__ import annotations
 
 import select
 import socket
-
-from engine.live.controls import CONTINUOUS
+from collections.abc import Collection
 
 MAX_BATCH = 512  # datagrams taken per wake-up; a batch is handled before the next is read
 WAIT_S = 0.2  # how long one wait for data lasts (the thread checks for close between)
-
-_CONTINUOUS = {address.encode("ascii") for address in CONTINUOUS}
 
 Datagram = tuple[bytes, tuple[str, int]]
 
@@ -42,10 +42,10 @@ def read_batch(sock: socket.socket, limit: int = MAX_BATCH) -> list[Datagram]:
     return batch
 
 
-def _setting_key(data: bytes) -> bytes | None:
+def _setting_key(data: bytes, continuous: Collection[bytes]) -> bytes | None:
     """Address and type tags of a plain message to a continuous control, else None."""
     end = data.find(b"\0")
-    if end <= 0 or data[:end] not in _CONTINUOUS:
+    if end <= 0 or data[:end] not in continuous:
         return None
     tags = (end + 4) & ~3  # the address is padded to a multiple of 4 bytes
     tags_end = data.find(b"\0", tags)
@@ -54,13 +54,15 @@ def _setting_key(data: bytes) -> bytes | None:
     return data[:tags_end]
 
 
-def coalesce(batch: list[Datagram]) -> tuple[list[Datagram], int]:
-    """The datagrams of ``batch`` worth parsing, in order, and how many were skipped."""
+def coalesce(batch: list[Datagram],
+             continuous: Collection[bytes]) -> tuple[list[Datagram], int]:
+    """The datagrams of ``batch`` worth parsing, in order, and how many were skipped;
+    ``continuous``: the continuous controls' addresses (ASCII bytes)."""
     keep = [True] * len(batch)
     later: set[tuple[bytes, tuple[str, int]]] = set()
     for i in range(len(batch) - 1, -1, -1):
         data, sender = batch[i]
-        key = _setting_key(data)
+        key = _setting_key(data, continuous)
         if key is None:
             later.clear()  # a discrete control, command or bundle: a run ends here
         elif (key, sender) in later:

@@ -7,12 +7,16 @@ controls and commands (a bundle whole or not at all; anything wrong answered wit
 errors and recording notices are sent the same way. Status feedback lives in
 :mod:`osc.feedback`.
 
-Threading: the ``osc`` thread (niceness +5: a flood slows controls, not audio) reads the
-socket in batches, coalesces a flood before parsing (:mod:`osc.batch`) and handles the rest
-in turn: it validates, then calls the engine's thread-safe commands (``submit``, ``play``,
-``load_prompt``, the recorder's ``start`` / ``stop``, ...); it never touches the model or a
-file. Replies may
-also be sent from other threads (an engine notice on the generator, recorder or
+Reading: on POSIX a reader *process* (:mod:`osc.reader_process`, niceness +5) reads the
+socket in batches and coalesces a flood before parsing (:mod:`osc.batch`), so a flood costs
+its GIL, not the engine's; the ``osc`` thread receives the survivors over a stream socket.
+Where a process cannot share the socket (Windows), or with ``reader="thread"``, the ``osc``
+thread (niceness +5) reads and coalesces itself.
+
+Threading: the ``osc`` thread handles the datagrams in turn: it validates, then calls the
+engine's thread-safe commands (``submit``, ``play``, ``load_prompt``, the recorder's
+``start`` / ``stop``, ...); it never touches the model or a file. Replies may also be sent
+from other threads (an engine notice on the generator, recorder or
 prompt-loader thread; the feedback thread): ``sendto`` on one UDP socket needs no lock.
 :attr:`OSCServer.last_sender` is written by the ``osc`` thread and read by those.
 :meth:`~OSCServer.start` / :meth:`~OSCServer.close` on the owner's thread.
@@ -22,14 +26,25 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from engine.errors import UserError
+from engine.live.controls import CONTINUOUS
 from osc.batch import coalesce, read_batch
 from osc.dispatcher import OSCDispatcher, Target
+from osc.reader_process import read_frame
+
+CONTINUOUS_KEYS = frozenset(address.encode("ascii") for address in CONTINUOUS)
+"""The continuous controls' addresses as :mod:`osc.batch` matches them."""
+READERS = ("process", "thread")
+DEFAULT_READER = "process" if os.name == "posix" else "thread"
+_ROOT = Path(__file__).resolve().parents[1]  # the reader process imports osc from here
 
 
 def build_message(address: str, args: list) -> bytes:
@@ -77,12 +92,15 @@ class OSCServer:
     Args:
         allow: sender IPs accepted (None = any); others are dropped and logged once.
         feedback: an extra target for replies and status (``--feedback HOST:PORT``).
+        reader: ``process`` (POSIX default: see the module docstring) or ``thread``.
     """
 
     def __init__(self, engine, host: str = "127.0.0.1", port: int = 9000,
                  allow: list[str] | None = None, feedback: Target | None = None,
-                 log: Callable[[str], None] = print):
-        self.engine, self.log = engine, log
+                 log: Callable[[str], None] = print, reader: str = DEFAULT_READER):
+        if reader not in READERS:
+            raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+        self.engine, self.log, self.reader = engine, log, reader
         self.allow = set(allow) if allow else None
         self.feedback = feedback
         self.last_sender: Target | None = None
@@ -101,7 +119,10 @@ class OSCServer:
         self.dispatcher = OSCDispatcher(engine, reply=self.reply_all, log=log)
         self._denied: set[str] = set()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="osc", daemon=True)
+        self._process: subprocess.Popen | None = None
+        self._stream: socket.socket | None = None  # the reader process's frames arrive here
+        serve = self._serve_frames if reader == "process" else self._serve
+        self._thread = threading.Thread(target=serve, name="osc", daemon=True)
         engine.error_listeners.append(lambda msg: self.reply_all("/error", [msg]))
         engine.recorder_listeners.append(self._recording_notice)
 
@@ -111,12 +132,35 @@ class OSCServer:
         return self.dispatcher.errors
 
     def start(self) -> None:
+        if self.reader == "process":
+            self._start_process()
         self._thread.start()
+
+    def _start_process(self) -> None:
+        """Start the reader process on a shared copy of the UDP socket."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
+                "from osc.reader_process import main; main()")
+        fds = (self.sock.fileno(), theirs.fileno())
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", code, *map(str, fds), str(OSC_NICE),
+             *sorted(CONTINUOUS)], pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True)
+        theirs.close()
+        self._stream = ours
 
     def close(self) -> None:
         self._stop.set()
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+            self._stream.shutdown(socket.SHUT_RDWR)  # the osc thread's read ends
         if self._thread.is_alive():
             self._thread.join(timeout=2.0)
+        if self._stream is not None:
+            self._stream.close()
         self.sock.close()
 
     # -- sending ---------------------------------------------------------------------------
@@ -144,13 +188,29 @@ class OSCServer:
                 if self._stop.is_set():
                     return
                 continue
-            batch, skipped = coalesce(batch)
-            self.coalesced += skipped
-            for data, sender in batch:
-                try:
-                    self.handle(data, sender)
-                except Exception as e:  # last line of defence: never let the server die
-                    self.dispatcher.error(sender, f"internal error on this datagram: {e!r}")
+            batch, skipped = coalesce(batch, CONTINUOUS_KEYS)
+            self._handle_batch(batch, skipped)
+
+    def _serve_frames(self) -> None:
+        """The ``osc`` thread with a reader process: its frames, in order, until it ends."""
+        while not self._stop.is_set():
+            try:
+                got = read_frame(self._stream)
+            except (OSError, ValueError, EOFError, TypeError):
+                got = None
+            if got is None:
+                if not self._stop.is_set():
+                    self.log("osc: the reader process ended; OSC is not received any more")
+                return
+            self._handle_batch(got[1], got[0])
+
+    def _handle_batch(self, batch: list, skipped: int) -> None:
+        self.coalesced += skipped
+        for data, sender in batch:
+            try:
+                self.handle(data, sender)
+            except Exception as e:  # last line of defence: never let the server die
+                self.dispatcher.error(sender, f"internal error on this datagram: {e!r}")
 
     def handle(self, data: bytes, sender: Target) -> None:
         """Drop ``data`` unless ``sender`` is allowed, else hand it to the dispatcher (also

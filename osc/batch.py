@@ -28,10 +28,11 @@ WAIT_S = 0.2  # how long one wait for data lasts (the thread checks for close be
 Datagram = tuple[bytes, tuple[str, int]]
 
 
-def read_batch(sock: socket.socket, limit: int = MAX_BATCH) -> list[Datagram]:
-    """Wait up to :data:`WAIT_S` for ``sock`` (non-blocking) to be readable, then take what
+def read_batch(sock: socket.socket, limit: int = MAX_BATCH,
+               wait: float = WAIT_S) -> list[Datagram]:
+    """Wait up to ``wait`` seconds for ``sock`` (non-blocking) to be readable, then take what
     is waiting, at most ``limit`` datagrams; ``[]`` on timeout."""
-    if not select.select([sock], [], [], WAIT_S)[0]:
+    if not select.select([sock], [], [], wait)[0]:
         return []
     batch: list[Datagram] = []
     while len(batch) < limit:

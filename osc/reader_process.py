@@ -8,8 +8,14 @@ stayed at 16 ms when the same flood was drained by another process (DEVELOPERS.m
 on stage"). Here the reading and the skipping (:mod:`osc.batch`) cost this process's GIL, not
 the engine's; the engine receives a few hundred survivors a second.
 
+Frames leave at most every :data:`FRAME_GAP_S` (4 ms, a third of an EnCodecGPT frame): a
+datagram arriving after a quiet gap goes on at once, while in a flood what arrives within the
+gap is collected and coalesced as one batch (a fader's last value per 4 ms; controls take
+effect at frame boundaries anyway), so the engine gets at most 250 frames a second however
+fast the flood.
+
 Protocol (one stream socket from :func:`socket.socketpair`, this process → the engine): per
-batch read, a frame ``len (4 bytes, big-endian) + marshal((skipped, [(data, sender), ...]))``.
+batch, a frame ``len (4 bytes, big-endian) + marshal((skipped, [(data, sender), ...]))``.
 The UDP socket is shared: replies still leave from the engine's end, and the kernel's drop
 count is still the socket's. This process imports nothing of the engine (no torch), runs
 at niceness +5, and ends when the engine closes its end of the stream or goes away.
@@ -25,8 +31,11 @@ import marshal
 import os
 import socket
 import sys
+import time
 
-from osc.batch import coalesce, read_batch
+from osc.batch import WAIT_S, coalesce, read_batch
+
+FRAME_GAP_S = 0.004  # the shortest time between two frames to the engine
 
 
 def frame(skipped: int, kept: list) -> bytes:
@@ -61,20 +70,27 @@ def _exactly(stream: socket.socket, n: int) -> bytes | None:
 def serve(udp: socket.socket, stream: socket.socket, continuous: set[bytes]) -> None:
     """Read, coalesce and forward until the engine goes away."""
     parent = os.getppid()
+    pending: list = []  # datagrams read since the last frame, in order
+    sent_at = 0.0
     while True:
+        due = sent_at + FRAME_GAP_S - time.monotonic()
         try:
-            batch = read_batch(udp)
+            pending += read_batch(udp, wait=max(0.0, due) if pending else WAIT_S)
         except (OSError, ValueError):
             return  # the socket was closed under us: the engine is stopping
-        if not batch:
+        if not pending:
             if os.getppid() != parent:  # the engine died without closing the stream
                 return
             continue
-        kept, skipped = coalesce(batch, continuous)
+        if time.monotonic() < sent_at + FRAME_GAP_S:
+            continue  # a flood: collect until the gap is over
+        kept, skipped = coalesce(pending, continuous)
+        pending = []
         try:
             stream.sendall(frame(skipped, kept))
         except OSError:
             return  # the engine closed its end
+        sent_at = time.monotonic()
 
 
 def main(argv: list[str] | None = None) -> None:

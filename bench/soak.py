@@ -166,9 +166,10 @@ def _proc_figures() -> dict:
             "fds": len(os.listdir("/proc/self/fd"))}
 
 
-def _cpu_ticks(load_pid: int) -> dict:
-    """Cumulative CPU ticks: the machine's busy and steal time, this process's and the load
-    generator's (to tell the engine's own slowness from a machine others are using)."""
+def _cpu_ticks(load_pid: int, reader_pid: int | None = None) -> dict:
+    """Cumulative CPU ticks: the machine's busy and steal time, the engine's (this process
+    and its OSC reader process) and the load generator's (to tell the engine's own slowness
+    from a machine others are using)."""
     cpu = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = cpu
 
@@ -180,7 +181,8 @@ def _cpu_ticks(load_pid: int) -> dict:
         return int(fields[11]) + int(fields[12])  # utime + stime
 
     return {"busy": user + nice + system + irq + softirq, "steal": steal,
-            "engine": own("self"), "load": own(str(load_pid))}
+            "engine": own("self") + (own(str(reader_pid)) if reader_pid else 0),
+            "load": own(str(load_pid))}
 
 
 def _others_percent(before: dict, after: dict, seconds: float) -> tuple[float, float]:
@@ -313,7 +315,7 @@ def soak(args) -> dict:
                              str(args.load_cpu), "--files", *files],
                             stdout=subprocess.PIPE, text=True)
     load.stdout.readline()  # "ready": the load's clock starts with the samples'
-    samples = _sample_until(engine, load, seconds)
+    samples = _sample_until(engine, load, seconds, server.reader_pid)
     sent = json.loads(load.communicate(timeout=60)[0])
     time.sleep(0.5)
     drops = _kernel_drops(server.address[1])
@@ -325,12 +327,13 @@ def soak(args) -> dict:
     return _report(args, engine, hook, samples, sent, drops, errors, server_coalesced)
 
 
-def _sample_until(engine, load: subprocess.Popen, seconds: float) -> list[dict]:
+def _sample_until(engine, load: subprocess.Popen, seconds: float,
+                  reader_pid: int | None = None) -> list[dict]:
     t0, samples = time.monotonic(), []
-    ticks, at = _cpu_ticks(load.pid), t0
+    ticks, at = _cpu_ticks(load.pid, reader_pid), t0
     while True:
         status = engine.status()
-        now, now_ticks = time.monotonic(), _cpu_ticks(load.pid)
+        now, now_ticks = time.monotonic(), _cpu_ticks(load.pid, reader_pid)
         others, steal = _others_percent(ticks, now_ticks, now - at)
         ticks, at = now_ticks, now
         samples.append({"t": now - t0, "mono": now, **_proc_figures(),

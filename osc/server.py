@@ -127,6 +127,11 @@ class OSCServer:
         engine.recorder_listeners.append(self._recording_notice)
 
     @property
+    def reader_pid(self) -> int | None:
+        """The OSC reader process's pid while it runs (None: the ``osc`` thread reads)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def errors(self) -> int:
         """Datagrams answered with ``/error`` so far."""
         return self.dispatcher.errors

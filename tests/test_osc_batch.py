@@ -125,7 +125,7 @@ def test_the_reader_process_imports_no_torch_and_ends_with_the_server(tmp_path):
     engine = null_engine(tmp_path)
     server = OSCServer(engine, port=0, log=lambda m: None, reader="process")
     server.start()
-    process = server._process
-    assert process is not None and process.poll() is None
+    pid = server.reader_pid
+    assert pid is not None and os.path.exists(f"/proc/{pid}")
     server.close()
-    assert process.poll() is not None
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]

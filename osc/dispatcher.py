@@ -241,47 +241,27 @@ class OSCDispatcher:
         return scenes
 
     def _prompt_load(self, args: tuple, sender: Target) -> bool:
-        slot, path = args
-        refused: list[str] = []
-
-        def failed(message: str) -> None:  # now (bad path or slot) or from the loader thread
-            refused.append(message)
-            self.error(sender, f"/prompt/load: {message}")
-
         def done(slot: int, path: str) -> None:  # on the loader thread
             self.log(f"prompt: loaded {path} into slot {slot}")
             self.reply("/prompt/loaded", [slot, path], sender)
 
-        self.engine.load_prompt(slot, path, done=done, failed=failed)
-        return not refused
+        return self._answered("/prompt/load", lambda failed: self.engine.load_prompt(
+            *args, done=done, failed=failed), sender)
 
     def _prompt_text(self, args: tuple, sender: Target) -> bool:
-        slot, text = args
-        refused: list[str] = []
-
-        def failed(message: str) -> None:  # now (bad slot or text) or from the text worker
-            refused.append(message)
-            self.error(sender, f"/prompt/text: {message}")
-
         def done(slot: int, text: str) -> None:  # on the text worker
             self.log(f"prompt: slot {slot} holds the text {text!r}")
             self.reply("/prompt/loaded", [slot, text], sender)
 
-        self.engine.set_text(slot, text, done=done, failed=failed)
-        return not refused
+        return self._answered("/prompt/text", lambda failed: self.engine.set_text(
+            *args, done=done, failed=failed), sender)
 
     def _device_reopen(self, args: tuple, sender: Target) -> bool:
-        refused: list[str] = []
-
-        def failed(message: str) -> None:  # now, or from the reopen thread
-            refused.append(message)
-            self.error(sender, f"/device/reopen: {message}")
-
         def done(name: str, rate: int) -> None:  # on the reopen thread
             self.reply("/device/opened", [name, int(rate)], sender)
 
-        self.engine.reopen_device(done=done, failed=failed)
-        return not refused
+        return self._answered("/device/reopen", lambda failed: self.engine.reopen_device(
+            done=done, failed=failed), sender)
 
     def _prompt_listen(self, args: tuple, sender: Target) -> bool:
         try:
@@ -299,20 +279,25 @@ class OSCDispatcher:
         return True
 
     def _prime(self, args: tuple, sender: Target) -> bool:
-        return self._priming("/prime", lambda done, failed: self.engine.prime(args[0], done,
-                                                                              failed), sender)
+        return self._answered("/prime", lambda failed: self.engine.prime(
+            args[0], self._primed(sender), failed), sender)
 
     def _prime_file(self, args: tuple, sender: Target) -> bool:
-        return self._priming("/prime/file",
-                             lambda done, failed: self.engine.prime_file(args[0], done, failed),
-                             sender)
+        return self._answered("/prime/file", lambda failed: self.engine.prime_file(
+            args[0], self._primed(sender), failed), sender)
 
-    def _priming(self, address: str, start, sender: Target) -> bool:
+    def _primed(self, sender: Target):
+        return lambda path, rows: self.reply("/primed", [path, rows], sender)
+
+    def _answered(self, address: str, start, sender: Target) -> bool:
+        """Run ``start(failed)``, a command answered now or later from a worker thread;
+        ``failed(message)`` sends ``/error`` (``address: message``). False if it failed at
+        once."""
         refused: list[str] = []
 
-        def failed(message: str) -> None:  # now (bad path or slot) or from the loader thread
+        def failed(message: str) -> None:  # now, or from the worker thread
             refused.append(message)
             self.error(sender, f"{address}: {message}")
 
-        start(lambda path, rows: self.reply("/primed", [path, rows], sender), failed)
+        start(failed)
         return not refused

@@ -10,6 +10,10 @@ fast it ran (underruns, latency) is printed, not asserted: that is the benchmark
 from __future__ import annotations
 
 import importlib.util
+import os
+import platform
+import subprocess
+import sys
 from argparse import Namespace
 
 import numpy as np
@@ -90,3 +94,45 @@ def test_a_ten_minute_prompt_file_loads_while_playing(mae_dir, tmp_path):
     assert during > 0  # the generator kept going while the file was read and embedded
     assert np.allclose(engine.generator.controls.slots[1], head, atol=1e-5)
 
+
+
+_FREED_BLOCK = """
+import sys
+import numpy as np
+from engine.live.prompt_loading import return_large_allocations
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+
+if sys.argv[1] == "engine":
+    assert return_large_allocations()
+n = 24 << 20
+a = np.ones(n, np.uint8)
+del a  # glibc's default: a freed mapping raises the mmap threshold to its size
+a = np.ones(n, np.uint8)  # so this one may come from the heap,
+b = np.ones(1000, np.uint8)  # below a block that outlives it
+before = rss_mb()
+del a
+print(before - rss_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc only")
+def test_a_large_transient_block_goes_back_to_the_os_in_the_engine(tmp_path):
+    """A prompt load's transient blocks must not raise the engine's RSS for good: with the
+    engine's malloc setting a freed 24 MB block leaves RSS; with glibc's defaults the same
+    sequence keeps it (the reason the setting exists)."""
+    script = tmp_path / "freed_block.py"
+    script.write_text(_FREED_BLOCK)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def returned_mb(mode: str) -> float:
+        out = subprocess.run([sys.executable, str(script), mode], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        return float(out.split()[-1])
+
+    assert returned_mb("engine") > 20
+    assert returned_mb("defaults") < 4

@@ -88,7 +88,7 @@ from engine.live.musicgen.generator import DEFAULT_WINDOW as MUSICGEN_WINDOW
 from engine.live.musicgen.generator import MusicGenGenerator
 from engine.live.musicgen.text_slots import TextSlots
 from engine.live.pipeline import Pipeline
-from engine.live.prompt_loading import PromptLoader
+from engine.live.prompt_loading import PromptLoader, return_large_allocations
 from engine.live.rotary.generator import RotaryGenerator
 from engine.live.rotary.prefix import PrefixReader, prefix_frames
 from engine.live.transport import Transport
@@ -317,6 +317,7 @@ class LiveEngine:
         # of the cyclic collector's sight: a full collection over them holds the GIL ~165 ms,
         # a stall the audio threads cannot hide (the hour's soak lost 3 periods to one).
         gc.freeze()
+        return_large_allocations()  # prompt loads' transient blocks must not grow RSS
         self.transport.playing = True
 
     def stop(self) -> None:

@@ -19,7 +19,10 @@ written there and read by the generator thread (a recording's session.json).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -154,3 +157,30 @@ def lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):
         pass
+
+
+#: Allocations of at least this size get their own mapping, returned to the OS when freed.
+LARGE_ALLOCATION_BYTES = 4 << 20
+
+
+def return_large_allocations() -> bool:
+    """Make large freed blocks go back to the OS (glibc only; True where it applied).
+
+    Embedding 30 s of audio allocates hundreds of MB for a moment (EnCodecMAE's attention
+    maps). glibc's default mmap threshold rises after such blocks are freed, so the next
+    loads come from the heap, and a small block that outlives a load pins the pages above
+    it: in an hour's soak the engine's RSS stepped up by ~30 MB within 10 minutes of loads.
+    A fixed threshold (and trim threshold) of :data:`LARGE_ALLOCATION_BYTES` keeps RSS flat
+    (measured, RSS after each of 12 loads of the 10-minute file's first 30 s: 627 -> 662 MB
+    with the defaults, 571 -> 572 MB with this). The live hot path allocates nothing that large.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, LARGE_ALLOCATION_BYTES)
+                and mallopt(m_trim_threshold, LARGE_ALLOCATION_BYTES))

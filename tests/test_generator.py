@@ -14,6 +14,7 @@ from engine.live.control_input import initial_controls
 from engine.live.control_queue import MAX_PENDING
 from engine.live.controls import ControlError, ControlEvent, ControlState
 from engine.live.generator import RollingGenerator
+from engine.live.step.reprefill import FINAL_ROWS, PREFILL_EVERY
 from engine.model.reference import generate_window, prompt_schedule
 from engine.model.tokens.patterns import start_triangle_mask
 
@@ -137,6 +138,32 @@ def test_fast_mode_background_prefill_equals_inline(model, prompts):
             gen.schedule(f, [ControlEvent("/morph", (float(f % 2),))])
         runs.append(_run(gen, 80))
     assert torch.equal(runs[0], runs[1])
+
+
+def test_a_window_switch_waits_for_no_long_job_and_reuses_the_old_cache(model, prompts):
+    """The shadow's jobs before a switch are short (each starts before its step's forward,
+    so the switch's step finds them done), and the next shadow fills the cache the switch
+    left instead of allocating one."""
+    gen = RollingGenerator(model, _controls(prompts[0]), window=40, mode="fast", hop=10,
+                           greedy=True)
+    jobs = []  # (step, rows) of every job with rows
+    run = gen.reprefill._run
+    gen.reprefill._run = lambda groups: (jobs.append((gen.t, groups[0].x.shape[0])),
+                                         run(groups))[-1]
+    switches, reused = [], []
+    for _ in range(120):
+        start, live = gen.win_start, gen.cache
+        gen.step()
+        if live is not None and gen.win_start != start:
+            switches.append(gen.t - 1)
+            reused.append(gen.reprefill.shadow is not None
+                          and gen.reprefill.shadow.cache is live)
+    gen.close()
+    assert len(switches) >= 5 and all(reused)
+    for s in switches:
+        last = [rows for t, rows in jobs if s - PREFILL_EVERY <= t < s]
+        assert last and max(last) <= FINAL_ROWS, (s, last)
+        assert [t for t, _ in jobs if t < s][-1] == s - 1  # the last job: the step before
 
 
 @pytest.mark.parametrize("mode,hop", [("exact", None), ("fast", 4), ("fast", 1)])

@@ -348,6 +348,7 @@ class RollingGenerator(ControlledGenerator):
             return self._refill_window(prompt)
         if self.cache is not None and self.t - self.win_start > self.window:
             sh = self.reprefill.take()  # switch to the next window
+            self.reprefill.recycle(self.cache)  # the next shadow fills the old one
             self.cache, self.win_start, self.cache_prompt = sh.cache, sh.start, sh.prompt
         groups = []
         fresh = self.cache is None
@@ -364,10 +365,9 @@ class RollingGenerator(ControlledGenerator):
         elif self.t > self.win_start:  # feed row t-1 at position t - b
             row = self._window_rows(self.t - 1, self.t, self.win_start)
             groups.append(RowGroup(self.cache, self.t - self.win_start, lean.embed_tokens(row)))
-        logits = lean.forward(groups, [sum(g.x.shape[0] for g in groups) - 1])[0]
-        if self.hop > 1:
+        if self.hop > 1:  # before the forward: the shadow's job runs beside this step's
             self.reprefill.plan(self.t, self.win_start, self.cache_prompt, self._window_rows)
-        return logits
+        return lean.forward(groups, [sum(g.x.shape[0] for g in groups) - 1])[0]
 
     def _refill_window(self, prompt: torch.Tensor) -> torch.Tensor:
         """H = 1: every step is a switch, so prefill ``[prompt, last W rows]`` now, with this

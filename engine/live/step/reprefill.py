@@ -21,20 +21,18 @@ for those jobs before it reads the shadow (switch, state, reset).
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
+from engine.live.prompt_loading import lower_thread_priority
 from engine.live.state import StateReader
 from engine.live.step.kv_step import KVCache, LeanGPT, RowGroup
 
 PREFILL_EVERY = 8  # steps between background re-prefill jobs
 FINAL_ROWS = 2  # rows a job carries in the last PREFILL_EVERY steps before a switch
-PREFILL_NICE = 10  # the worker's niceness where the OS allows a thread's own
 
 #: ``rows(start, stop, win_start) -> [n, Q]``: rows ``start..stop-1`` as seen by a window
 #: starting at ``win_start`` (start triangle re-created).
@@ -193,12 +191,9 @@ class ShadowPrefill:
 
 
 def _worker_setup(threads: int) -> None:
-    """The worker's torch threads, and a lower priority (Linux: nice +PREFILL_NICE for this
-    thread) so that the scheduler gives the generator and the decoder their cores first; the
-    jobs have a whole hop to finish. gpt2 int4 on 2 cores, flat out, two interleaved pairs:
-    RTF 1.32/1.29 -> 1.35/1.36, step p99 20.2/20.7 -> 17.2/18.2 ms."""
+    """The worker's torch threads, and the loader threads' lower priority, so that the
+    scheduler gives the generator and the decoder their cores first; the jobs have a whole
+    hop to finish. gpt2 int4 on 2 cores, flat out, two interleaved pairs: RTF 1.32/1.29 ->
+    1.35/1.36, step p99 20.2/20.7 -> 17.2/18.2 ms."""
     torch.set_num_threads(threads)
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFILL_NICE)
-    except (AttributeError, OSError):  # not Linux, or not allowed: normal priority
-        pass
+    lower_thread_priority()

@@ -5,12 +5,13 @@
     python bench/realtime.py --model rotary-random|FILE [--mode fast|exact] [--seconds S]
                              [--window W] [--rtf-frames N]  (the rotary family)
     python bench/realtime.py --preset tiny|gpt2|gpt2-medium [--compute auto|cpu|cuda|cuda:N]
-                             [--mode exact|fast] [--quantize auto|int4|int8|none|bf16|fp16]
+                             [--mode exact|fast]
+                             [--quantize auto|int4-128|int4|int8-128|int8|none|bf16|fp16]
                              [--seconds S] [--window 200] [--hop H] [--threads 1] [--decode-chunk 4]
                              [--step-runner graph|compile|eager]
 
 The defaults follow the device (``engine.cli.compute_flags``): on the CPU fast mode with the
-live engine's default weights (int4 with onnxruntime, else int8); on
+live engine's default weights (int4-128 with onnxruntime, else int8); on
 a GPU exact mode, bf16 (fp16 without bf16), the step replayed from a CUDA graph, decode
 chunks of 2. Where CUDA runs, the startup (weights to the device, warm-up and graph capture
 of the step, decoder warm-up) is reported too.

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -58,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pythonosc.osc_message_builder import OscMessageBuilder  # noqa: E402
 
 from engine.live.engine import LiveConfig  # noqa: E402
+from engine.live.step.weight_formats import resolve as resolve_weight_format  # noqa: E402
 from engine.model.encodecmae import load_encodecmae  # noqa: E402
 from engine.model.loading.random_model import random_model  # noqa: E402
 from engine.session.live_session import build_live_engine  # noqa: E402
@@ -65,7 +65,7 @@ from engine.session.replay import replays_identically  # noqa: E402
 from osc.server import OSCServer  # noqa: E402
 
 FADER = ("/morph", "/morph/xy")
-DEFAULT_QUANTIZE = "int4" if importlib.util.find_spec("onnxruntime") else "int8"
+DEFAULT_QUANTIZE = resolve_weight_format("auto")
 SAMPLE_EVERY_S = 10.0
 PROBE_EVERY_S = 0.1
 
@@ -263,8 +263,8 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0, help="minutes left out of the RSS slope")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--quantize", default=DEFAULT_QUANTIZE,
-                   help="the CPU fast mode's weights (default: the engine's, int4 with "
-                        "onnxruntime, else int8)")
+                   help="the CPU fast mode's weights (default: the engine's, int4-128 "
+                        "with onnxruntime, else int8)")
     p.add_argument("--device", default="null")
     p.add_argument("--hostapi", default=None)
     p.add_argument("--buffer", type=float, default=0.2)

@@ -83,7 +83,8 @@ def test_cpu_default_is_fp32_and_fp32_exact_is_the_reference():
     ("fp16", CPU, "fast", "--quantize fp16 runs on CUDA only"),
     ("int8", CPU, "exact", "exact mode on the CPU runs the reference model in fp32"),
     ("bf16", CPU, "exact", "exact mode on the CPU"),
-    ("float8", CPU, "fast", "--quantize expects one of none, int8, int4, int4-128, bf16, fp16"),
+    ("float8", CPU, "fast",
+     "--quantize expects one of none, int8, int4, int4-128, int8-128, bf16, fp16"),
 ])
 def test_combinations_a_backend_cannot_run_are_refused(one_gpu, monkeypatch, quantize, device,
                                                        mode, says):

@@ -22,6 +22,7 @@ import soundfile as sf
 from live_helpers import REPO, TINY_IDENTITY, wait_until
 
 from engine.live.engine import LiveConfig
+from engine.live.step.weight_formats import resolve as resolve_weight_format
 from engine.model.encodecmae import load_encodecmae
 from engine.model.loading.random_model import random_model
 from engine.session.live_session import build_live_engine
@@ -37,7 +38,7 @@ def _soak_module():
 @pytest.mark.slow
 def test_a_two_minute_soak_loses_nothing_leaks_nothing_and_replays(tmp_path):
     soak = _soak_module()
-    quantize = "int4" if importlib.util.find_spec("onnxruntime") else "int8"  # the default
+    quantize = resolve_weight_format("auto")  # the engine's default weights
     args = Namespace(minutes=2.0, warmup=0.5, preset="tiny", quantize=quantize, device="null",
                      hostapi=None, buffer=0.2, rate=200.0, burst_seconds=5.0, encodecmae=None,
                      out=tmp_path, load_cpu=0.5)

@@ -60,9 +60,10 @@ def add_compute(p: argparse._ActionsContainer, auto_help: str = "CUDA when prese
 
 def add_quantize(p: argparse._ActionsContainer) -> None:
     p.add_argument("--quantize", choices=("auto", *WEIGHT_FORMATS), default="auto",
-                   help="weight format (auto: bf16 on a GPU that has it, else fp16; fp32 = "
-                        "none on the CPU). none on CUDA is fp32 with TF32 off (parity work); "
-                        "int8/int4 are CPU kernels, fp16 a GPU format")
+                   help="weight format (auto: bf16 on a GPU that has it, else fp16; on the "
+                        "CPU in fast mode int4-128 with onnxruntime, else int8; fp32 = none "
+                        "in exact mode). none on CUDA is fp32 with TF32 off (parity work); "
+                        "int8/int4/int4-128/int8-128 are CPU kernels, fp16 a GPU format")
 
 
 def add_mode_and_runner(p: argparse._ActionsContainer) -> None:

@@ -10,7 +10,9 @@ One flag pair for every backend, resolved once at start into a ``torch.device`` 
 (default)     ``none``                    ``bf16`` where the GPU has it, else ``fp16``
 none          fp32 (the reference)        fp32 with TF32 off (parity work)
 int8          fast mode (fbgemm)          refused: an fbgemm (CPU) kernel
-int4          fast mode                   refused: a CPU kernel
+int4,         fast mode (onnxruntime)     refused: a CPU kernel
+int4-128,
+int8-128
 bf16          fast mode, native bf16      bf16 (compute capability >= 8.0)
               only (AVX512-BF16 / AMX)
 fp16          refused: emulated on CPUs   fp16
@@ -31,12 +33,13 @@ import torch
 
 from engine.errors import UserError
 from engine.live.step.kv_step import bf16_is_native
+from engine.live.step.weight_formats import ORT_WEIGHT_FORMATS
 from engine.live.step.weight_formats import describe as describe_cpu_format
 from engine.live.step.weight_formats import resolve as resolve_cpu_format
 
 COMPUTE_CHOICES = "auto|cpu|cuda|cuda:N|mps"
-WEIGHT_FORMATS = ("none", "int8", "int4", "int4-128", "bf16", "fp16")
-_CPU_ONLY = ("int8", "int4", "int4-128")
+WEIGHT_FORMATS = ("none", "int8", "int4", "int4-128", "int8-128", "bf16", "fp16")
+_CPU_ONLY = ("int8", "int4", "int4-128", "int8-128")
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def _has_cuda() -> bool:
 
 def default_weight_format(device: torch.device, mode: str = "exact") -> str:
     """The ``--quantize`` used when none is given (``auto``): bf16/fp16 on CUDA; on the CPU the
-    fastest format that meets the quality bound in fast mode (int4 with onnxruntime, else
+    fastest format that meets the quality bound in fast mode (int4-128 with onnxruntime, else
     int8: :func:`engine.live.step.weight_formats.resolve`), the fp32 reference in exact mode."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -139,8 +142,8 @@ def resolve_weights(quantize: str | None, device: torch.device,
 
 
 def _check_cpu(name: str, mode: str) -> None:
-    if name.startswith("int4"):
-        try:  # int4 needs onnxruntime (the cpu extra)
+    if name in ORT_WEIGHT_FORMATS:
+        try:  # MatMulNBits formats need onnxruntime (the cpu extra)
             resolve_cpu_format(name)
         except ValueError as e:
             raise UserError(f"--quantize {name}: {e}") from None

@@ -23,10 +23,12 @@ It measures, in one run:
 1. ``rtf``: audio seconds per wall second generating *and* decoding as fast as possible
    (two threads, re-prefill included) over ``--rtf-frames`` frames;
 2. ``step_ms_p50/p99`` over every generator step of that run, and ``stall_ms_max`` (the
-   longest step: a re-prefill or switch that blocked);
+   longest step: a re-prefill or switch that blocked): both cores busy all the time, the
+   worst case;
 3. ``underruns``: a paced run of ``--seconds`` on the null sink shaped like the live
    engine's (``--buffer``, default the engine's 0.2 s, playback starting at half of it;
-   blocks of 512 samples), like a sound card;
+   blocks of 512 samples), like a sound card, and ``paced_step_ms_p50/p99`` over its steps
+   (what the step costs live, the generator waiting on the buffer between bursts);
 5. (CPU fast mode) the bytes one step streams (weights + the mean KV cache), this core's
    read bandwidth (``bench/cpu_step.py``'s probe) and the ratio of the step's p50 to that
    floor: how far the step is from the physical limit.
@@ -150,6 +152,7 @@ def run_paced(make_gen, codec, args) -> dict:
     sink = NullSink(buffer_s=args.buffer, block=512, prefill_s=args.buffer / 2)
     pipe = Pipeline(gen, _decoder(codec, args), sink, decode_chunk=args.decode_chunk,
                     threads=args.threads)
+    pipe.stats.all_ms = []
     pipe.start()
     time.sleep(args.seconds)
     played = sink.consumed / SAMPLE_RATE
@@ -157,7 +160,11 @@ def run_paced(make_gen, codec, args) -> dict:
     pipe.stop()
     sink.close()
     gen.close()
-    return {"underruns": underruns, "paced_played_s": played}
+    steps = np.array(pipe.stats.all_ms)
+    return {"underruns": underruns, "paced_played_s": played,
+            "paced_step_ms_p50": float(np.percentile(steps, 50)),
+            "paced_step_ms_p99": float(np.percentile(steps, 99)),
+            "paced_stall_ms_max": float(steps.max())}
 
 
 def generation_only_ms(model, args, frames: int) -> float:
@@ -264,7 +271,10 @@ def main() -> None:
     paced = (run_paced(_moving_morph(model, args), codec, args) if args.seconds > 0
              else {"underruns": None, "paced_played_s": 0.0})
     print(f"paced null sink ({args.buffer:.2f} s buffer, the morph moving): "
-          f"{paced['paced_played_s']:.1f} s played, {paced['underruns']} underruns", flush=True)
+          f"{paced['paced_played_s']:.1f} s played, {paced['underruns']} underruns"
+          + (f", step p50 {paced['paced_step_ms_p50']:.2f} ms p99 "
+             f"{paced['paced_step_ms_p99']:.2f} ms, longest {paced['paced_stall_ms_max']:.1f} ms"
+             if args.seconds > 0 else ""), flush=True)
     cpu = ours_ms is not None
     print(json.dumps({
         "preset": args.preset, "quantize": args.choice.weights.name,
@@ -281,6 +291,8 @@ def main() -> None:
                          "window": round(window_ms, 3)} if cpu else None,
         "window": args.window, "hop": args.hop or args.window // 4, "threads": args.threads,
         "decode_chunk": args.decode_chunk, "paced_played_s": round(paced["paced_played_s"], 1),
+        **{k: round(v, 3) for k, v in paced.items() if k.startswith("paced_step")},
+        "paced_stall_ms_max": round(paced.get("paced_stall_ms_max", 0.0), 2),
         "cpu_count": os.cpu_count(), "buffer_s": args.buffer, "bandwidth": floor,
     }))
 

@@ -105,7 +105,8 @@ REPLIES = tuple(replace(a, flow="") for a in (  # sent: no flow
     Address("/engine/info", "sssis",
             "on /status and to each new feedback target: compute (cpu, cuda:0, mps), weights "
             "(fp32, bf16, fp16, int8, int4, int4-128, int8-128), model family (encodecgpt, "
-            "rotary, musicgen), window (frames; rotary: tokens), mode (exact, fast)", kind="reply", widget="label"),
+            "rotary, musicgen), window (frames; rotary: tokens), mode (exact, fast)",
+            kind="reply", widget="label"),
     Address("/engine/mix", "f…", "~10 Hz: the current weight of every slot", kind="reply",
             widget="label"),
     Address("/engine/level", "ff", "~10 Hz: peak and RMS in dBFS of the last 0.1 s sent to "

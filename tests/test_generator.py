@@ -14,7 +14,7 @@ from engine.live.control_input import initial_controls
 from engine.live.control_queue import MAX_PENDING
 from engine.live.controls import ControlError, ControlEvent, ControlState
 from engine.live.generator import RollingGenerator
-from engine.live.step.reprefill import FINAL_ROWS, PREFILL_EVERY
+from engine.live.step.reprefill import FINAL_ROWS, LAST_JOB, PREFILL_EVERY
 from engine.model.reference import generate_window, prompt_schedule
 from engine.model.tokens.patterns import start_triangle_mask
 
@@ -141,29 +141,42 @@ def test_fast_mode_background_prefill_equals_inline(model, prompts):
 
 
 def test_a_window_switch_waits_for_no_long_job_and_reuses_the_old_cache(model, prompts):
-    """The shadow's jobs before a switch are short (each starts before its step's forward,
-    so the switch's step finds them done), and the next shadow fills the cache the switch
-    left instead of allocating one."""
+    """The shadow's jobs before a switch are short and the last one is LAST_JOB steps before
+    it (each starts before its step's forward; the switch's step feeds the rows after it
+    itself), and the next shadow fills the cache the switch left instead of allocating one."""
     gen = RollingGenerator(model, _controls(prompts[0]), window=40, mode="fast", hop=10,
                            greedy=True)
-    jobs = []  # (step, rows) of every job with rows
+    jobs = []  # (step, rows) of every job with rows (the prompt position not counted)
     run = gen.reprefill._run
-    gen.reprefill._run = lambda groups: (jobs.append((gen.t, groups[0].x.shape[0])),
-                                         run(groups))[-1]
-    switches, reused = [], []
+    gen.reprefill._run = lambda groups: (
+        jobs.append((gen.t, sum(g.x.shape[0] for g in groups if g.start > 0))), run(groups))[-1]
+    forward = gen.lean.forward
+    fed = {}  # step -> rows its own forward fed (the prompt position not counted)
+
+    def counting_forward(groups, out):
+        if groups[0].cache is gen.cache:  # the step's, not a shadow job's
+            fed[gen.t] = sum(g.x.shape[0] for g in groups if g.start > 0)
+        return forward(groups, out)
+
+    gen.lean.forward = counting_forward
+    switches, left, reused = [], None, []
     for _ in range(120):
         start, live = gen.win_start, gen.cache
+        shadow = gen.reprefill.shadow
         gen.step()
         if live is not None and gen.win_start != start:
             switches.append(gen.t - 1)
-            reused.append(gen.reprefill.shadow is not None
-                          and gen.reprefill.shadow.cache is live)
+            left = live
+            assert gen.reprefill.shadow is None  # the next starts a step later (not beside it)
+        elif shadow is None and gen.reprefill.shadow is not None and left is not None:
+            reused.append(gen.reprefill.shadow.cache is left)
     gen.close()
-    assert len(switches) >= 5 and all(reused)
+    assert len(switches) >= 5 and len(reused) >= 5 and all(reused)
     for s in switches:
-        last = [rows for t, rows in jobs if s - PREFILL_EVERY <= t < s]
+        last = [rows for t, rows in jobs if s - PREFILL_EVERY <= t < s and rows]
         assert last and max(last) <= FINAL_ROWS, (s, last)
-        assert [t for t, _ in jobs if t < s][-1] == s - 1  # the last job: the step before
+        assert [t for t, rows in jobs if t < s and rows][-1] == s - LAST_JOB
+        assert fed[s] == LAST_JOB and fed[s - 1] == 1, (s, fed[s])
 
 
 @pytest.mark.parametrize("mode,hop", [("exact", None), ("fast", 4), ("fast", 1)])

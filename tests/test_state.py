@@ -180,7 +180,7 @@ def test_decoder_state_continues_identically(codec, split):
 
 def _generator_case(model, prompts, codec):
     gen = _generator(model, prompts, "fast")
-    _steps(gen, 30)  # cache, shadow and history all present
+    _steps(gen, 31)  # cache, shadow and history all present
     state = gen.get_state()
     gen.close()
     return lambda: _generator(model, prompts, "fast"), state

@@ -346,10 +346,12 @@ class RollingGenerator(ControlledGenerator):
         lean = self.lean
         if self.hop == 1 and self.t - self.seq_start > self.window:
             return self._refill_window(prompt)
+        first = self.t - 1  # the first row this step feeds: its own, or a switch's lag
         if self.cache is not None and self.t - self.win_start > self.window:
             sh = self.reprefill.take()  # switch to the next window
             self.reprefill.recycle(self.cache)  # the next shadow fills the old one
             self.cache, self.win_start, self.cache_prompt = sh.cache, sh.start, sh.prompt
+            first = min(first, sh.next_row)  # rows after the shadow's last job
         groups = []
         fresh = self.cache is None
         if fresh:  # a new sequence: empty, or primed with rows seq_start..t-1
@@ -362,9 +364,10 @@ class RollingGenerator(ControlledGenerator):
         if fresh and self.t > self.win_start:  # primed rows, all at once from position 1
             rows = self._window_rows(self.win_start, self.t, self.win_start)
             groups.append(RowGroup(self.cache, 1, lean.embed_tokens(rows)))
-        elif self.t > self.win_start:  # feed row t-1 at position t - b
-            row = self._window_rows(self.t - 1, self.t, self.win_start)
-            groups.append(RowGroup(self.cache, self.t - self.win_start, lean.embed_tokens(row)))
+        elif self.t > self.win_start:  # feed rows first..t-1 at positions first-b+1..t-b
+            rows = self._window_rows(first, self.t, self.win_start)
+            groups.append(RowGroup(self.cache, first - self.win_start + 1,
+                                   lean.embed_tokens(rows)))
         if self.hop > 1:  # before the forward: the shadow's job runs beside this step's
             self.reprefill.plan(self.t, self.win_start, self.cache_prompt, self._window_rows)
         return lean.forward(groups, [sum(g.x.shape[0] for g in groups) - 1])[0]

@@ -5,11 +5,13 @@ The live cache holds ``[prompt, rows b..]``. Before the context would exceed the
 triangle re-created at ``b+H`` — must be ready, so the step can switch to it without a long
 prefill. :class:`ShadowPrefill` fills it in jobs submitted at fixed steps, each before its
 step's forward so that it runs beside it: the step the shadow starts (its prompt position
-and the rows it lacks), every :data:`PREFILL_EVERY` steps, and in the last
-:data:`PREFILL_EVERY` steps before the switch every :data:`FINAL_ROWS` steps, ending at the
-step before the switch (which needs rows up to ``switch − 2``): the switch's step then waits
-for no job of many rows (gpt2 int4 on 2 cores: switch steps 24.7 → 10–15 ms, step p99
-23.5 → 11–12 ms, generator alone). The next shadow fills the cache the switch left
+and the rows it lacks, one forward), every :data:`PREFILL_EVERY` steps, and in the
+:data:`PREFILL_EVERY` steps before the last job every :data:`FINAL_ROWS` steps; the last
+job is :data:`LAST_JOB` steps before the switch. The switch's step feeds the rows after that job
+itself (:attr:`Shadow.next_row` onwards, ``LAST_JOB`` rows with its own) instead of waiting
+for a job that ran while the decoder, at a higher priority, held the other core: gpt2
+int4-128, paced 60 s, switch steps waited p50 1.8 / p90 10 / max 17 ms for the job submitted
+the step before. The next shadow fills the cache the switch left
 (:meth:`ShadowPrefill.recycle`). Jobs run in a background worker (or inline); since *what*
 each job computes is fixed by the step it was submitted at, the tokens never depend on
 thread timing.
@@ -33,6 +35,7 @@ from engine.live.step.kv_step import KVCache, LeanGPT, RowGroup
 
 PREFILL_EVERY = 8  # steps between background re-prefill jobs
 FINAL_ROWS = 2  # rows a job carries in the last PREFILL_EVERY steps before a switch
+LAST_JOB = 3  # steps between the last job and the switch, whose step feeds the rows after it
 
 #: ``rows(start, stop, win_start) -> [n, Q]``: rows ``start..stop-1`` as seen by a window
 #: starting at ``win_start`` (start triangle re-created).
@@ -83,9 +86,10 @@ class ShadowPrefill:
 
     def plan(self, t: int, win_start: int, prompt: torch.Tensor, rows: WindowRows) -> None:
         """In step ``t``, before its forward (rows ``< t`` are known): start the next window's
-        cache once its first row has been generated, give it the rows it lacks at once, then
-        every :data:`PREFILL_EVERY` steps, and every :data:`FINAL_ROWS` steps in the last
-        :data:`PREFILL_EVERY` steps before the switch (the last job at the step before it).
+        cache once its first row has been generated, give it its prompt and the rows it lacks
+        in one job, then every :data:`PREFILL_EVERY` steps, and every :data:`FINAL_ROWS` steps
+        in the :data:`PREFILL_EVERY` steps before the last job, :data:`LAST_JOB` steps before
+        the switch.
 
         Args:
             t: the step.
@@ -94,21 +98,26 @@ class ShadowPrefill:
             rows: the generator's rows (see :data:`WindowRows`).
         """
         nxt = win_start + self.hop
-        if self.shadow is None and nxt <= t:
+        # not in the step of the switch to win_start (at win_start + W + 1 - H): that step
+        # feeds LAST_JOB rows, and a long job starting beside it slows it (gpt2: +4 ms)
+        if self.shadow is None and nxt <= t and t > win_start + self.window + 1 - self.hop:
             self._start(nxt, prompt)
         sh = self.shadow
         if sh is None:
             return
         to_switch = win_start + self.window + 1 - t  # steps until the switch, >= 1
-        # Jobs of PREFILL_EVERY rows, aligned so that in the last PREFILL_EVERY steps before
-        # the switch they carry FINAL_ROWS rows: each job starts before its step's forward
-        # and runs beside it, so the switch waits for no job of many rows.
-        period = FINAL_ROWS if to_switch <= PREFILL_EVERY else PREFILL_EVERY
-        if sh.last_submit < 0 or (to_switch - 1) % period == 0:
-            self._submit_rows(t, rows)
+        # Jobs of PREFILL_EVERY rows, aligned so that near the switch they carry FINAL_ROWS
+        # rows: each job starts before its step's forward and runs beside it; the last one
+        # LAST_JOB steps before the switch, so that it has that many steps to finish (the
+        # switch's step feeds the rows after it).
+        period = FINAL_ROWS if to_switch < LAST_JOB + PREFILL_EVERY else PREFILL_EVERY
+        first = sh.last_submit < 0
+        if first or (to_switch >= LAST_JOB and (to_switch - LAST_JOB) % period == 0):
+            self._submit_rows(t, rows, with_prompt=first)
 
     def take(self) -> Shadow:
-        """The filled shadow, for the switch (waits for its jobs); the next one starts later."""
+        """The shadow, for the switch (waits for its jobs; rows from its ``next_row`` on are
+        the switch's step's to feed); the next one starts later."""
         sh = self.shadow
         assert sh is not None, "the shadow starts at the latest one step before the switch"
         self._wait()
@@ -162,18 +171,19 @@ class ShadowPrefill:
             cache = self.lean.new_cache(self.window + 1)
         cache.length = 0  # positions past the length are never read
         self.shadow = Shadow(start, cache, next_row=start, prompt=prompt)
-        self._run([RowGroup(cache, 0, self.lean.embed_prompt(prompt))])
 
-    def _submit_rows(self, t: int, rows: WindowRows) -> None:
-        """Queue a job with the known rows (``< t``) the shadow has not been given yet."""
+    def _submit_rows(self, t: int, rows: WindowRows, with_prompt: bool = False) -> None:
+        """Queue a job with the known rows (``< t``) the shadow has not been given yet (and
+        its prompt position first: one forward, whose weights are read once for both)."""
         sh = self.shadow
         sh.last_submit = t
-        if t <= sh.next_row:
-            return
-        x = self.lean.embed_tokens(rows(sh.next_row, t, sh.start))
-        group = RowGroup(sh.cache, sh.next_row - sh.start + 1, x)
-        sh.next_row = t
-        self._run([group])
+        groups = [RowGroup(sh.cache, 0, self.lean.embed_prompt(sh.prompt))] if with_prompt else []
+        if t > sh.next_row:
+            x = self.lean.embed_tokens(rows(sh.next_row, t, sh.start))
+            groups.append(RowGroup(sh.cache, sh.next_row - sh.start + 1, x))
+            sh.next_row = t
+        if groups:
+            self._run(groups)
 
     def _run(self, groups: list[RowGroup]) -> None:
         if self._executor is None:

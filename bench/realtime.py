@@ -7,7 +7,8 @@
     python bench/realtime.py --preset tiny|gpt2|gpt2-medium [--compute auto|cpu|cuda|cuda:N]
                              [--mode exact|fast]
                              [--quantize auto|int4-128|int4|int8-128|int8|none|bf16|fp16]
-                             [--seconds S] [--window 200] [--hop H] [--threads 1] [--decode-chunk 4]
+                             [--seconds S] [--window 200] [--hop H] [--threads 1] [--pin-threads]
+                             [--decode-chunk 4]
                              [--step-runner graph|compile|eager]
 
 The defaults follow the device (``engine.cli.compute_flags``): on the CPU fast mode with the
@@ -72,7 +73,7 @@ from engine.live.controls import ControlEvent, ControlState  # noqa: E402
 from engine.live.decoder import StreamingDecoder  # noqa: E402
 from engine.live.engine import LiveConfig  # noqa: E402
 from engine.live.generator import RollingGenerator  # noqa: E402
-from engine.live.pipeline import Pipeline  # noqa: E402
+from engine.live.pipeline import Pipeline, pinned_cpus  # noqa: E402
 from engine.live.rotary.generator import RotaryGenerator  # noqa: E402
 from engine.model.codec import random_codec  # noqa: E402
 from engine.model.config import PRESETS  # noqa: E402
@@ -125,13 +126,17 @@ def _moving_morph(model, args):
     return make
 
 
+def _pin(args) -> tuple[int, int] | None:
+    return pinned_cpus() if getattr(args, "pin_threads", False) else None
+
+
 def run_fast(make_gen, codec, args) -> dict:
     start = time.perf_counter()
     gen = make_gen(args.rtf_frames)
     args.startup["generator_s"] = time.perf_counter() - start
     args.startup["capture_s"] = gen.startup_s
     pipe = Pipeline(gen, _decoder(codec, args), _Discard(),
-                    decode_chunk=args.decode_chunk, threads=args.threads)
+                    decode_chunk=args.decode_chunk, threads=args.threads, pin=_pin(args))
     pipe.stats.all_ms = []
     start = time.perf_counter()
     pipe.run(args.rtf_frames)
@@ -151,7 +156,7 @@ def run_paced(make_gen, codec, args) -> dict:
     gen = make_gen(frames + 10 * FRAME_RATE)
     sink = NullSink(buffer_s=args.buffer, block=512, prefill_s=args.buffer / 2)
     pipe = Pipeline(gen, _decoder(codec, args), sink, decode_chunk=args.decode_chunk,
-                    threads=args.threads)
+                    threads=args.threads, pin=_pin(args))
     pipe.stats.all_ms = []
     pipe.start()
     time.sleep(args.seconds)
@@ -237,6 +242,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=200)
     parser.add_argument("--hop", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pin-threads", action="store_true",
+                        help="the generator on one CPU, decoder and worker on another (Linux)")
     parser.add_argument("--decode-chunk", type=int, default=None,
                         help="frames per decode (default 8 on the CPU, 2 on a GPU)")
     parser.add_argument("--reference-frames", type=int, default=300,
@@ -290,6 +297,7 @@ def main() -> None:
         "ms_per_frame": {"ours": round(ours_ms, 3), "blog": round(blog_ms, 3),
                          "window": round(window_ms, 3)} if cpu else None,
         "window": args.window, "hop": args.hop or args.window // 4, "threads": args.threads,
+        "pin_threads": args.pin_threads,
         "decode_chunk": args.decode_chunk, "paced_played_s": round(paced["paced_played_s"], 1),
         **{k: round(v, 3) for k, v in paced.items() if k.startswith("paced_step")},
         "paced_stall_ms_max": round(paced.get("paced_stall_ms_max", 0.0), 2),

@@ -1,5 +1,6 @@
 """Sample ring, paced null sink, and generator → decoder → sink as the engine runs them."""
 
+import os
 import time
 
 import numpy as np
@@ -8,13 +9,14 @@ import torch
 from conftest import tiny_random_model
 
 from engine import FRAME_RATE, SAMPLE_RATE
+from engine.errors import UserError
 from engine.live.audio.ringbuffer import SampleRing
 from engine.live.audio.sinks import MemorySink, NullSink
 from engine.live.control_input import initial_controls
 from engine.live.controls import ControlEvent
 from engine.live.decoder import StreamingDecoder
 from engine.live.generator import RollingGenerator
-from engine.live.pipeline import Pipeline
+from engine.live.pipeline import Pipeline, pinned_cpus
 from engine.model.codec import random_codec
 from engine.model.reference import tokens_to_audio
 
@@ -100,3 +102,51 @@ def test_a_paced_pipeline_stays_its_lead_ahead_of_playback_and_plays_the_same_au
     assert max(leads) <= lead_s + 2 / FRAME_RATE, max(leads)
     offline = tokens_to_audio(codec, torch.stack(rows))
     assert np.abs(np.concatenate(audio) - offline).max() < 1e-5
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="--pin-threads needs Linux and two CPUs")
+def test_pinned_threads_run_on_their_cpus_and_change_no_token():
+    """``--pin-threads``: the generator on the first CPU, the decoder and the fast mode's
+    re-prefill worker on the second; the rows are those of an unpinned run."""
+    model = tiny_random_model()
+    codec = random_codec(0)
+    rng = np.random.RandomState(1)
+    prompts = [rng.randn(128).astype(np.float32) for _ in range(2)]
+    gen_cpu, dec_cpu = pinned_cpus()
+    runs, seen = [], {}
+
+    class Sink(MemorySink):
+        def write(self, block):
+            seen["decoder"] = os.sched_getaffinity(0)
+            super().write(block)
+
+    for pin in (None, (gen_cpu, dec_cpu)):
+        gen = RollingGenerator(model, initial_controls(prompts, glide=0.05), window=16,
+                               mode="fast", hop=4, seed=5)
+        gen.schedule(20, [ControlEvent("/morph", (1.0,))])
+        rows = []
+
+        def on_row(frame, row, rows=rows):
+            seen["generator"] = os.sched_getaffinity(0)
+            rows.append(row)
+
+        pipe = Pipeline(gen, StreamingDecoder(codec.model), Sink(), decode_chunk=4,
+                        on_row=on_row, pin=pin)
+        pipe.run(50)
+        worker = gen.reprefill._executor.submit(os.sched_getaffinity, 0).result()
+        gen.close()
+        runs.append(torch.stack(rows))
+    assert seen == {"generator": {gen_cpu}, "decoder": {dec_cpu}}  # the pinned run's
+    assert worker == {dec_cpu}
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_pinning_is_refused_with_one_cpu(monkeypatch):
+    if not hasattr(os, "sched_setaffinity"):
+        with pytest.raises(UserError, match="needs Linux"):
+            pinned_cpus()
+        return
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    with pytest.raises(UserError, match="needs two CPUs; this process may use 1"):
+        pinned_cpus()

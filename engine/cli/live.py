@@ -34,6 +34,7 @@ from engine.live.generator import DEFAULT_WINDOW
 from engine.live.listen.capture import check_input
 from engine.live.musicgen.generator import DEFAULT_WINDOW as MUSICGEN_WINDOW
 from engine.live.musicgen.generator import check_window
+from engine.live.pipeline import pinned_cpus
 from engine.live.rotary.prefix import PrefixReader, prefix_frames
 from engine.live.step.compute import (
     out_of_memory_as_user_error,
@@ -79,6 +80,9 @@ def build_live_parser() -> argparse.ArgumentParser:
     m.add_argument("--list-models", action="store_true",
                    help="list the published models and what the local cache holds, and exit")
     m.add_argument("--threads", type=int, default=1, help="torch threads per op (default 1)")
+    m.add_argument("--pin-threads", action="store_true",
+                   help="Linux: the generator on one CPU, the decoder and the re-prefill "
+                        "worker on another (2-core machines: a shorter step tail)")
     add_compute(m)
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", nargs="+", metavar="FILE", default=[],
@@ -182,6 +186,8 @@ def cmd_live(argv: list[str]) -> int:
     feedback = _parse_target(args.feedback) if args.feedback else None
     _check_exposure(args)
     _check_input(args)
+    if args.pin_threads:
+        pinned_cpus()  # Linux and two CPUs, or a one-line refusal now
     choice = resolve_engine(args.compute, args.quantize, args.mode, args.step_runner)
     torch.set_num_threads(max(1, args.threads))
     start = time.perf_counter()
@@ -204,6 +210,9 @@ def cmd_live(argv: list[str]) -> int:
     slots = _initial_prompts(args, model, codec, encoder_factory)
     loaded = time.perf_counter() - start
     engine = _build_engine(args, choice, model, codec, slots, encoder_factory)
+    if engine.pipeline.pin is not None:
+        print("threads: generator on CPU {}, decoder and re-prefill worker on CPU {}".format(
+            *engine.pipeline.pin), file=sys.stderr, flush=True)
     print(_startup_line(loaded, engine.startup, time.perf_counter() - start), file=sys.stderr,
           flush=True)
     return _run(args, engine, feedback)
@@ -455,6 +464,7 @@ def _build_engine(args, choice, model, codec, slots, encoder_factory):
                         compute=str(choice.device), runner=choice.runner, device=args.device,
                         hostapi=args.hostapi, buffer_s=args.buffer, blocksize=args.blocksize,
                         latency=latency, threads=args.threads, prompt_dirs=dirs,
+                        pin_threads=args.pin_threads,
                         decode_chunk=choice.decode_chunk(args.decode_chunk),
                         num_slots=args.slots, control_log=args.control_log,
                         prompt_seconds=_prompt_seconds(args),

@@ -87,7 +87,7 @@ from engine.live.listeners import EngineListener, Listeners
 from engine.live.musicgen.generator import DEFAULT_WINDOW as MUSICGEN_WINDOW
 from engine.live.musicgen.generator import MusicGenGenerator
 from engine.live.musicgen.text_slots import TextSlots
-from engine.live.pipeline import Pipeline
+from engine.live.pipeline import Pipeline, pinned_cpus
 from engine.live.prompt_loading import PromptLoader, return_large_allocations
 from engine.live.rotary.generator import RotaryGenerator
 from engine.live.rotary.prefix import PrefixReader, prefix_frames
@@ -116,6 +116,7 @@ class LiveConfig:
     latency: float | str = "low"
     decode_chunk: int = 8
     threads: int = 1
+    pin_threads: bool = False  # generator on one CPU, decoder + worker on another (Linux)
     prompt_dirs: list[Path] = field(default_factory=list)
     num_slots: int = 4
     prompt_seconds: float | None = 30.0  # /prompt/load embeds at most this much of a file
@@ -173,7 +174,8 @@ class LiveEngine:
         lead_s = config.buffer_s + (max(1, config.decode_chunk) + 2) / self.frame_rate
         self.pipeline = Pipeline(self.generator, decoder, self.output.sink,
                                  decode_chunk=config.decode_chunk, threads=config.threads,
-                                 lead_s=lead_s, buffered_s=lambda: self.output.buffered_s)
+                                 lead_s=lead_s, buffered_s=lambda: self.output.buffered_s,
+                                 pin=pinned_cpus() if config.pin_threads else None)
         if not config.limiter:
             self.pipeline.safety = None
         self.events = Listeners(log, rate=lambda: self.output.rate)

@@ -23,6 +23,7 @@ for those jobs before it reads the shadow (switch, state, reset).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -128,6 +129,12 @@ class ShadowPrefill:
         """Forget the shadow (a new sequence); waits for its running jobs first."""
         self._wait()
         self.shadow = None
+
+    def pin(self, cpu: int) -> None:
+        """Bind the worker thread to ``cpu`` (Linux; see
+        :func:`engine.live.pipeline.pinned_cpus`). Inline jobs run on the caller's thread."""
+        if self._executor is not None:
+            self._executor.submit(os.sched_setaffinity, 0, {cpu}).result()
 
     def close(self) -> None:
         """Stop the worker (waits for a running job)."""

@@ -183,3 +183,21 @@ def test_render_fast_int4_end_to_end(tmp_path, ckpt_path):
     tokens = np.load(tmp_path / "tok.npy")
     assert tokens.shape == (60, 8) and tokens.min() >= 0 and tokens.max() <= 1024
     assert (tmp_path / "out.wav").stat().st_size > 0
+
+
+@needs_ort
+def test_a_profiled_step_names_its_kernels_and_keeps_its_logits(model, tmp_path):
+    """``bench/op_profile.py``'s accounting: the profiler changes no result, and the kernel
+    time of the measured runs is attributed to the graph's op types."""
+    from bench.op_profile import kernel_ms
+    from engine.live.step.ort_step import OrtKVStep
+
+    plain = OrtKVStep(model, "int4")
+    profiled = OrtKVStep(model, "int4", profile_prefix=str(tmp_path / "step"))
+    for a, b in zip(_group_script(plain)[0], _group_script(profiled)[0], strict=True):
+        assert torch.equal(a, b)
+    files = profiled.end_profiling()
+    assert set(files) == {"rows", "prompt_rows", "head"}
+    ops = kernel_ms(files, runs=1)  # the last run of each graph
+    assert {"MatMulNBits", "GroupQueryAttention", "SkipLayerNormalization", "FastGelu"} <= set(ops)
+    assert all(ms > 0 for ms in ops.values())

@@ -96,10 +96,13 @@ class OrtKVStep(KVStepInputs):
         threads: intra-op threads of each session (default: torch's current setting, which
             the live engine sets to 1 per op).
         body, head: override the linear formats (benchmarks).
+        profile_prefix: record every run with onnxruntime's profiler (per-node kernel
+            times) into files starting with this path; :meth:`end_profiling` names them.
     """
 
     def __init__(self, model: EnCodecGPT, quantize: str = "int4", *, threads: int | None = None,
-                 body: LinearFormat | None = None, head: LinearFormat | None = None):
+                 body: LinearFormat | None = None, head: LinearFormat | None = None,
+                 profile_prefix: str | None = None):
         if quantize not in ORT_FORMATS:
             raise ValueError(f"onnxruntime formats are {tuple(ORT_FORMATS)}, got {quantize!r}")
         super().__init__(model)
@@ -110,12 +113,13 @@ class OrtKVStep(KVStepInputs):
         w = StepWeights.from_state_dict(model.state_dict(), self.n_layer, self.n_head, self.eps)
         self._head_width = w.head[0].shape[1]  # Q·1025
         threads = threads or torch.get_num_threads()
+        prefix = profile_prefix
         graph, body_bytes = body_graph(w, body, prompt_row=False)
-        self._rows = _session(graph, threads)
+        self._rows = _session(graph, threads, prefix and prefix + "rows")
         graph, _ = body_graph(w, body, prompt_row=True)
-        self._prompt_rows = _session(graph, threads)
+        self._prompt_rows = _session(graph, threads, prefix and prefix + "prompt_rows")
         graph, head_bytes = head_graph(w, head)
-        self._head = _session(graph, threads)
+        self._head = _session(graph, threads, prefix and prefix + "head")
         del graph
         self.weight_bytes = body_bytes + head_bytes  # streamed by a one-row step
         self._wpe = self.wpe.numpy()  # [n_positions, D], the same memory
@@ -165,6 +169,11 @@ class OrtKVStep(KVStepInputs):
         self._head.run_with_iobinding(head.io)
         # a copy: the caller keeps the logits (last_logits) while the next step runs
         return torch.from_numpy(head.logits.copy()).view(len(wanted), self.num_q, -1)
+
+    def end_profiling(self) -> dict[str, str]:
+        """Stop the profiler (``profile_prefix``); returns ``{graph: JSON file}``."""
+        return {name: sess.end_profiling() for name, sess in (
+            ("rows", self._rows), ("prompt_rows", self._prompt_rows), ("head", self._head))}
 
     @staticmethod
     def _plan(groups: Sequence[RowGroup]) -> list[tuple[bool, list[int]]]:
@@ -231,8 +240,11 @@ class OrtKVStep(KVStepInputs):
         return b
 
 
-def _session(graph, threads: int) -> ort.InferenceSession:
+def _session(graph, threads: int, profile_prefix: str | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -1,7 +1,7 @@
 """RTF and underruns of a live run on the JACK2 dummy driver (a real audio server).
 
     python bench/live_jack.py [--seconds 300] [--preset tiny] [--quantize int8]
-                              [--compute cpu|auto|cuda|cuda:N]
+                              [--compute cpu|auto|cuda|cuda:N] [--pin-threads]
 
 Starts ``jackd -d dummy -r 48000 -p 1024`` (no real-time scheduling), runs
 ``run_engine.py --hostapi JACK --device system`` for ``--seconds``, and prints the engine's
@@ -30,6 +30,8 @@ def main() -> None:
     p.add_argument("--quantize", default=None, help="default int8 on the CPU, else auto")
     p.add_argument("--compute", default="cpu", help="auto|cpu|cuda|cuda:N (default cpu)")
     p.add_argument("--buffer", default="0.2")
+    p.add_argument("--pin-threads", action="store_true",
+                   help="the engine's --pin-threads (Linux: generator and decoder on own CPUs)")
     args = p.parse_args()
     args.quantize = args.quantize or ("int8" if args.compute == "cpu" else "auto")
     jackd = shutil.which("jackd")
@@ -48,7 +50,8 @@ def main() -> None:
              args.preset, "--quantize", args.quantize, "--compute", args.compute,
              "--hostapi", "JACK", "--device", "system",
              "--buffer", args.buffer, "--osc-port", "0", "--no-status",
-             "--seconds", str(args.seconds)], env=env, capture_output=True, text=True)
+             "--seconds", str(args.seconds)] + (["--pin-threads"] if args.pin_threads else []),
+            env=env, capture_output=True, text=True)
     finally:
         server.terminate()
         server.wait(10)
@@ -58,7 +61,7 @@ def main() -> None:
     if run.returncode != 0 or m is None:
         sys.exit(f"engine failed ({run.returncode}):\n{run.stderr[-2000:]}")
     print(json.dumps({"seconds": args.seconds, "preset": args.preset, "quantize": args.quantize,
-                      "compute": args.compute,
+                      "compute": args.compute, "pin_threads": args.pin_threads,
                       "generated_s": float(m[1]), "rtf": float(m[2]),
                       "step_ms_p50": float(m[3]), "step_ms_p99": float(m[4]),
                       "underruns": int(m[5])}))

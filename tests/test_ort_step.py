@@ -201,3 +201,14 @@ def test_a_profiled_step_names_its_kernels_and_keeps_its_logits(model, tmp_path)
     ops = kernel_ms(files, runs=1)  # the last run of each graph
     assert {"MatMulNBits", "GroupQueryAttention", "SkipLayerNormalization", "FastGelu"} <= set(ops)
     assert all(ms > 0 for ms in ops.values())
+
+
+@needs_ort
+def test_logits_of_a_row_that_does_not_exist_are_refused(model):
+    from engine.live.step.ort_step import OrtKVStep
+
+    step = OrtKVStep(model, "int4")
+    cache = step.new_cache(8)
+    x = step.embed_tokens(torch.randint(0, 1025, (2, 8)))
+    with pytest.raises(IndexError, match="2 rows"):
+        step.forward([RowGroup(cache, 1, x)], [2])

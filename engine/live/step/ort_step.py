@@ -144,6 +144,8 @@ class OrtKVStep(KVStepInputs):
         self.check_groups(groups)
         ends = list(itertools.accumulate((g.x.shape[0] for g in groups), initial=0))
         wanted = list(out_rows)
+        if any(not 0 <= r < ends[-1] for r in wanted):
+            raise IndexError(f"out_rows {wanted}: the groups have {ends[-1]} rows")
         head = self._head_binding(groups[0].cache, len(wanted)) if wanted else None
         # Few numpy calls between runs, none in torch: after a body run has streamed ~60 MB
         # this code runs cache-cold, and each torch op there cost ~10x its warm time (gpt2,

@@ -113,13 +113,12 @@ class OrtKVStep(KVStepInputs):
         w = StepWeights.from_state_dict(model.state_dict(), self.n_layer, self.n_head, self.eps)
         self._head_width = w.head[0].shape[1]  # Q·1025
         threads = threads or torch.get_num_threads()
-        prefix = profile_prefix
         graph, body_bytes = body_graph(w, body, prompt_row=False)
-        self._rows = _session(graph, threads, prefix and prefix + "rows")
+        self._rows = _session(graph, threads, profile_prefix, "rows")
         graph, _ = body_graph(w, body, prompt_row=True)
-        self._prompt_rows = _session(graph, threads, prefix and prefix + "prompt_rows")
+        self._prompt_rows = _session(graph, threads, profile_prefix, "prompt_rows")
         graph, head_bytes = head_graph(w, head)
-        self._head = _session(graph, threads, prefix and prefix + "head")
+        self._head = _session(graph, threads, profile_prefix, "head")
         del graph
         self.weight_bytes = body_bytes + head_bytes  # streamed by a one-row step
         self._wpe = self.wpe.numpy()  # [n_positions, D], the same memory
@@ -196,28 +195,29 @@ class OrtKVStep(KVStepInputs):
         return [(False, [i]) for i in order]
 
     def _binding(self, cache: KVCache, prompt_row: bool, s: int) -> _Binding:
-        with self._lock:
-            per_cache = self._bindings.setdefault(cache, {})
-            b = per_cache.get((prompt_row, s))
-            if b is None:
-                b = per_cache[(prompt_row, s)] = self._bind(cache, prompt_row, s)
-            return b
+        return self._kept(cache, (prompt_row, s), lambda: self._bind(cache, prompt_row, s))
 
     def _head_binding(self, cache: KVCache, n: int) -> _HeadBinding:
         """The head for ``n`` rows, kept with the forward's first cache (a cache is in one
         forward at a time, so its forward owns the buffers)."""
+        return self._kept(cache, ("head", n), lambda: self._bind_head(n))
+
+    def _kept(self, cache: KVCache, key: tuple, make):
+        """The binding ``key`` of ``cache``, made once (any thread)."""
         with self._lock:
             per_cache = self._bindings.setdefault(cache, {})
-            b = per_cache.get(("head", n))
-            if b is None:
-                x = np.zeros((n, self.d), np.float32)
-                logits = np.zeros((n, self._head_width), np.float32)
-                keep = [ort.OrtValue.ortvalue_from_numpy(a) for a in (x, logits)]
-                b = per_cache[("head", n)] = _HeadBinding(self._head.io_binding(), x, logits,
-                                                          keep)
-                b.io.bind_ortvalue_input("h", keep[0])
-                b.io.bind_ortvalue_output("logits", keep[1])
-            return b
+            if key not in per_cache:
+                per_cache[key] = make()
+            return per_cache[key]
+
+    def _bind_head(self, n: int) -> _HeadBinding:
+        x = np.zeros((n, self.d), np.float32)
+        logits = np.zeros((n, self._head_width), np.float32)
+        keep = [ort.OrtValue.ortvalue_from_numpy(a) for a in (x, logits)]
+        b = _HeadBinding(self._head.io_binding(), x, logits, keep)
+        b.io.bind_ortvalue_input("h", keep[0])
+        b.io.bind_ortvalue_output("logits", keep[1])
+        return b
 
     def _bind(self, cache: KVCache, prompt_row: bool, s: int) -> _Binding:
         sess = self._prompt_rows if prompt_row else self._rows
@@ -242,11 +242,12 @@ class OrtKVStep(KVStepInputs):
         return b
 
 
-def _session(graph, threads: int, profile_prefix: str | None = None) -> ort.InferenceSession:
+def _session(graph, threads: int, profile_prefix: str | None = None,
+             name: str = "") -> ort.InferenceSession:
     so = ort.SessionOptions()
-    if profile_prefix:
+    if profile_prefix:  # onnxruntime appends a timestamp and .json
         so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
+        so.profile_file_prefix = profile_prefix + name
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
